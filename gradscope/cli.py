@@ -1,0 +1,273 @@
+"""The ``gradscope`` command line. Torch is imported only once a command runs."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from gradscope import __version__
+from gradscope.errors import GradscopeError
+from gradscope.render import FORMATS
+from gradscope.report import FAILING_STATUSES
+from gradscope.settings import parse_spectrum_steps
+
+try:  # recent typer releases vendor click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click import exceptions as click_errors
+
+app = typer.Typer(
+    name="gradscope",
+    help="Measure whether gradients survive the distance a PyTorch model must learn across.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ANALYSIS = "Analysis"
+OUTPUT = "Output and exit codes"
+LOADING = "Loading"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gradscope {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """gradscope: vanishing and exploding gradients in PyTorch models, measured."""
+
+
+def parse_fail_on(text: str) -> tuple[str, ...]:
+    """``vanishing,exploding`` -> ('vanishing', 'exploding'); unknown names are refused."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FAILING_STATUSES]
+    if unknown or not names:
+        raise GradscopeError(
+            f"--fail-on {text!r}: choose from {','.join(FAILING_STATUSES)} (comma-separated)"
+        )
+    return names
+
+
+def check_format(output_format: str) -> str:
+    """The output format, if gradscope knows it."""
+    if output_format not in FORMATS:
+        raise GradscopeError(f"--format {output_format!r}: choose {' or '.join(FORMATS)}")
+    return output_format
+
+
+@contextmanager
+def progress_on_stderr() -> Iterator[Callable[[str], None]]:
+    """A progress callback: a spinner on an interactive stderr, silence otherwise."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda message: None
+        return
+    with console.status("gradscope: starting") as status:
+        yield lambda message: status.update(f"gradscope: {message}")
+
+
+def stdout_console() -> Console:
+    """The console reports are written to (rich honours NO_COLOR and non-TTY output)."""
+    return Console(soft_wrap=False)
+
+
+@app.command()
+def analyze(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint file written by torch.save.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The class for a state_dict: package.module:Class or file.py:Class.",
+            rich_help_panel=LOADING,
+        ),
+    ] = None,
+    model_args: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON keyword arguments for --model, e.g. '{\"hidden_size\": 128}'.",
+            rich_help_panel=LOADING,
+        ),
+    ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            help="Load a file that holds code (unpickling runs it). Only for files you trust.",
+            rich_help_panel=LOADING,
+        ),
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.", rich_help_panel=LOADING)
+    ] = "cpu",
+    probe: Annotated[
+        str,
+        typer.Option(
+            help="gaussian, zeros, or a tensor file (.pt/.npy) shaped as the input.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = "gaussian",
+    steps: Annotated[int, typer.Option(help="Probe length T.", rich_help_panel=ANALYSIS)] = 100,
+    batch: Annotated[
+        int, typer.Option(help="Probe sequences; statistics pool them.", rich_help_panel=ANALYSIS)
+    ] = 1,
+    seed: Annotated[
+        int, typer.Option(help="Seed of probe, loss and frames.", rich_help_panel=ANALYSIS)
+    ] = 0,
+    dtype: Annotated[
+        str, typer.Option(help="float64 or float32.", rich_help_panel=ANALYSIS)
+    ] = "float64",
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            help="Full input shape, e.g. 1,100,32, where it cannot be inferred.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    horizon: Annotated[
+        int | None,
+        typer.Option(
+            help="Distance L the model must learn across [default: the probe length].",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            help="Verdict tolerance: a change by 1/epsilon within L fails.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = 1e-3,
+    burn_in: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps before Lyapunov averaging [default: 20% of steps, at most 20].",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    exponents: Annotated[
+        int, typer.Option(help="How many Lyapunov exponents.", rich_help_panel=ANALYSIS)
+    ] = 8,
+    spectrum_steps: Annotated[
+        str,
+        typer.Option(
+            help="Steps with full Jacobian spectra: auto, all or N.", rich_help_panel=ANALYSIS
+        ),
+    ] = "auto",
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="text or json.", rich_help_panel=OUTPUT)
+    ] = "text",
+    fail_on: Annotated[
+        str,
+        typer.Option(help="Statuses that exit 1 (comma-separated).", rich_help_panel=OUTPUT),
+    ] = ",".join(FAILING_STATUSES),
+    exit_zero: Annotated[
+        bool, typer.Option(help="Always exit 0 after a report.", rich_help_panel=OUTPUT)
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option(help="Show tracebacks of internal errors.", rich_help_panel=OUTPUT)
+    ] = False,
+) -> int:
+    """Analyse CHECKPOINT: gradient norms over time, Jacobian spectra, Lyapunov exponents."""
+    failing = parse_fail_on(fail_on)
+    check_format(output_format)
+    options: dict[str, Any] = {
+        "steps": steps,
+        "batch": batch,
+        "seed": seed,
+        "dtype": dtype,
+        "probe": probe,
+        "input_shape": input_shape,
+        "horizon": horizon,
+        "epsilon": epsilon,
+        "burn_in": burn_in,
+        "exponents": exponents,
+        "spectrum_steps": parse_spectrum_steps(spectrum_steps),
+        "device": device,
+    }
+    from gradscope.api import analyze as run_analysis
+    from gradscope.render import write
+
+    with progress_on_stderr() as progress:
+        report = run_analysis(
+            checkpoint,
+            model=model,
+            model_args=model_args,
+            trust=trust,
+            progress=progress,
+            **options,
+        )
+    write(report, output_format, stdout_console())
+    return 0 if exit_zero or not report.fails(failing) else 1
+
+
+@app.command()
+def demo(
+    output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+    steps: Annotated[int, typer.Option(help="Probe length T.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for the models and the probe.")] = 0,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+) -> int:
+    """Compare the course's recurrent models: vanilla RNN, LSTM, GRU, deep and bidirectional."""
+    check_format(output_format)
+    from gradscope.demo import run_demo
+    from gradscope.render.demo import write_demo
+
+    with progress_on_stderr() as progress:
+        results = run_demo(seed=seed, steps=steps, progress=progress)
+    write_demo(results, output_format, stdout_console())
+    return 0
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    return "--debug" in argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run the CLI and map every outcome to exit code 0, 1 or 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="gradscope", standalone_mode=False)
+    except GradscopeError as error:
+        print(f"gradscope: error: {error}", file=sys.stderr)
+        return 2
+    except click_errors.NoArgsIsHelpError as error:
+        print(error.ctx.get_help() if error.ctx else "gradscope --help")
+        return 0
+    except click_errors.ClickException as error:
+        message = " ".join(error.format_message().split())
+        hint = "see gradscope --help"
+        if isinstance(error, click_errors.UsageError) and error.ctx is not None:
+            hint = f"see {error.ctx.command_path} --help"
+        print(f"gradscope: error: {message} ({hint})", file=sys.stderr)
+        return 2
+    except (click_errors.Abort, typer.Abort):
+        print("gradscope: aborted", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradscope: interrupted", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if _debug_requested(args):
+            traceback.print_exc()
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        print(
+            f"gradscope: internal error: {type(error).__name__}: {first_line} "
+            "(rerun with --debug for a traceback, and report it)",
+            file=sys.stderr,
+        )
+        return 2
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,166 @@
+"""From numbers to a verdict: pure rules, no torch (see DESIGN.md, "Verdict")."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from gradscope.fixes import build_fixes, suggested_gate_bias
+from gradscope.report import STATUSES, Finding, Fix, RecurrentCore
+
+#: sigma_max this many times the spectral radius marks a strongly non-normal Jacobian.
+NON_NORMAL_RATIO = 10.0
+
+
+def memory_horizon(top_exponent: float, epsilon: float) -> float | None:
+    """``ln(1/eps) / |lambda_1|``: the lag over which the gradient changes by 1/eps.
+
+    ``None`` when it is unbounded (lambda_1 = 0) or unknown (NaN); 0 when lambda_1 = -inf.
+    """
+    if math.isnan(top_exponent) or top_exponent == 0:
+        return None
+    return math.log(1 / epsilon) / abs(top_exponent)
+
+
+def core_status(top_exponent: float, finite: bool, horizon: int, epsilon: float) -> str:
+    """The verdict for one core over ``horizon`` steps at tolerance ``epsilon``."""
+    if not finite or math.isnan(top_exponent) or top_exponent == math.inf:
+        return "nonfinite"
+    tau = memory_horizon(top_exponent, epsilon)
+    if tau is None or tau >= horizon:
+        return "healthy"
+    return "vanishing" if top_exponent < 0 else "exploding"
+
+
+def worst(statuses: list[str]) -> str:
+    """The worst status: nonfinite > exploding > vanishing > healthy."""
+    return max(statuses, key=STATUSES.index, default="healthy")
+
+
+def assess_cores(cores: list[RecurrentCore], horizon: int, epsilon: float) -> list[RecurrentCore]:
+    """The cores with their status set by the verdict rule."""
+    return [
+        dataclasses.replace(
+            core, status=core_status(core.top_exponent, core.finite, horizon, epsilon)
+        )
+        for core in cores
+    ]
+
+
+def _where(core: RecurrentCore) -> dict:
+    return {"module": core.name, "layer": core.layer, "direction": core.direction}
+
+
+def _rate(core: RecurrentCore, horizon: int) -> str:
+    tau = core.memory_horizon
+    return f"lambda_1 = {core.top_exponent:+.3f} per step, memory horizon {tau:.1f} steps" + (
+        f" < the {horizon}-step horizon" if tau is not None else ""
+    )
+
+
+def _vanishing(core: RecurrentCore, horizon: int, epsilon: float) -> Finding:
+    shrink = f"gradients shrink by {1 / epsilon:g}x within {core.memory_horizon:.1f} steps"
+    if core.cell == "lstm" or core.cell == "gru":
+        gate = core.gates or {}
+        name = "forget" if core.cell == "lstm" else "update"
+        advice = (
+            f"the {name} gate averages {gate.get('mean', math.nan):.2f}: the gates start nearly "
+            "closed, so training must first learn to keep information; a "
+            f"{name}-gate bias of {suggested_gate_bias(horizon, epsilon):.1f} shortens that"
+        )
+        fixes = ["forget-gate-bias" if core.cell == "lstm" else "update-gate-bias"]
+    else:
+        weights = core.weights or {}
+        advice = (
+            f"a vanilla RNN forgets structurally (sigma_max(W_hh) = "
+            f"{weights.get('sigma_max', math.nan):.2f}, Pascanu's bound "
+            f"{weights.get('pascanu_bound', 1.0):g}): use a gated cell"
+        )
+        fixes = ["use-lstm", "use-gru"]
+    return Finding(
+        id="vanishing-gradient",
+        kind="vanishing",
+        severity="error",
+        where=_where(core),
+        message=f"{core.label} ({core.cell}): {shrink} ({_rate(core, horizon)}); {advice}.",
+        fixes=fixes,
+    )
+
+
+def _exploding(core: RecurrentCore, horizon: int, epsilon: float) -> Finding:
+    fixes = ["clip-grad-norm"]
+    if core.cell in ("rnn_tanh", "rnn_relu"):
+        fixes += ["spectral-norm", "orthogonal-init"]
+    return Finding(
+        id="exploding-gradient",
+        kind="exploding",
+        severity="error",
+        where=_where(core),
+        message=(
+            f"{core.label} ({core.cell}): gradients grow by {1 / epsilon:g}x within "
+            f"{core.memory_horizon:.1f} steps ({_rate(core, horizon)}); updates will blow up "
+            "without clipping."
+        ),
+        fixes=fixes,
+    )
+
+
+def _nonfinite(core: RecurrentCore) -> Finding:
+    return Finding(
+        id="nonfinite-values",
+        kind="nonfinite",
+        severity="error",
+        where=_where(core),
+        message=(
+            f"{core.label} ({core.cell}): NaN or Inf in the states, gradients or Jacobians on "
+            "the probe; check the weights for NaN, then clip gradients in training."
+        ),
+        fixes=["clip-grad-norm"],
+    )
+
+
+def _non_normal(core: RecurrentCore) -> Finding | None:
+    jacobian = core.jacobian
+    rho = jacobian["spectral_radius"]["median"]
+    sigma = jacobian["sigma_max"]["median"]
+    if not (sigma > 1 and sigma > NON_NORMAL_RATIO * rho):
+        return None
+    return Finding(
+        id="transient-growth",
+        kind="exploding",
+        severity="warning",
+        where=_where(core),
+        message=(
+            f"{core.label} ({core.cell}): the step Jacobian is far from normal (median "
+            f"sigma_max {sigma:.3g} vs spectral radius {rho:.3g}): gradients can grow for "
+            "several steps before they settle to lambda_1."
+        ),
+        fixes=["spectral-norm", "orthogonal-init"],
+    )
+
+
+def findings_for(cores: list[RecurrentCore], horizon: int, epsilon: float) -> list[Finding]:
+    """Every finding on assessed cores, errors first."""
+    findings = []
+    for core in cores:
+        if core.status == "nonfinite":
+            findings.append(_nonfinite(core))
+            continue
+        if core.status == "vanishing":
+            findings.append(_vanishing(core, horizon, epsilon))
+        elif core.status == "exploding":
+            findings.append(_exploding(core, horizon, epsilon))
+        warning = _non_normal(core)
+        if warning is not None:
+            findings.append(warning)
+    return sorted(findings, key=lambda f: f.severity != "error")
+
+
+def diagnose(
+    cores: list[RecurrentCore], horizon: int, epsilon: float
+) -> tuple[str, list[RecurrentCore], list[Finding], list[Fix]]:
+    """Overall status, assessed cores, findings and the fixes they call for."""
+    assessed = assess_cores(cores, horizon, epsilon)
+    findings = findings_for(assessed, horizon, epsilon)
+    fixes = build_fixes(findings, assessed, horizon, epsilon)
+    return worst([core.status for core in assessed]), assessed, findings, fixes

@@ -1,0 +1,171 @@
+"""The probe: the input a model is driven with, and the scalar loss its gradients come from.
+
+The loss is a fixed, seeded random unit vector ``w`` dotted with the model's output at the last
+time step (the whole output when it has no time axis), summed over the batch. Every gradient
+norm gradscope reports is a norm of the gradient of that loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradscope.errors import GradscopeError
+from gradscope.recurrent.unroll import find_recurrent
+from gradscope.settings import BUILTIN_PROBES, Settings
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where time and batch sit in the model's input, and the feature size it expects."""
+
+    features: int | None
+    batch_first: bool
+    source: str
+
+    def shape(self, steps: int, batch: int) -> tuple[int, ...]:
+        """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
+        if self.features is None:
+            raise GradscopeError(
+                "cannot tell the model's input shape: pass --input-shape, e.g. 1,100,32 "
+                "(batch, steps, features)"
+            )
+        if self.batch_first:
+            return (batch, steps, self.features)
+        return (steps, batch, self.features)
+
+    def axes(self, ndim: int) -> tuple[int, int | None]:
+        """(time axis, batch axis) of an input with ``ndim`` dimensions."""
+        if ndim == 2:
+            return 0, None
+        return (1, 0) if self.batch_first else (0, 1)
+
+
+@dataclass
+class Probe:
+    """The probe input (a leaf that requires grad) and how to read the model's output."""
+
+    inputs: Tensor
+    time_axis: int
+    batch_axis: int | None
+    kind: str
+    seed: int
+
+    @property
+    def steps(self) -> int:
+        """Number of time steps in the probe."""
+        return self.inputs.shape[self.time_axis]
+
+    @property
+    def batch(self) -> int:
+        """Number of sequences in the probe."""
+        return 1 if self.batch_axis is None else self.inputs.shape[self.batch_axis]
+
+
+def input_layout(model: nn.Module) -> Layout:
+    """The input layout of the model's first recurrent module (cells: batch-first sequences)."""
+    found = find_recurrent(model)
+    if not found:
+        return Layout(None, True, "no recurrent module")
+    name, module = found[0]
+    batch_first = bool(getattr(module, "batch_first", True))
+    return Layout(module.input_size, batch_first, name)
+
+
+def _load_probe_file(path: Path) -> Tensor:
+    if not path.is_file():
+        raise GradscopeError(
+            f"--probe {path}: no such file; use gaussian, zeros or a tensor file (.pt or .npy)"
+        )
+    try:
+        if path.suffix == ".npy":
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise GradscopeError(
+            f"--probe {path} is not a readable tensor file ({type(error).__name__}); save it "
+            "with torch.save(tensor, path) or numpy.save"
+        ) from None
+    if not isinstance(loaded, Tensor):
+        raise GradscopeError(
+            f"--probe {path} holds a {type(loaded).__name__}, not a tensor; save a single tensor"
+        )
+    return loaded
+
+
+def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Probe:
+    """Build the probe input the settings ask for, shaped for ``model``."""
+    layout = input_layout(model)
+    dtype = getattr(torch, settings.dtype)
+    generator = torch.Generator().manual_seed(settings.seed)
+    if settings.probe in BUILTIN_PROBES:
+        shape = settings.input_shape or layout.shape(settings.steps, settings.batch)
+        if settings.probe == "zeros":
+            inputs = torch.zeros(shape, dtype=dtype)
+        else:
+            inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+    else:
+        inputs = _load_probe_file(Path(settings.probe)).to(dtype)
+        _check_probe_shape(inputs, layout, settings.probe)
+    if inputs.dim() not in (2, 3):
+        raise GradscopeError(
+            f"the probe has shape {tuple(inputs.shape)}; a sequence input needs 3 dimensions "
+            "(batch, steps, features) or 2 (steps, features): fix --input-shape"
+        )
+    time_axis, batch_axis = layout.axes(inputs.dim())
+    inputs = inputs.to(device).requires_grad_(True)
+    kind = settings.probe if settings.probe in BUILTIN_PROBES else "file"
+    return Probe(inputs, time_axis, batch_axis, kind, settings.seed)
+
+
+def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
+    if layout.features is None or inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
+        expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"
+        raise GradscopeError(
+            f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "
+            f"{expected} or (steps, F) with F = {layout.features}: save the probe in that shape"
+        )
+
+
+def first_tensor(output: object) -> Tensor | None:
+    """The first tensor in a model output (tensor, or nested tuple/list/dict of them)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, dict):
+        items = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        items = list(output)
+    else:
+        return None
+    for item in items:
+        found = first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def projection_loss(output: object, probe: Probe) -> Tensor:
+    """``sum_b <w, y_b>`` with ``y`` the output at the last step and ``w`` a seeded unit vector."""
+    y = first_tensor(output)
+    if y is None or not y.is_floating_point():
+        raise GradscopeError(
+            "the model's output holds no floating-point tensor to take gradients of; "
+            "gradscope needs a model that returns a tensor"
+        )
+    batch_axis = probe.batch_axis
+    if y.dim() == probe.inputs.dim() and y.shape[probe.time_axis] == probe.steps:
+        y = y.select(probe.time_axis, -1)
+        if batch_axis is not None and probe.time_axis < batch_axis:
+            batch_axis -= 1
+    if batch_axis is not None and y.dim() > batch_axis and y.shape[batch_axis] == probe.batch:
+        y = y.movedim(batch_axis, 0).reshape(probe.batch, -1)
+    else:
+        y = y.reshape(1, -1)
+    generator = torch.Generator().manual_seed(probe.seed + 1)
+    direction = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
+    direction = (direction / direction.norm()).to(y)
+    return (y @ direction).sum()

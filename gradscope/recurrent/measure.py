@@ -1,0 +1,183 @@
+"""Measure every recurrent core of a model on a probe: gradients, spectra, Lyapunov exponents."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gradscope.diagnosis import memory_horizon
+from gradscope.errors import GradscopeError
+from gradscope.probe import Probe, projection_loss
+from gradscope.recurrent.cells import gate_bias, gate_values, step_function
+from gradscope.recurrent.dynamics import (
+    largest_singular_value,
+    lyapunov_exponents,
+    spectral_radius,
+    state_jacobians,
+)
+from gradscope.recurrent.unroll import Trace, unrolled
+from gradscope.report import RecurrentCore
+from gradscope.settings import Settings, spectrum_sample_count
+
+#: The Pascanu et al. bound on sigma_max(W_hh) is 1/gamma, gamma = max |activation'| = 1.
+PASCANU_GAMMA = {"rnn_tanh": 1.0, "rnn_relu": 1.0}
+
+
+@dataclass
+class RecurrentMeasurement:
+    """The measured cores (not yet judged) and the model-level input gradient."""
+
+    cores: list[RecurrentCore]
+    input_grad_norm: list[float] | None
+
+
+def run_probe(model: nn.Module, probe: Probe) -> tuple[Tensor, dict[tuple, Trace]]:
+    """Forward the probe through the unrolled model; return the loss and each core's trace."""
+    with unrolled(model) as recorder:
+        try:
+            output = model(probe.inputs)
+        except GradscopeError:
+            raise
+        except Exception as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise GradscopeError(
+                f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
+                f"({type(error).__name__}: {first_line}); pass --input-shape or --probe with "
+                "the input it expects"
+            ) from None
+    if not recorder.traces:
+        raise GradscopeError(
+            "no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell) ran on the probe; "
+            "gradscope's recurrent analysis needs one"
+        )
+    return projection_loss(output, probe), recorder.traces
+
+
+def pooled_norms(per_step: Tensor) -> list[float]:
+    """``sqrt(mean_b ||g_b||^2)`` for each step of a (steps, batch, ...) tensor."""
+    flat = per_step.reshape(per_step.shape[0], per_step.shape[1], -1)
+    return flat.pow(2).sum(-1).mean(-1).sqrt().tolist()
+
+
+def _summary(values: Tensor) -> dict[str, float]:
+    if values.numel() == 0 or not bool(torch.isfinite(values).all()):
+        return {"median": math.nan, "max": math.nan}
+    return {"median": float(values.quantile(0.5)), "max": float(values.max())}
+
+
+def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int) -> Tensor:
+    """Flat (step * batch + element) indices of the Jacobians whose spectra are computed."""
+    count = spectrum_sample_count(setting, steps, batch, state_size)
+    if isinstance(setting, int):
+        chosen = torch.linspace(0, steps - 1, count // batch).round().long().unique()
+        return (chosen[:, None] * batch + torch.arange(batch)).flatten()
+    return torch.linspace(0, steps * batch - 1, count).round().long().unique()
+
+
+def _jacobian_summary(step: Callable, states: Tensor, drives: Tensor, settings: Settings) -> dict:
+    steps, batch, n = states.shape
+    chosen = spectrum_samples(settings.spectrum_steps, steps, batch, n).to(states.device)
+    jacobians = state_jacobians(
+        step, states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen]
+    )
+    finite = bool(torch.isfinite(jacobians).all())
+    empty = jacobians.new_empty(0)
+    return {
+        "spectral_radius": _summary(spectral_radius(jacobians) if finite else empty),
+        "sigma_max": _summary(largest_singular_value(jacobians) if finite else empty),
+        "samples": len(chosen),
+    }
+
+
+def _gate_summary(trace: Trace, states: Tensor, drives: Tensor) -> dict | None:
+    core = trace.core
+    weights = core.weights.detached()
+    gate = gate_values(core.spec, weights, states, drives)
+    if gate is None:
+        return None
+    bias = gate_bias(core.spec, weights)
+    return {
+        "gate": "forget" if core.spec.kind == "lstm" else "update",
+        "mean": float(gate.mean()),
+        "bias_mean": None if bias is None else float(bias.mean()),
+    }
+
+
+def _weight_summary(trace: Trace) -> dict | None:
+    core = trace.core
+    gamma = PASCANU_GAMMA.get(core.spec.kind)
+    if gamma is None:
+        return None
+    w_hh = core.weights.weight_hh.detach()
+    return {
+        "spectral_radius": float(spectral_radius(w_hh)),
+        "sigma_max": float(largest_singular_value(w_hh)),
+        "pascanu_bound": 1 / gamma,
+    }
+
+
+def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -> RecurrentCore:
+    """All measurements of one core from its trace and the gradients at its states."""
+    core, spec = trace.core, trace.core.spec
+    states, drives = trace.stacked()
+    steps = len(states)
+    norms = pooled_norms(
+        torch.stack([torch.zeros_like(s) if g is None else g for g, s in zip(grads, states)])
+    )
+    step = step_function(spec, core.weights.detached())
+    finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
+    finite = finite and all(math.isfinite(v) for v in norms)
+    burn_in = settings.burn_in if settings.burn_in < steps else steps // 5
+    exponents = [math.nan]
+    unmeasured = _summary(states[:0])
+    jacobian = {"spectral_radius": unmeasured, "sigma_max": unmeasured, "samples": 0}
+    if finite:
+        generator = torch.Generator().manual_seed(settings.seed)
+        count = min(settings.exponents, spec.state_size)
+        per_element = lyapunov_exponents(step, states, drives, count, burn_in, generator)
+        exponents = sorted(per_element.mean(0).tolist(), reverse=True)
+        jacobian = _jacobian_summary(step, states, drives, settings)
+    return RecurrentCore(
+        name=core.name,
+        cell=spec.kind,
+        layer=core.layer,
+        direction=core.direction,
+        input_size=spec.input_size,
+        hidden_size=spec.hidden_size,
+        state_size=spec.state_size,
+        proj_size=spec.proj_size,
+        steps=steps,
+        grad_norm=trace.time_order(norms),
+        lyapunov=exponents,
+        memory_horizon=memory_horizon(exponents[0], settings.epsilon),
+        jacobian=jacobian,
+        burn_in=burn_in,
+        num_layers=core.num_layers,
+        bidirectional=core.bidirectional,
+        batch_first=core.batch_first,
+        is_cell=core.is_cell,
+        gates=_gate_summary(trace, states, drives) if finite else None,
+        weights=_weight_summary(trace),
+        finite=finite,
+    )
+
+
+def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> RecurrentMeasurement:
+    """Run the probe once, backpropagate once, and measure every recurrent core."""
+    loss, traces = run_probe(model, probe)
+    states = [s for trace in traces.values() for s in trace.states]
+    grads = torch.autograd.grad(loss, [probe.inputs, *states], allow_unused=True)
+    input_grad, state_grads = grads[0], iter(grads[1:])
+    cores = [
+        measure_core(trace, [next(state_grads) for _ in trace.states], settings)
+        for trace in traces.values()
+    ]
+    input_grad_norm = None
+    if input_grad is not None:
+        per_step = input_grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
+        input_grad_norm = pooled_norms(per_step)
+    return RecurrentMeasurement(cores, input_grad_norm)

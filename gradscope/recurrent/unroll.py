@@ -1,0 +1,258 @@
+"""Step-by-step unrolls that stand in for PyTorch's recurrent modules during a probe run.
+
+Inside :func:`unrolled`, every ``nn.RNN``/``LSTM``/``GRU`` and every cell in the model runs
+through :mod:`gradscope.recurrent.cells` one time step at a time, reproducing the module's
+output to float precision while keeping each state ``s_t`` as its own autograd node. One
+backward pass then yields ``dL/ds_t`` for every step of every (layer, direction), and each
+core's trace holds the states and input drives its Jacobians are taken at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from gradscope.errors import GradscopeError
+from gradscope.recurrent.cells import (
+    RECURRENT_CELLS,
+    RECURRENT_MODULES,
+    CellSpec,
+    CellWeights,
+    input_drive,
+    layer_weights,
+    module_kind,
+    step_function,
+)
+
+
+@dataclass(frozen=True)
+class Core:
+    """One driven recurrent system: a (layer, direction) of a module, or a cell."""
+
+    name: str
+    layer: int
+    direction: str
+    spec: CellSpec
+    weights: CellWeights
+    is_cell: bool = False
+    num_layers: int = 1
+    bidirectional: bool = False
+    batch_first: bool = False
+
+    @property
+    def label(self) -> str:
+        """A short human name: ``encoder[l1 reverse]``."""
+        if self.is_cell or (self.num_layers == 1 and not self.bidirectional):
+            return self.name
+        return f"{self.name}[l{self.layer}{' reverse' if self.direction == 'reverse' else ''}]"
+
+
+@dataclass
+class Trace:
+    """What one core saw during the probe run, in the order it processed the steps."""
+
+    core: Core
+    prev_states: list[Tensor] = field(default_factory=list)
+    drives: list[Tensor] = field(default_factory=list)
+    states: list[Tensor] = field(default_factory=list)
+    reversed_calls: list[bool] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        """Number of steps taken, over all calls."""
+        return len(self.states)
+
+    def record(self, prev_states: Tensor, drives: Tensor, states: list[Tensor], reverse: bool):
+        """Add one call: (T, B, n) states before each step, (T, B, G) drives, T state nodes."""
+        self.prev_states.append(prev_states.detach())
+        self.drives.append(drives.detach())
+        self.states.extend(states)
+        self.reversed_calls.append(reverse)
+
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        """All steps' (state before, drive), shaped (steps, batch, n) and (steps, batch, G)."""
+        return torch.cat(self.prev_states), torch.cat(self.drives)
+
+    def time_order(self, per_step: list[float]) -> list[float]:
+        """Reorder per-step values from processing order to time order within each call."""
+        ordered: list[float] = []
+        start = 0
+        for prev, reverse in zip(self.prev_states, self.reversed_calls, strict=True):
+            chunk = per_step[start : start + len(prev)]
+            ordered.extend(reversed(chunk) if reverse else chunk)
+            start += len(prev)
+        return ordered
+
+
+class Recorder:
+    """Collects one :class:`Trace` per core while the patched modules run."""
+
+    def __init__(self) -> None:
+        self.traces: dict[tuple[str, int, str], Trace] = {}
+        self.module_cores: dict[str, dict[tuple[int, int], Core]] = {}
+
+    def run(self, core: Core, inputs: Tensor, initial: Tensor, reverse: bool) -> Tensor:
+        """Unroll ``core`` over time-major ``inputs`` (T, B, F); return all states (T, B, n)."""
+        drives = input_drive(core.spec, core.weights, inputs)
+        step = step_function(core.spec, core.weights)
+        order = range(len(drives) - 1, -1, -1) if reverse else range(len(drives))
+        state, prev_states, states = initial, [], []
+        for t in order:
+            prev_states.append(state)
+            state = step(state, drives[t])
+            states.append(state)
+        processing_drives = drives.flip(0) if reverse else drives
+        key = (core.name, core.layer, core.direction)
+        trace = self.traces.setdefault(key, Trace(core))
+        trace.record(torch.stack(prev_states), processing_drives, states, reverse)
+        return torch.stack(states[::-1] if reverse else states)
+
+    def all_states(self) -> list[Tensor]:
+        """Every recorded state node, trace by trace."""
+        return [s for trace in self.traces.values() for s in trace.states]
+
+
+def _module_cores(name: str, module: nn.Module) -> dict[tuple[int, int], Core]:
+    layers = module.num_layers
+    directions = 2 if module.bidirectional else 1
+    cores = {}
+    for layer in range(layers):
+        for d in range(directions):
+            weights = layer_weights(module, layer, reverse=d == 1)
+            input_size = module.input_size if layer == 0 else weights.weight_ih.shape[1]
+            cores[(layer, d)] = Core(
+                name=name,
+                layer=layer,
+                direction="reverse" if d == 1 else "forward",
+                spec=CellSpec(
+                    module_kind(module), input_size, module.hidden_size, module.proj_size or 0
+                ),
+                weights=weights,
+                num_layers=layers,
+                bidirectional=bool(module.bidirectional),
+                batch_first=bool(module.batch_first),
+            )
+    return cores
+
+
+def _initial_state(core: Core, hx, index: int | None, batch: int, like: Tensor) -> Tensor:
+    """The flat initial state of one core from the module's ``hx`` (zeros when absent)."""
+    spec = core.spec
+    if hx is None:
+        return like.new_zeros(batch, spec.state_size)
+    if spec.kind == "lstm":
+        h, c = hx
+        if index is not None:
+            h, c = h[index], c[index]
+        return torch.cat((h, c), dim=-1)
+    return hx if index is None else hx[index]
+
+
+def _unrolled_module_forward(name: str, module: nn.Module, recorder: Recorder) -> Callable:
+    is_lstm = module_kind(module) == "lstm"
+
+    def forward(input, hx=None):
+        if isinstance(input, PackedSequence):
+            x, lengths = pad_packed_sequence(input)
+            if bool((lengths != lengths[0]).any()):
+                raise GradscopeError(
+                    f"{name} got a PackedSequence of unequal lengths; probe with sequences of "
+                    "one length (gradscope's probes all have --steps steps)"
+                )
+            unbatched = False
+        else:
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else input
+            if module.batch_first and not unbatched:
+                x = x.transpose(0, 1)
+        if unbatched and hx is not None:
+            hx = tuple(h.unsqueeze(1) for h in hx) if is_lstm else hx.unsqueeze(1)
+        cores = recorder.module_cores[name]
+        directions = 2 if module.bidirectional else 1
+        layer_input, finals = x, []
+        for layer in range(module.num_layers):
+            outputs = []
+            for d in range(directions):
+                core = cores[(layer, d)]
+                initial = _initial_state(core, hx, layer * directions + d, x.shape[1], x)
+                states = recorder.run(core, layer_input, initial, reverse=d == 1)
+                outputs.append(states[..., : core.spec.output_size])
+                finals.append(states[0] if d == 1 else states[-1])
+            layer_input = torch.cat(outputs, dim=-1)
+            if layer < module.num_layers - 1 and module.dropout:
+                layer_input = F.dropout(layer_input, module.dropout, module.training)
+        final = torch.stack(finals)
+        out_size = cores[(0, 0)].spec.output_size
+        h_n, c_n = final[..., :out_size], final[..., out_size:]
+        output = layer_input
+        if isinstance(input, PackedSequence):
+            output = pack_padded_sequence(output, lengths, enforce_sorted=False)
+        elif unbatched:
+            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif module.batch_first:
+            output = output.transpose(0, 1)
+        return output, ((h_n, c_n) if is_lstm else h_n)
+
+    return forward
+
+
+def _unrolled_cell_forward(name: str, module: nn.Module, recorder: Recorder) -> Callable:
+    core = recorder.module_cores[name][(0, 0)]
+
+    def forward(input, hx=None):
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if unbatched and hx is not None:
+            hx = tuple(h.unsqueeze(0) for h in hx) if core.spec.kind == "lstm" else hx.unsqueeze(0)
+        initial = _initial_state(core, hx, None, x.shape[0], x)
+        state = recorder.run(core, x.unsqueeze(0), initial, reverse=False)[0]
+        if unbatched:
+            state = state.squeeze(0)
+        h = state[..., : core.spec.output_size]
+        if core.spec.kind == "lstm":
+            return h, state[..., core.spec.output_size :]
+        return h
+
+    return forward
+
+
+def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every PyTorch recurrent module and cell in ``model``, with its module path."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
+            found.append((name or type(module).__name__.lower(), module))
+    return found
+
+
+def cores_of(name: str, module: nn.Module) -> dict[tuple[int, int], Core]:
+    """The cores of a recurrent module or cell, keyed by (layer, direction index)."""
+    if isinstance(module, RECURRENT_CELLS):
+        spec = CellSpec(module_kind(module), module.input_size, module.hidden_size)
+        weights = layer_weights(module, None, reverse=False)
+        return {(0, 0): Core(name, 0, "forward", spec, weights, is_cell=True)}
+    return _module_cores(name, module)
+
+
+@contextmanager
+def unrolled(model: nn.Module) -> Iterator[Recorder]:
+    """Run every recurrent module and cell of ``model`` step by step while inside."""
+    recorder = Recorder()
+    patched = []
+    try:
+        for name, module in find_recurrent(model):
+            recorder.module_cores[name] = cores_of(name, module)
+            is_cell = isinstance(module, RECURRENT_CELLS)
+            make = _unrolled_cell_forward if is_cell else _unrolled_module_forward
+            module.forward = make(name, module, recorder)
+            patched.append(module)
+        yield recorder
+    finally:
+        for module in patched:
+            del module.forward

@@ -1,0 +1,48 @@
+"""A plain-text chart of values on a log scale: readable in a terminal and in a CI log."""
+
+from __future__ import annotations
+
+import math
+
+MARKS = ("•", "x", "o", "+")
+
+
+def _bucket_means(values: list[float], columns: int) -> list[float | None]:
+    """Mean log10 of the positive, finite values falling in each of ``columns`` columns."""
+    buckets: list[list[float]] = [[] for _ in range(columns)]
+    for index, value in enumerate(values):
+        if value > 0 and math.isfinite(value):
+            buckets[index * columns // len(values)].append(math.log10(value))
+    return [sum(b) / len(b) if b else None for b in buckets]
+
+
+def log_chart(
+    series: list[list[float]], height: int = 8, width: int = 60, x_label: str = "lag"
+) -> str:
+    """Scatter each series (index on x, log10 value on y) as text lines, one mark per series.
+
+    Zeros and non-finite values are left out; several indices per column share their mean log.
+    """
+    count = max(len(values) for values in series)
+    columns = min(width, count)
+    means = [_bucket_means(values + [0.0] * (count - len(values)), columns) for values in series]
+    points = [m for column in means for m in column if m is not None]
+    if not points:
+        return "(no non-zero gradient to plot)"
+    top, bottom = math.ceil(max(points)), math.floor(min(points))
+    if top == bottom:
+        top += 1
+    grid = [[" "] * columns for _ in range(height)]
+    for mark, column_means in zip(MARKS, means):
+        for column, mean in enumerate(column_means):
+            if mean is not None:
+                grid[round((top - mean) / (top - bottom) * (height - 1))][column] = mark
+    labels = {0: top, height - 1: bottom}
+    lines = [
+        f"{f'1e{labels[row]:+03d}' if row in labels else '':>6} │{''.join(grid[row]).rstrip()}"
+        for row in range(height)
+    ]
+    lines.append(" " * 7 + "└" + "─" * columns)
+    right = f"{x_label} {count - 1}"
+    lines.append(" " * 8 + f"{x_label} 0".ljust(max(columns - len(right), 0)) + right)
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The terminal report: header, table of cores, gradient charts, verdict and fixes (rich)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from gradscope.render.chart import log_chart
+from gradscope.report import RecurrentCore, Report
+
+STATUS_STYLE = {
+    "healthy": "bold green",
+    "vanishing": "bold yellow",
+    "exploding": "bold red",
+    "nonfinite": "bold magenta",
+}
+#: At most this many gradient charts; the rest of the cores are in the table only.
+MAX_CHARTS = 8
+
+
+def number(value: float | None, fmt: str = "{:.3g}") -> str:
+    """A number for a table cell; None and non-finite values read as such."""
+    if value is None:
+        return "∞"
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "-inf" if value < 0 else "inf"
+    return fmt.format(value)
+
+
+def status_text(status: str) -> Text:
+    """A status word in its colour."""
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def header(report: Report) -> Text:
+    """Two lines: what was analysed, and with which probe."""
+    model, settings = report.model, report.settings
+    source = model.get("path") or "model object"
+    text = Text()
+    text.append(f"gradscope {report.gradscope_version}", style="bold")
+    text.append(
+        f"  {source} · {model.get('format')} · {model.get('class')} · "
+        f"{model.get('parameters', 0):,} parameters\n"
+    )
+    text.append(
+        f"probe {settings['probe']}: {settings['steps']} steps × batch {settings['batch']}, "
+        f"seed {settings['seed']}, {settings['dtype']} on {settings['device']} · horizon "
+        f"{settings['horizon']} steps · epsilon {settings['epsilon']:g} · burn-in "
+        f"{settings['burn_in']}",
+        style="dim",
+    )
+    return text
+
+
+def cores_table(cores: list[RecurrentCore]) -> Table:
+    """One row per (layer, direction) of every recurrent module."""
+    table = Table(title="Recurrent cores", title_justify="left", title_style="bold")
+    for column in ("module", "cell", "layer", "dir"):
+        table.add_column(column)
+    for column in ("λ1/step", "horizon", "ρ(J) med", "σ(J) max"):
+        table.add_column(column, justify="right")
+    table.add_column("status")
+    for core in cores:
+        table.add_row(
+            core.name or "(model)",
+            core.cell,
+            "cell" if core.is_cell else str(core.layer),
+            "rev" if core.direction == "reverse" else "fwd",
+            number(core.top_exponent, "{:+.3f}"),
+            number(core.memory_horizon, "{:.1f}"),
+            number(core.jacobian["spectral_radius"]["median"]),
+            number(core.jacobian["sigma_max"]["max"]),
+            status_text(core.status),
+        )
+    return table
+
+
+def gradient_chart(core: RecurrentCore) -> Panel:
+    """||dL/ds|| against lag (steps before the core's last step), log scale."""
+    title = f"{core.label}: ‖dL/ds‖ against lag, log scale"
+    return Panel(Text(log_chart([core.grad_norm_by_lag])), title=title, title_align="left")
+
+
+def verdict(report: Report) -> Panel:
+    """The overall status and every finding."""
+    body = Text()
+    if not report.findings:
+        body.append("Gradients survive the horizon in every core.")
+    for finding in report.findings:
+        marker = "✖" if finding.severity == "error" else "!"
+        body.append(f"{marker} ", style=STATUS_STYLE.get(finding.kind, ""))
+        body.append(finding.message + "\n")
+    title = Text("Verdict: ").append(status_text(report.status.upper()))
+    return Panel(body, title=title, title_align="left")
+
+
+def fix_panels(report: Report) -> list[Panel]:
+    """One panel per fix: why and what, then the snippet."""
+    panels = []
+    for fix in report.fixes:
+        snippet = Syntax(fix.snippet, "python", theme="ansi_dark", background_color="default")
+        panels.append(
+            Panel(
+                Group(Text(fix.detail + "\n"), snippet),
+                title=f"fix {fix.id}: {fix.title}",
+                title_align="left",
+            )
+        )
+    return panels
+
+
+def write(report: Report, console: Console) -> None:
+    """Print the whole terminal report."""
+    console.print(header(report))
+    console.print()
+    if report.recurrent:
+        console.print(cores_table(report.recurrent))
+    for core in report.recurrent[:MAX_CHARTS]:
+        console.print(gradient_chart(core))
+    if len(report.recurrent) > MAX_CHARTS:
+        console.print(f"(charts for the first {MAX_CHARTS} cores; the JSON has every one)")
+    console.print(verdict(report))
+    for panel in fix_panels(report):
+        console.print(panel)
+    for note in report.model.get("notes", []):
+        console.print(f"note: {note}", style="dim")
