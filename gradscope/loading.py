@@ -197,7 +197,8 @@ def parse_model_args(text: str | Mapping | None) -> dict[str, Any]:
         ) from None
     if not isinstance(args, dict):
         raise GradscopeError(
-            """--model-args must be a JSON object of keyword arguments, like '{"hidden_size": 128}'"""
+            "--model-args must be a JSON object of keyword arguments, "
+            """like '{"hidden_size": 128}'"""
         )
     return args
 

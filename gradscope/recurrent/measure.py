@@ -126,7 +126,9 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
     states, drives = trace.stacked()
     steps = len(states)
     norms = pooled_norms(
-        torch.stack([torch.zeros_like(s) if g is None else g for g, s in zip(grads, states)])
+        torch.stack(
+            [torch.zeros_like(s) if g is None else g for g, s in zip(grads, states, strict=True)]
+        )
     )
     step = step_function(spec, core.weights.detached())
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())

@@ -33,7 +33,7 @@ def log_chart(
     if top == bottom:
         top += 1
     grid = [[" "] * columns for _ in range(height)]
-    for mark, column_means in zip(MARKS, means):
+    for mark, column_means in zip(MARKS, means, strict=False):
         for column, mean in enumerate(column_means):
             if mean is not None:
                 grid[round((top - mean) / (top - bottom) * (height - 1))][column] = mark

@@ -49,7 +49,9 @@ def _table(results: list) -> Table:
 def _chart(results: list) -> Panel:
     chosen = [(demo, report) for demo, report in results if demo.name in CHARTED]
     series = [report.deciding_core().grad_norm_by_lag for _, report in chosen]
-    legend = "   ".join(f"{mark} {demo.name}" for mark, (demo, _) in zip(MARKS, chosen))
+    legend = "   ".join(
+        f"{mark} {demo.name}" for mark, (demo, _) in zip(MARKS, chosen, strict=False)
+    )
     title = "‖dL/ds‖ against lag, log scale"
     return Panel(Text(log_chart(series) + "\n" + legend), title=title, title_align="left")
 
