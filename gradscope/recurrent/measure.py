@@ -58,9 +58,16 @@ def run_probe(model: nn.Module, probe: Probe) -> tuple[Tensor, dict[tuple, Trace
 
 
 def pooled_norms(per_step: Tensor) -> list[float]:
-    """``sqrt(mean_b ||g_b||^2)`` for each step of a (steps, batch, ...) tensor."""
-    flat = per_step.reshape(per_step.shape[0], per_step.shape[1], -1)
-    return flat.pow(2).sum(-1).mean(-1).sqrt().tolist()
+    """``sqrt(mean_b ||g_b||^2)`` for each step of a (steps, batch, ...) tensor.
+
+    Scaled by each step's largest entry first, so that norms up to the dtype's maximum do not
+    overflow when squared.
+    """
+    flat = per_step.reshape(per_step.shape[0], -1)
+    scale = flat.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    rms = (flat / safe).pow(2).sum(-1).div(per_step.shape[1]).sqrt()
+    return (rms * scale.squeeze(-1)).tolist()
 
 
 def _summary(values: Tensor) -> dict[str, float]:
@@ -141,7 +148,7 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
         generator = torch.Generator().manual_seed(settings.seed)
         count = min(settings.exponents, spec.state_size)
         per_element = lyapunov_exponents(step, states, drives, count, burn_in, generator)
-        exponents = sorted(per_element.mean(0).tolist(), reverse=True)
+        exponents = per_element.sort(dim=-1, descending=True).values.mean(0).tolist()
         jacobian = _jacobian_summary(step, states, drives, settings)
     return RecurrentCore(
         name=core.name,
