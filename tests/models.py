@@ -75,7 +75,7 @@ def rnn_with_recurrence(weight_hh: Tensor, nonlinearity: str = "tanh") -> nn.RNN
     n = weight_hh.shape[0]
     rnn = nn.RNN(n, n, nonlinearity=nonlinearity).double()
     with torch.no_grad():
-        for name, parameter in rnn.named_parameters():
+        for parameter in rnn.parameters():
             parameter.zero_()
         rnn.weight_hh_l0.copy_(weight_hh)
     return rnn

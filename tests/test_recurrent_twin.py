@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import reference
 import torch
+from models import CELLS, MODULES, CellLoop, build
 
 import gradscope
-import reference
 from gradscope.recurrent.unroll import unrolled
-from models import CELLS, MODULES, CellLoop, build
 
 STEPS = 12
 
