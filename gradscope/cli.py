@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"see {error.ctx.command_path} --help"
         print(f"gradscope: error: {message} ({hint})", file=sys.stderr)
         return 2
-    except (click_errors.Abort, typer.Abort):
+    except (getattr(click_errors, "Abort", typer.Abort), typer.Abort):
         print("gradscope: aborted", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -53,8 +53,11 @@ def _modules(cores: list[RecurrentCore]) -> list[RecurrentCore]:
 
 def _constructor(core: RecurrentCore, cls: str) -> str:
     if core.is_cell:
-        return f"nn.{cls}Cell({core.input_size}, {core.hidden_size})"
+        relu = ', nonlinearity="relu"' if cls == "RNN" and core.cell == "rnn_relu" else ""
+        return f"nn.{cls}Cell({core.input_size}, {core.hidden_size}{relu})"
     args = [str(core.input_size), str(core.hidden_size)]
+    if cls == "RNN" and core.cell == "rnn_relu":
+        args.append('nonlinearity="relu"')
     if core.num_layers > 1:
         args.append(f"num_layers={core.num_layers}")
     if core.bidirectional:
@@ -68,10 +71,9 @@ def _replace_cell(cls: str) -> Callable[[list[RecurrentCore], int, float], str]:
     def snippet(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
         lines = ["# in the model's __init__:"]
         for core in _modules(cores):
-            lines.append(
-                f"{module_expression(core.name, 'self')} = {_constructor(core, cls)}"
-                f"  # was {_constructor(core, 'RNN')}"
-            )
+            target = module_expression(core.name, "self") if core.name else "model"
+            lines.append(f"# was: {_constructor(core, 'RNN')}")
+            lines.append(f"{target} = {_constructor(core, cls)}")
         if cls == "LSTM":
             lines.append("# an LSTM's state is a pair: unpack (h, c) where the RNN gave h")
         return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.syntax import Syntax
@@ -19,6 +20,7 @@ STATUS_STYLE = {
     "exploding": "bold red",
     "nonfinite": "bold magenta",
 }
+SHORT_DIRECTION = {"forward": "fwd", "reverse": "rev"}
 #: At most this many gradient charts; the rest of the cores are in the table only.
 MAX_CHARTS = 8
 
@@ -60,19 +62,25 @@ def header(report: Report) -> Text:
 
 
 def cores_table(cores: list[RecurrentCore]) -> Table:
-    """One row per (layer, direction) of every recurrent module."""
-    table = Table(title="Recurrent cores", title_justify="left", title_style="bold")
-    for column in ("module", "cell", "layer", "dir"):
-        table.add_column(column)
-    for column in ("λ1/step", "horizon", "ρ(J) med", "σ(J) max"):
-        table.add_column(column, justify="right")
-    table.add_column("status")
+    """One row per (layer, direction) of every recurrent module; fits 80 columns."""
+    table = Table(
+        title="Recurrent cores (λ1 in nats per step, horizon in steps)",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("core", no_wrap=True)
+    table.add_column("cell", no_wrap=True)
+    for column in ("λ1", "horizon", "ρ(J) med", "σ(J) max"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     for core in cores:
+        where = "cell" if core.is_cell else f"l{core.layer} {SHORT_DIRECTION[core.direction]}"
         table.add_row(
-            core.name or "(model)",
+            f"{core.name or '(model)'} {where}",
             core.cell,
-            "cell" if core.is_cell else str(core.layer),
-            "rev" if core.direction == "reverse" else "fwd",
             number(core.top_exponent, "{:+.3f}"),
             number(core.memory_horizon, "{:.1f}"),
             number(core.jacobian["spectral_radius"]["median"]),
@@ -105,7 +113,9 @@ def fix_panels(report: Report) -> list[Panel]:
     """One panel per fix: why and what, then the snippet."""
     panels = []
     for fix in report.fixes:
-        snippet = Syntax(fix.snippet, "python", theme="ansi_dark", background_color="default")
+        snippet = Syntax(
+            fix.snippet, "python", theme="ansi_dark", background_color="default", word_wrap=True
+        )
         panels.append(
             Panel(
                 Group(Text(fix.detail + "\n"), snippet),

@@ -1,0 +1,100 @@
+"""Benchmark: gradscope's whole recurrent analysis against the brute-force reference loop.
+
+Model: a 2-layer LSTM(32 -> 128), 100 steps, float64, default settings. The reference steps
+PyTorch's own module one step at a time and, per step, takes the state Jacobian with
+``torch.autograd.functional.jacobian``, its eigenvalues, its largest singular value and one QR
+step of the Lyapunov frame. Both run in this process, best of ``--repeat``; the ratio is printed.
+Then the command line is timed on the same model saved to a file, start-up included.
+
+    python benchmarks/bench_recurrent.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import reference  # noqa: E402  (the tests' brute-force twin)
+
+import gradscope  # noqa: E402
+
+STEPS = 100
+TARGET_RATIO = 10.0
+
+
+def build_model() -> nn.Module:
+    """The benchmark model: a 2-layer LSTM(32 -> 128) in float64."""
+    torch.manual_seed(0)
+    return nn.LSTM(32, 128, num_layers=2).double()
+
+
+def reference_analysis(model: nn.Module, exponents: int = 8) -> None:
+    """Per step: autograd Jacobian, eigenvalues, largest singular value, one QR step."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(STEPS, 1, model.input_size, generator=generator, dtype=torch.float64)
+    for layer in range(model.num_layers):
+        inputs = reference.layer_input(model, x, layer).detach()
+        cell = reference.single_layer(model, layer, reverse=False)
+        steps = reference.trajectory(cell, inputs)
+        n = steps[0][1].shape[-1]
+        frame = torch.linalg.qr(torch.randn(n, exponents, dtype=torch.float64))[0]
+        for x_t, s in steps:
+            jacobian = torch.autograd.functional.jacobian(
+                lambda state, x_t=x_t: reference.module_step(cell, x_t, state[None])[0], s[0]
+            )
+            torch.linalg.eigvals(jacobian).abs().max()
+            torch.linalg.svdvals(jacobian)[0]
+            frame, _ = torch.linalg.qr(jacobian @ frame)
+
+
+def best_of(repeat: int, work) -> float:
+    """The fastest of ``repeat`` timed runs of ``work()``, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_cli(model: nn.Module) -> float:
+    """Seconds for ``gradscope analyze`` on the model saved to a file, start-up included."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "lstm.pt"
+        torch.save(model, path)
+        command = [sys.executable, "-m", "gradscope", "analyze", str(path), "--format", "json"]
+        start = time.perf_counter()
+        subprocess.run(command, check=False, capture_output=True)
+        return time.perf_counter() - start
+
+
+def main() -> int:
+    """Run both, print the figures and whether gradscope is at least 10x faster."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    model = build_model()
+    gradscope.analyze(nn.LSTM(4, 4).double(), steps=10)  # one-time torch.func warm-up
+    ours = best_of(args.repeat, lambda: gradscope.analyze(model, steps=STEPS))
+    brute = best_of(args.repeat, lambda: reference_analysis(model))
+    cli = time_cli(model)
+    ratio = brute / ours
+    print(f"model: 2-layer LSTM(32 -> 128), {STEPS} steps, float64, torch {torch.__version__}")
+    print(f"reference loop (autograd jacobian + eig + svd + QR per step): {brute:.2f} s")
+    print(f"gradscope.analyze (default settings):                        {ours:.2f} s")
+    print(f"ratio: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x)")
+    print(f"command line, start-up included:                             {cli:.2f} s")
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
