@@ -55,7 +55,8 @@ def _rate(core: RecurrentCore, epsilon: float, verb: str) -> str:
     """``encoder (rnn_tanh): gradients shrink 1000x every 10.2 steps (lambda_1 = -0.675/step)``."""
     return (
         f"{core.label} ({core.cell}): gradients {verb} {1 / epsilon:g}x every "
-        f"{core.memory_horizon:.1f} steps (lambda_1 = {core.top_exponent:+.3f}/step)"
+        f"{memory_horizon(core.top_exponent, epsilon):.1f} steps "
+        f"(lambda_1 = {core.top_exponent:+.3f}/step)"
     )
 
 
@@ -153,7 +154,7 @@ def _non_normal(core: RecurrentCore) -> Finding | None:
 
 
 def findings_for(cores: list[RecurrentCore], horizon: int, epsilon: float) -> list[Finding]:
-    """Every finding on assessed cores, errors first."""
+    """Every finding on assessed cores: errors first, the worst kind first."""
     findings = []
     for core in cores:
         if core.status == "nonfinite":
@@ -166,7 +167,7 @@ def findings_for(cores: list[RecurrentCore], horizon: int, epsilon: float) -> li
         warning = _non_normal(core)
         if warning is not None:
             findings.append(warning)
-    return sorted(findings, key=lambda f: f.severity != "error")
+    return sorted(findings, key=lambda f: (f.severity != "error", -STATUSES.index(f.kind)))
 
 
 def diagnose(

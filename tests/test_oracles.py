@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from models import orthogonal, rnn_with_recurrence
 from torch import nn
 
 import gradscope
 from gradscope.recurrent.dynamics import lyapunov_exponents, spectral_radius
+
+from models import orthogonal, rnn_with_recurrence
 
 LN_1000 = math.log(1000)
 

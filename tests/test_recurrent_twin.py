@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import reference
 import torch
-from models import CELLS, MODULES, CellLoop, build
 
 import gradscope
 from gradscope.recurrent.unroll import unrolled
+
+import reference
+from models import CELLS, MODULES, CellLoop, build
 
 STEPS = 12
 

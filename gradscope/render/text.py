@@ -79,7 +79,7 @@ def cores_table(cores: list[RecurrentCore]) -> Table:
     for core in cores:
         where = "cell" if core.is_cell else f"l{core.layer} {SHORT_DIRECTION[core.direction]}"
         table.add_row(
-            f"{core.name or '(model)'} {where}",
+            Text(f"{core.name or '(model)'} {where}"),
             core.cell,
             number(core.top_exponent, "{:+.3f}"),
             number(core.memory_horizon, "{:.1f}"),
@@ -92,7 +92,7 @@ def cores_table(cores: list[RecurrentCore]) -> Table:
 
 def gradient_chart(core: RecurrentCore) -> Panel:
     """||dL/ds|| against lag (steps before the core's last step), log scale."""
-    title = f"{core.label}: ‖dL/ds‖ against lag, log scale"
+    title = Text(f"{core.label}: ‖dL/ds‖ against lag, log scale")
     return Panel(Text(log_chart([core.grad_norm_by_lag])), title=title, title_align="left")
 
 

@@ -1,0 +1,140 @@
+"""The verdict rule, findings and fix snippets: pure functions on plain numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gradscope.diagnosis import core_status, diagnose, memory_horizon, worst
+from gradscope.fixes import module_expression, suggested_gate_bias
+
+from samples import core
+
+
+def test_memory_horizon_is_log_inverse_epsilon_over_the_rate():
+    assert memory_horizon(math.log(0.5), 1e-3) == pytest.approx(9.9658, abs=1e-4)
+    assert memory_horizon(0.1, 1e-2) == pytest.approx(math.log(100) / 0.1)
+    assert memory_horizon(0.0, 1e-3) is None
+    assert memory_horizon(math.nan, 1e-3) is None
+    assert memory_horizon(-math.inf, 1e-3) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("exponent", "finite", "expected"),
+    [
+        (math.log(0.5), True, "vanishing"),  # tau 9.97 < 100
+        (-0.01, True, "healthy"),  # tau 691 > 100
+        (0.1, True, "exploding"),  # tau 69 < 100
+        (0.01, True, "healthy"),
+        (0.0, True, "healthy"),
+        (-math.inf, True, "vanishing"),
+        (math.inf, True, "nonfinite"),
+        (math.nan, True, "nonfinite"),
+        (-0.5, False, "nonfinite"),
+    ],
+)
+def test_core_status_follows_the_design_rule(exponent, finite, expected):
+    assert core_status(exponent, finite, horizon=100, epsilon=1e-3) == expected
+
+
+def test_a_horizon_exactly_at_the_distance_is_healthy():
+    exponent = -math.log(1000) / 50
+    assert core_status(exponent, True, horizon=50, epsilon=1e-3) == "healthy"
+    assert core_status(exponent, True, horizon=51, epsilon=1e-3) == "vanishing"
+
+
+def test_worst_status_orders_nonfinite_exploding_vanishing_healthy():
+    assert worst([]) == "healthy"
+    assert worst(["healthy", "vanishing"]) == "vanishing"
+    assert worst(["vanishing", "exploding", "healthy"]) == "exploding"
+    assert worst(["exploding", "nonfinite"]) == "nonfinite"
+
+
+def test_suggested_gate_bias_keeps_one_over_epsilon_over_the_horizon():
+    bias = suggested_gate_bias(100, 1e-3)
+    keep = 1 / (1 + math.exp(-bias))
+    assert keep**100 == pytest.approx(1e-3)
+    assert bias == pytest.approx(2.638, abs=1e-3)
+    assert suggested_gate_bias(5, 1e-3) == 1.0  # never below Jozefowicz et al.'s 1
+
+
+def test_module_expression_indexes_sequential_children():
+    assert module_expression("layers.0.rnn") == "model.layers[0].rnn"
+    assert module_expression("encoder", "self") == "self.encoder"
+    assert module_expression("") == "model"
+
+
+def test_vanishing_vanilla_rnn_calls_for_a_gated_cell_that_fits():
+    status, cores, findings, fixes = diagnose([core("rnn_tanh", -0.675)], 100, 1e-3)
+    assert status == "vanishing" and cores[0].status == "vanishing"
+    (finding,) = findings
+    assert finding.id == "vanishing-gradient" and finding.kind == "vanishing"
+    assert finding.where == {"module": "encoder", "layer": 0, "direction": "forward"}
+    assert "10.2 steps" in finding.message and "-0.675" in finding.message
+    assert "100-step horizon" in finding.message and "gated cell" in finding.message
+    assert [fix.id for fix in fixes] == ["use-lstm", "use-gru"]
+    lstm = fixes[0].snippet
+    assert "self.encoder = nn.LSTM(64, 128, batch_first=True)" in lstm
+    assert "# was: nn.RNN(64, 128, batch_first=True)" in lstm
+    assert "self.encoder = nn.GRU(64, 128, batch_first=True)" in fixes[1].snippet
+    assert "10.2 steps" in fixes[0].detail
+
+
+def test_pascanu_bound_is_named_when_it_guarantees_vanishing():
+    weights = {"spectral_radius": 0.5, "sigma_max": 0.7, "pascanu_bound": 1.0}
+    _, _, findings, _ = diagnose([core("rnn_tanh", -0.7, weights=weights)], 100, 1e-3)
+    assert "below Pascanu's bound" in findings[0].message
+
+
+def test_vanishing_lstm_gets_the_forget_gate_bias_slices():
+    lstm = core("lstm", -0.5, hidden_size=128, num_layers=2)
+    status, _, findings, fixes = diagnose([lstm], 100, 1e-3)
+    assert status == "vanishing"
+    assert "forget gate averages 0.50" in findings[0].message
+    (fix,) = fixes
+    assert fix.id == "forget-gate-bias"
+    assert "model.encoder.named_parameters()" in fix.snippet
+    assert "bias[128:256].fill_(2.6)" in fix.snippet and "bias[128:256].zero_()" in fix.snippet
+
+
+def test_vanishing_gru_gets_the_update_gate_bias():
+    fixes = diagnose([core("gru", -0.45, hidden_size=32)], 100, 1e-3)[3]
+    assert fixes[0].id == "update-gate-bias"
+    assert "bias[32:64].fill_(2.6)" in fixes[0].snippet
+    assert "(r, z, n)" in fixes[0].snippet
+
+
+def test_exploding_core_gets_clipping_and_for_a_vanilla_rnn_a_bounded_gain():
+    status, _, findings, fixes = diagnose([core("rnn_tanh", 0.158, num_layers=2)], 100, 1e-3)
+    assert status == "exploding"
+    assert findings[0].id == "exploding-gradient" and "grow 1000x" in findings[0].message
+    assert [fix.id for fix in fixes] == ["clip-grad-norm", "spectral-norm", "orthogonal-init"]
+    assert "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)" in fixes[0].snippet
+    assert 'name="weight_hh_l1"' in fixes[1].snippet
+    assert "orthogonal_" in fixes[2].snippet
+
+
+def test_nonfinite_core_is_the_worst_and_named():
+    status, _, findings, fixes = diagnose(
+        [core("lstm", -0.5), core("gru", math.nan, name="decoder", finite=False)], 100, 1e-3
+    )
+    assert status == "nonfinite"
+    assert findings[0].id == "nonfinite-values" and findings[0].where["module"] == "decoder"
+    assert "clip-grad-norm" in [fix.id for fix in fixes]
+
+
+def test_strongly_non_normal_jacobian_warns_without_failing():
+    jacobian = {
+        "spectral_radius": {"median": 0.5, "max": 0.5},
+        "sigma_max": {"median": 10.02, "max": 10.02},
+        "samples": 100,
+    }
+    status, _, findings, _ = diagnose([core("rnn_tanh", -0.001, jacobian=jacobian)], 100, 1e-3)
+    assert status == "healthy"
+    assert [(f.id, f.severity) for f in findings] == [("transient-growth", "warning")]
+
+
+def test_healthy_cores_have_no_findings():
+    status, _, findings, fixes = diagnose([core("lstm", -0.01)], 100, 1e-3)
+    assert (status, findings, fixes) == ("healthy", [], [])
