@@ -98,13 +98,12 @@ def gradient_chart(core: RecurrentCore) -> Panel:
 
 def verdict(report: Report) -> Panel:
     """The overall status and every finding."""
-    body = Text()
-    if not report.findings:
-        body.append("Gradients survive the horizon in every core.")
+    lines = []
     for finding in report.findings:
         marker = "✖" if finding.severity == "error" else "!"
-        body.append(f"{marker} ", style=STATUS_STYLE.get(finding.kind, ""))
-        body.append(finding.message + "\n")
+        line = Text(f"{marker} ", style=STATUS_STYLE.get(finding.kind, ""))
+        lines.append(line.append(finding.message, style="default"))
+    body = Text("\n").join(lines) or Text("Gradients survive the horizon in every core.")
     title = Text("Verdict: ").append(status_text(report.status.upper()))
     return Panel(body, title=title, title_align="left")
 
