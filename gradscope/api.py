@@ -51,6 +51,7 @@ def analyze(
     progress("loading the model")
     loaded = load_model(model_or_path, model=model, model_args=model_args, trust=trust)
     module = loaded.module.to(device=device, dtype=getattr(torch, settings.dtype)).eval()
+    module.requires_grad_(True)  # our own copy: gradients must reach every state
     probe = make_probe(module, settings, device)
     settings = settings.for_steps(probe.steps, probe.batch)
     progress(f"probing {probe.steps} steps and measuring the recurrent cores")
@@ -59,6 +60,7 @@ def analyze(
     status, cores, findings, fixes = diagnose(measured.cores, settings.horizon, settings.epsilon)
     settings_data = settings.to_dict() | {
         "probe": settings.probe,
+        "input_shape": list(probe.inputs.shape),
         "loss": "seeded unit projection of the output at the last time step",
         "device": str(device),
         "spectrum_samples": {core.label: core.jacobian["samples"] for core in cores},

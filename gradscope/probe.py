@@ -38,9 +38,13 @@ class Layout:
             return (batch, steps, self.features)
         return (steps, batch, self.features)
 
-    def axes(self, ndim: int) -> tuple[int, int | None]:
-        """(time axis, batch axis) of an input with ``ndim`` dimensions."""
-        if ndim == 2:
+    def axes(self, ndim: int, tokens: bool = False) -> tuple[int, int | None]:
+        """(time axis, batch axis) of an input with ``ndim`` dimensions.
+
+        Feature inputs are (batch, steps, F), (steps, batch, F) or unbatched (steps, F); token
+        inputs (integer ids for an embedding) lack the feature axis.
+        """
+        if ndim == 2 - tokens:
             return 0, None
         return (1, 0) if self.batch_first else (0, 1)
 
@@ -109,15 +113,19 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
         else:
             inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
     else:
-        inputs = _load_probe_file(Path(settings.probe)).to(dtype)
-        _check_probe_shape(inputs, layout, settings.probe)
-    if inputs.dim() not in (2, 3):
+        inputs = _load_probe_file(Path(settings.probe))
+        if inputs.is_floating_point():
+            inputs = inputs.to(dtype)
+            _check_probe_shape(inputs, layout, settings.probe)
+    tokens = not inputs.is_floating_point()
+    if inputs.dim() not in (2 - tokens, 3 - tokens):
+        expected = "(batch, steps) or (steps)" if tokens else "(batch, steps, F) or (steps, F)"
         raise GradscopeError(
-            f"the probe has shape {tuple(inputs.shape)}; a sequence input needs 3 dimensions "
-            "(batch, steps, features) or 2 (steps, features): fix --input-shape"
+            f"the probe has shape {tuple(inputs.shape)}; a sequence input is shaped "
+            f"{expected}: fix --input-shape or the probe file"
         )
-    time_axis, batch_axis = layout.axes(inputs.dim())
-    inputs = inputs.to(device).requires_grad_(True)
+    time_axis, batch_axis = layout.axes(inputs.dim(), tokens)
+    inputs = inputs.to(device).requires_grad_(not tokens)
     kind = settings.probe if settings.probe in BUILTIN_PROBES else "file"
     return Probe(inputs, time_axis, batch_axis, kind, settings.seed)
 
@@ -157,7 +165,8 @@ def projection_loss(output: object, probe: Probe) -> Tensor:
             "gradscope needs a model that returns a tensor"
         )
     batch_axis = probe.batch_axis
-    if y.dim() == probe.inputs.dim() and y.shape[probe.time_axis] == probe.steps:
+    sequence = y.dim() >= probe.inputs.dim() and y.dim() > probe.time_axis
+    if sequence and y.shape[probe.time_axis] == probe.steps:
         y = y.select(probe.time_axis, -1)
         if batch_axis is not None and probe.time_axis < batch_axis:
             batch_axis -= 1

@@ -179,8 +179,10 @@ def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> Rec
     """Run the probe once, backpropagate once, and measure every recurrent core."""
     loss, traces = run_probe(model, probe)
     states = [s for trace in traces.values() for s in trace.states]
-    grads = torch.autograd.grad(loss, [probe.inputs, *states], allow_unused=True)
-    input_grad, state_grads = grads[0], iter(grads[1:])
+    leaves = [probe.inputs] if probe.inputs.requires_grad else []
+    grads = torch.autograd.grad(loss, [*leaves, *states], allow_unused=True)
+    input_grad = grads[0] if leaves else None
+    state_grads = iter(grads[len(leaves) :])
     cores = [
         measure_core(trace, [next(state_grads) for _ in trace.states], settings)
         for trace in traces.values()

@@ -1,0 +1,140 @@
+"""The Python API on whole models: probes, outputs, dtypes, non-finite numbers, no side effects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope import GradientHealthError, GradscopeError
+
+from models import MODULES, CellLoop, Classifier, build, orthogonal, rnn_with_recurrence
+
+
+class TokenTagger(nn.Module):
+    """Embedding -> LSTM -> per-step logits: a model fed integer token ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.lstm = nn.LSTM(8, 6, batch_first=True)
+        self.out = nn.Linear(6, 50)
+
+    def forward(self, tokens):
+        return self.out(self.lstm(self.embed(tokens))[0])
+
+
+def test_a_model_object_is_copied_and_left_untouched():
+    torch.manual_seed(0)
+    model = Classifier(nn.GRU(4, 6, batch_first=True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gradscope.analyze(model, steps=10)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "forward" not in vars(model.encoder)  # the unroll is gone after the analysis
+
+
+def test_classifier_output_without_a_time_axis_is_projected_whole():
+    model = build(lambda: Classifier(nn.LSTM(4, 6, num_layers=2, batch_first=True)))
+    report = gradscope.analyze(model, steps=15, batch=2)
+    assert [c.label for c in report.recurrent] == ["encoder[l0]", "encoder[l1]"]
+    assert report.settings["input_shape"] == [2, 15, 4]
+    assert len(report.input_grad_norm) == 15
+    assert all(c.grad_norm[-1] > 0 for c in report.recurrent)
+
+
+def test_float32_measures_what_float64_measures():
+    model = build(MODULES["lstm_proj_bidir_2layer_bf"])
+    double = gradscope.analyze(model, steps=30, dtype="float64")
+    single = gradscope.analyze(model, steps=30, dtype="float32")
+    assert single.settings["dtype"] == "float32"
+    for a, b in zip(single.recurrent, double.recurrent, strict=True):
+        assert a.lyapunov == pytest.approx(b.lyapunov, rel=1e-3, abs=1e-4)
+        assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-3, abs=1e-7)
+
+
+def test_integer_token_probe_from_a_file(tmp_path):
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 50, (3, 20))
+    path = tmp_path / "tokens.pt"
+    torch.save(tokens, path)
+    report = gradscope.analyze(TokenTagger(), probe=str(path))
+    (core,) = report.recurrent
+    assert core.steps == 20 and report.settings["batch"] == 3
+    assert report.input_grad_norm is None  # no gradient with respect to integer ids
+    assert core.grad_norm[-1] > 0 and core.grad_norm[0] > 0
+
+
+def test_nan_weights_give_a_nonfinite_verdict_not_a_crash():
+    model = build(MODULES["gru"])
+    with torch.no_grad():
+        model.weight_hh_l0[0, 0] = math.nan
+    report = gradscope.analyze(model, steps=10)
+    assert report.status == "nonfinite"
+    assert report.findings[0].id == "nonfinite-values"
+    assert report.to_dict()["recurrent"][0]["lyapunov"] == [None]
+
+
+def test_exploding_relu_rnn_is_exploding():
+    rnn = rnn_with_recurrence(1.5 * torch.eye(4, dtype=torch.float64), nonlinearity="relu")
+    with torch.no_grad():
+        rnn.bias_ih_l0.fill_(1.0)  # every unit stays active: J = 1.5 I at every step
+    report = gradscope.analyze(rnn, steps=40, probe="zeros", exponents=4)
+    (core,) = report.recurrent
+    assert report.status == "exploding"
+    assert core.lyapunov == pytest.approx([math.log(1.5)] * 4, abs=1e-9)
+    assert next(f.id for f in report.fixes) == "clip-grad-norm"
+
+
+def test_a_long_memory_lstm_is_healthy_and_assert_healthy_passes():
+    model = build(MODULES["lstm"])
+    with torch.no_grad():
+        model.weight_hh_l0.mul_(0.1)
+        model.bias_ih_l0[6:12].fill_(8.0)  # forget gate ~ 0.9997: horizon of thousands of steps
+    report = gradscope.analyze(model, steps=50)
+    assert report.status == "healthy"
+    report.assert_healthy()
+    assert report.recurrent[0].gates["mean"] > 0.99
+
+
+def test_assert_healthy_on_a_vanishing_model_says_why():
+    report = gradscope.analyze(rnn_with_recurrence(0.5 * orthogonal(3)), steps=50)
+    with pytest.raises(GradientHealthError, match="vanishing"):
+        report.assert_healthy()
+
+
+def test_cell_loop_reports_one_core_of_kind_cell():
+    report = gradscope.analyze(CellLoop(build(lambda: nn.LSTMCell(4, 5))), steps=12)
+    (core,) = report.recurrent
+    assert core.is_cell and core.cell == "lstm" and core.state_size == 10
+    assert report.settings["input_shape"] == [1, 12, 4]
+
+
+def test_progress_reports_what_is_happening():
+    messages = []
+    gradscope.analyze(build(MODULES["rnn_tanh"]), steps=5, progress=messages.append)
+    assert messages and all(isinstance(m, str) for m in messages)
+
+
+def test_spectrum_steps_sets_how_many_jacobians_get_a_spectrum():
+    model = build(MODULES["lstm"])
+    assert (
+        gradscope.analyze(model, steps=40, spectrum_steps=5).recurrent[0].jacobian["samples"] == 5
+    )
+    assert gradscope.analyze(model, steps=40).recurrent[0].jacobian["samples"] == 40
+    big = build(lambda: nn.LSTM(4, 200))  # state of 400: auto samples a subset
+    samples = gradscope.analyze(big, steps=40).recurrent[0].jacobian["samples"]
+    assert 8 <= samples < 40
+
+
+def test_a_model_without_recurrent_modules_is_refused():
+    with pytest.raises(GradscopeError, match="no recurrent module"):
+        gradscope.analyze(nn.Sequential(nn.Linear(3, 3)), input_shape=(1, 5, 3))
+
+
+def test_a_forward_that_fails_on_the_probe_names_the_model_error():
+    with pytest.raises(GradscopeError, match=r"forward failed.*--input-shape"):
+        gradscope.analyze(TokenTagger(), steps=5)
