@@ -54,6 +54,8 @@ def analyze(
     module.requires_grad_(True)  # our own copy: gradients must reach every state
     probe = make_probe(module, settings, device)
     settings = settings.for_steps(probe.steps, probe.batch)
+    if probe.note:
+        loaded.notes.append(probe.note)
     progress(f"probing {probe.steps} steps and measuring the recurrent cores")
     with torch.enable_grad():
         measured = measure_recurrent(module, probe, settings)

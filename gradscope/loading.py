@@ -14,7 +14,9 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,12 +109,30 @@ def _refuse_code(path: Path, names: list[str]) -> GradscopeError:
     )
 
 
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception's message cut to one line, for a one-line error."""
+    text = str(error).strip()
+    if "WeightsUnpickler error:" in text:  # torch wraps the reason in advice to load unsafely
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    line = (text.splitlines() or [""])[0].strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _not_a_checkpoint(path: Path, error: Exception) -> GradscopeError:
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+    reason = _first_line(error).split(". ")[0]
+    reason = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
     return GradscopeError(
         f"{path} is not a readable PyTorch checkpoint ({reason}); gradscope reads files "
         "written by torch.save"
     )
+
+
+@contextmanager
+def _no_warnings() -> Iterator[None]:
+    """torch.load warns on stderr about odd files; gradscope says what matters in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def read_checkpoint(path: Path, trust: bool) -> object:
@@ -125,11 +145,13 @@ def read_checkpoint(path: Path, trust: bool) -> object:
         raise GradscopeError(f"{path} is empty; save the model again with torch.save")
     if trust:
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            with _no_warnings():
+                return torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ModuleNotFoundError, ImportError) as error:
             raise GradscopeError(
-                f"{path} needs code that cannot be imported here ({error}); run gradscope where "
-                "the model's code is importable, or save a state_dict and pass --model"
+                f"{path} needs code that cannot be imported here ({_first_line(error)}); run "
+                "gradscope where the model's code is importable, or save a state_dict and pass "
+                "--model"
             ) from None
         except Exception as error:
             raise _not_a_checkpoint(path, error) from None
@@ -139,7 +161,8 @@ def read_checkpoint(path: Path, trust: bool) -> object:
     if refused:
         raise _refuse_code(path, refused)
     try:
-        with torch.serialization.safe_globals([cls for cls in allowed.values() if cls]):
+        safe = [cls for cls in allowed.values() if cls]
+        with _no_warnings(), torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         found = re.findall(r"GLOBAL ([\w.]+)", str(error))
@@ -174,7 +197,8 @@ def import_class(spec: str) -> type:
         raise
     except Exception as error:
         raise GradscopeError(
-            f"--model {spec!r}: importing {target} failed ({type(error).__name__}: {error})"
+            f"--model {spec!r}: importing {target} failed "
+            f"({type(error).__name__}: {_first_line(error)})"
         ) from None
     cls = getattr(module, class_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
@@ -214,7 +238,8 @@ def build_from_state_dict(state_dict: Mapping[str, Tensor], cls: type, args: dic
         module = cls(**args)
     except Exception as error:
         raise GradscopeError(
-            f"--model {cls.__name__}(**model-args) failed ({type(error).__name__}: {error}); "
+            f"--model {cls.__name__}(**model-args) failed "
+            f"({type(error).__name__}: {_first_line(error)}); "
             "fix --model-args"
         ) from None
     expected = module.state_dict()

@@ -26,6 +26,7 @@ class Layout:
     features: int | None
     batch_first: bool
     source: str
+    assumed: bool = False
 
     def shape(self, steps: int, batch: int) -> tuple[int, ...]:
         """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
@@ -58,6 +59,7 @@ class Probe:
     batch_axis: int | None
     kind: str
     seed: int
+    note: str | None = None
 
     @property
     def steps(self) -> int:
@@ -76,8 +78,9 @@ def input_layout(model: nn.Module) -> Layout:
     if not found:
         return Layout(None, True, "no recurrent module")
     name, module = found[0]
-    batch_first = bool(getattr(module, "batch_first", True))
-    return Layout(module.input_size, batch_first, name)
+    batch_first = getattr(module, "batch_first", None)
+    source = name or type(module).__name__
+    return Layout(module.input_size, batch_first is not False, source, batch_first is None)
 
 
 def _load_probe_file(path: Path) -> Tensor:
@@ -127,7 +130,13 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
     time_axis, batch_axis = layout.axes(inputs.dim(), tokens)
     inputs = inputs.to(device).requires_grad_(not tokens)
     kind = settings.probe if settings.probe in BUILTIN_PROBES else "file"
-    return Probe(inputs, time_axis, batch_axis, kind, settings.seed)
+    note = None
+    if layout.assumed and settings.probe in BUILTIN_PROBES and not settings.input_shape:
+        note = (
+            f"{layout.source} is a cell: the probe assumes batch-first sequences "
+            "(batch, steps, features); pass --input-shape or --probe for another layout"
+        )
+    return Probe(inputs, time_axis, batch_axis, kind, settings.seed, note)
 
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:

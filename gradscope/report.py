@@ -44,10 +44,11 @@ class RecurrentCore:
     @property
     def label(self) -> str:
         """A short human name: ``encoder``, ``encoder[l1 reverse]``."""
+        name = self.name or "(model)"
         if self.is_cell or (self.num_layers == 1 and not self.bidirectional):
-            return self.name
+            return name
         reverse = " reverse" if self.direction == "reverse" else ""
-        return f"{self.name}[l{self.layer}{reverse}]"
+        return f"{name}[l{self.layer}{reverse}]"
 
     @property
     def top_exponent(self) -> float:

@@ -45,13 +45,6 @@ class Core:
     bidirectional: bool = False
     batch_first: bool = False
 
-    @property
-    def label(self) -> str:
-        """A short human name: ``encoder[l1 reverse]``."""
-        if self.is_cell or (self.num_layers == 1 and not self.bidirectional):
-            return self.name
-        return f"{self.name}[l{self.layer}{' reverse' if self.direction == 'reverse' else ''}]"
-
 
 @dataclass
 class Trace:
@@ -223,11 +216,11 @@ def _unrolled_cell_forward(name: str, module: nn.Module, recorder: Recorder) -> 
 
 
 def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every PyTorch recurrent module and cell in ``model``, with its module path."""
+    """Every PyTorch recurrent module and cell in ``model``, with its module path ("" for root)."""
     found = []
     for name, module in model.named_modules():
         if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
-            found.append((name or type(module).__name__.lower(), module))
+            found.append((name, module))
     return found
 
 
