@@ -85,52 +85,47 @@ def _vanishing_advice(core: RecurrentCore, horizon: int, epsilon: float) -> str:
     return f"{cause}; a vanilla RNN cannot learn to hold information as gates do: use a gated cell"
 
 
+#: The stable id of the finding each failing status raises.
+ERROR_IDS = {
+    "vanishing": "vanishing-gradient",
+    "exploding": "exploding-gradient",
+    "nonfinite": "nonfinite-values",
+}
+
+
+def _error(core: RecurrentCore, message: str, fixes: list[str]) -> Finding:
+    """The finding behind an assessed core's failing status."""
+    return Finding(ERROR_IDS[core.status], core.status, "error", _where(core), message, fixes)
+
+
 def _vanishing(core: RecurrentCore, horizon: int, epsilon: float) -> Finding:
     fixes = {"lstm": ["forget-gate-bias"], "gru": ["update-gate-bias"]}.get(
         core.cell, ["use-lstm", "use-gru"]
     )
-    return Finding(
-        id="vanishing-gradient",
-        kind="vanishing",
-        severity="error",
-        where=_where(core),
-        message=(
-            f"{_rate(core, epsilon, 'shrink')}, short of the {horizon}-step horizon; "
-            f"{_vanishing_advice(core, horizon, epsilon)}."
-        ),
-        fixes=fixes,
+    message = (
+        f"{_rate(core, epsilon, 'shrink')}, short of the {horizon}-step horizon; "
+        f"{_vanishing_advice(core, horizon, epsilon)}."
     )
+    return _error(core, message, fixes)
 
 
 def _exploding(core: RecurrentCore, horizon: int, epsilon: float) -> Finding:
     fixes = ["clip-grad-norm"]
     if core.cell in ("rnn_tanh", "rnn_relu"):
         fixes += ["spectral-norm", "orthogonal-init"]
-    return Finding(
-        id="exploding-gradient",
-        kind="exploding",
-        severity="error",
-        where=_where(core),
-        message=(
-            f"{_rate(core, epsilon, 'grow')}, within the {horizon}-step horizon; updates will "
-            "blow up without clipping."
-        ),
-        fixes=fixes,
+    message = (
+        f"{_rate(core, epsilon, 'grow')}, within the {horizon}-step horizon; updates will "
+        "blow up without clipping."
     )
+    return _error(core, message, fixes)
 
 
 def _nonfinite(core: RecurrentCore) -> Finding:
-    return Finding(
-        id="nonfinite-values",
-        kind="nonfinite",
-        severity="error",
-        where=_where(core),
-        message=(
-            f"{core.label} ({core.cell}): NaN or Inf in the states, gradients or Jacobians on "
-            "the probe; check the weights for NaN, then clip gradients in training."
-        ),
-        fixes=["clip-grad-norm"],
+    message = (
+        f"{core.label} ({core.cell}): NaN or Inf in the states, gradients or Jacobians on the "
+        "probe; check the weights for NaN, then clip gradients in training."
     )
+    return _error(core, message, ["clip-grad-norm"])
 
 
 def _non_normal(core: RecurrentCore) -> Finding | None:
