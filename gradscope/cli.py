@@ -245,7 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gradscope: error: {error}", file=sys.stderr)
         return 2
     except click_errors.NoArgsIsHelpError as error:
-        print(error.ctx.get_help() if error.ctx else "gradscope --help")
+        # Raising it rendered the help already (typer's rich help prints as it formats, and
+        # leaves the message empty); plain click keeps the help text as the message.
+        if error.format_message().strip():
+            print(error.format_message())
         return 0
     except click_errors.ClickException as error:
         message = " ".join(error.format_message().split())
@@ -269,5 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(rerun with --debug for a traceback, and report it)",
             file=sys.stderr,
         )
+        return 2
+    if result == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130
+        print("gradscope: interrupted", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0

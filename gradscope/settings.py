@@ -95,7 +95,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,100,32"`` or ``"1x100x32"`` -> (1, 100, 32)."""
     parts = text.replace("x", ",").replace(" ", "").strip("()[]").split(",")
     try:
-        shape = tuple(int(p) for p in parts if p)
+        shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
     if not shape or any(d <= 0 for d in shape):
