@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from gradscope import __version__
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, first_line
 from gradscope.render import FORMATS
 from gradscope.report import FAILING_STATUSES
 from gradscope.settings import parse_spectrum_steps
@@ -266,9 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if _debug_requested(args):
             traceback.print_exc()
-        first_line = (str(error).strip().splitlines() or [""])[0]
         print(
-            f"gradscope: internal error: {type(error).__name__}: {first_line} "
+            f"gradscope: internal error: {type(error).__name__}: {first_line(error)} "
             "(rerun with --debug for a traceback, and report it)",
             file=sys.stderr,
         )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, first_line
 
 
 @dataclass
@@ -109,17 +109,8 @@ def _refuse_code(path: Path, names: list[str]) -> GradscopeError:
     )
 
 
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    """An exception's message cut to one line, for a one-line error."""
-    text = str(error).strip()
-    if "WeightsUnpickler error:" in text:  # torch wraps the reason in advice to load unsafely
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    line = (text.splitlines() or [""])[0].strip()
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _not_a_checkpoint(path: Path, error: Exception) -> GradscopeError:
-    reason = _first_line(error).split(". ")[0]
+    reason = first_line(error).split(". ")[0]
     reason = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
     return GradscopeError(
         f"{path} is not a readable PyTorch checkpoint ({reason}); gradscope reads files "
@@ -149,7 +140,7 @@ def read_checkpoint(path: Path, trust: bool) -> object:
                 return torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ModuleNotFoundError, ImportError) as error:
             raise GradscopeError(
-                f"{path} needs code that cannot be imported here ({_first_line(error)}); run "
+                f"{path} needs code that cannot be imported here ({first_line(error)}); run "
                 "gradscope where the model's code is importable, or save a state_dict and pass "
                 "--model"
             ) from None
@@ -198,7 +189,7 @@ def import_class(spec: str) -> type:
     except Exception as error:
         raise GradscopeError(
             f"--model {spec!r}: importing {target} failed "
-            f"({type(error).__name__}: {_first_line(error)})"
+            f"({type(error).__name__}: {first_line(error)})"
         ) from None
     cls = getattr(module, class_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
@@ -239,7 +230,7 @@ def build_from_state_dict(state_dict: Mapping[str, Tensor], cls: type, args: dic
     except Exception as error:
         raise GradscopeError(
             f"--model {cls.__name__}(**model-args) failed "
-            f"({type(error).__name__}: {_first_line(error)}); "
+            f"({type(error).__name__}: {first_line(error)}); "
             "fix --model-args"
         ) from None
     expected = module.state_dict()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.diagnosis import memory_horizon
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, first_line
 from gradscope.probe import Probe, projection_loss
 from gradscope.recurrent.cells import gate_bias, gate_values, step_function
 from gradscope.recurrent.dynamics import (
@@ -43,11 +43,10 @@ def run_probe(model: nn.Module, probe: Probe) -> tuple[Tensor, dict[tuple, Trace
         except GradscopeError:
             raise
         except Exception as error:
-            first_line = (str(error).strip().splitlines() or [""])[0]
             raise GradscopeError(
                 f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
-                f"({type(error).__name__}: {first_line}); pass --input-shape or --probe with "
-                "the input it expects"
+                f"({type(error).__name__}: {first_line(error)}); pass --input-shape or --probe "
+                "with the input it expects"
             ) from None
     if not recorder.traces:
         raise GradscopeError(
