@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope import __version__
-from gradscope.diagnosis import diagnose
+from gradscope.diagnosis import diagnose, with_horizons
 from gradscope.report import Report
 from gradscope.settings import Settings, parse_shape
 
@@ -53,13 +53,15 @@ def analyze(
     module = loaded.module.to(device=device, dtype=getattr(torch, settings.dtype)).eval()
     module.requires_grad_(True)  # our own copy: gradients must reach every state
     probe = make_probe(module, settings, device)
+    requested_horizon = settings.horizon
     settings = settings.for_steps(probe.steps, probe.batch)
     if probe.note:
         loaded.notes.append(probe.note)
     progress(f"probing {probe.steps} steps and measuring the recurrent cores")
     with torch.enable_grad():
         measured = measure_recurrent(module, probe, settings)
-    status, cores, findings, fixes = diagnose(measured.cores, settings.horizon, settings.epsilon)
+    cores = with_horizons(measured.cores, requested_horizon, probe.steps)
+    status, cores, findings, fixes = diagnose(cores, settings.epsilon)
     settings_data = settings.to_dict() | {
         "probe": settings.probe,
         "input_shape": list(probe.inputs.shape),

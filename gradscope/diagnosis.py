@@ -37,11 +37,25 @@ def worst(statuses: list[str]) -> str:
     return max(statuses, key=STATUSES.index, default="healthy")
 
 
-def assess_cores(cores: list[RecurrentCore], horizon: int, epsilon: float) -> list[RecurrentCore]:
-    """The cores with their status set by the verdict rule."""
+def with_horizons(
+    cores: list[RecurrentCore], requested: int | None, probe_steps: int
+) -> list[RecurrentCore]:
+    """Each core's distance L: ``--horizon`` when given, else the steps the core ran.
+
+    By default L is the probe length, but a core that ran fewer steps (a decoder, a cell called
+    a few times) cannot be asked to carry information further than it ran.
+    """
+    return [
+        dataclasses.replace(core, horizon=requested or min(probe_steps, core.steps))
+        for core in cores
+    ]
+
+
+def assess_cores(cores: list[RecurrentCore], epsilon: float) -> list[RecurrentCore]:
+    """The cores with their status set by the verdict rule over their own horizon."""
     return [
         dataclasses.replace(
-            core, status=core_status(core.top_exponent, core.finite, horizon, epsilon)
+            core, status=core_status(core.top_exponent, core.finite, core.horizon, epsilon)
         )
         for core in cores
     ]
@@ -60,7 +74,7 @@ def _rate(core: RecurrentCore, epsilon: float, verb: str) -> str:
     )
 
 
-def _vanishing_advice(core: RecurrentCore, horizon: int, epsilon: float) -> str:
+def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
     """Why it vanishes: a gate to train open (LSTM/GRU), or structure (vanilla RNN)."""
     if core.cell in ("lstm", "gru"):
         gate = "forget" if core.cell == "lstm" else "update"
@@ -68,7 +82,7 @@ def _vanishing_advice(core: RecurrentCore, horizon: int, epsilon: float) -> str:
         return (
             f"the {gate} gate averages {mean:.2f}: the gates start nearly closed and training "
             "must first learn to keep information; a total "
-            f"{gate}-gate bias of {suggested_gate_bias(horizon, epsilon):.1f} shortens that"
+            f"{gate}-gate bias of {suggested_gate_bias(core.horizon, epsilon):.1f} shortens that"
         )
     weights = core.weights or {}
     sigma, bound = weights.get("sigma_max", math.nan), weights.get("pascanu_bound", 1.0)
@@ -98,23 +112,23 @@ def _error(core: RecurrentCore, message: str, fixes: list[str]) -> Finding:
     return Finding(ERROR_IDS[core.status], core.status, "error", _where(core), message, fixes)
 
 
-def _vanishing(core: RecurrentCore, horizon: int, epsilon: float) -> Finding:
+def _vanishing(core: RecurrentCore, epsilon: float) -> Finding:
     fixes = {"lstm": ["forget-gate-bias"], "gru": ["update-gate-bias"]}.get(
         core.cell, ["use-lstm", "use-gru"]
     )
     message = (
-        f"{_rate(core, epsilon, 'shrink')}, short of the {horizon}-step horizon; "
-        f"{_vanishing_advice(core, horizon, epsilon)}."
+        f"{_rate(core, epsilon, 'shrink')}, short of the {core.horizon}-step horizon; "
+        f"{_vanishing_advice(core, epsilon)}."
     )
     return _error(core, message, fixes)
 
 
-def _exploding(core: RecurrentCore, horizon: int, epsilon: float) -> Finding:
+def _exploding(core: RecurrentCore, epsilon: float) -> Finding:
     fixes = ["clip-grad-norm"]
     if core.cell in ("rnn_tanh", "rnn_relu"):
         fixes += ["spectral-norm", "orthogonal-init"]
     message = (
-        f"{_rate(core, epsilon, 'grow')}, within the {horizon}-step horizon; updates will "
+        f"{_rate(core, epsilon, 'grow')}, within the {core.horizon}-step horizon; updates will "
         "blow up without clipping."
     )
     return _error(core, message, fixes)
@@ -148,7 +162,7 @@ def _non_normal(core: RecurrentCore) -> Finding | None:
     )
 
 
-def findings_for(cores: list[RecurrentCore], horizon: int, epsilon: float) -> list[Finding]:
+def findings_for(cores: list[RecurrentCore], epsilon: float) -> list[Finding]:
     """Every finding on assessed cores: errors first, the worst kind first."""
     findings = []
     for core in cores:
@@ -156,9 +170,9 @@ def findings_for(cores: list[RecurrentCore], horizon: int, epsilon: float) -> li
             findings.append(_nonfinite(core))
             continue
         if core.status == "vanishing":
-            findings.append(_vanishing(core, horizon, epsilon))
+            findings.append(_vanishing(core, epsilon))
         elif core.status == "exploding":
-            findings.append(_exploding(core, horizon, epsilon))
+            findings.append(_exploding(core, epsilon))
         warning = _non_normal(core)
         if warning is not None:
             findings.append(warning)
@@ -166,10 +180,13 @@ def findings_for(cores: list[RecurrentCore], horizon: int, epsilon: float) -> li
 
 
 def diagnose(
-    cores: list[RecurrentCore], horizon: int, epsilon: float
+    cores: list[RecurrentCore], epsilon: float
 ) -> tuple[str, list[RecurrentCore], list[Finding], list[Fix]]:
-    """Overall status, assessed cores, findings and the fixes they call for."""
-    assessed = assess_cores(cores, horizon, epsilon)
-    findings = findings_for(assessed, horizon, epsilon)
-    fixes = build_fixes(findings, assessed, horizon, epsilon)
+    """Overall status, assessed cores, findings and the fixes they call for.
+
+    Each core is judged over its own ``horizon`` (see :func:`with_horizons`).
+    """
+    assessed = assess_cores(cores, epsilon)
+    findings = findings_for(assessed, epsilon)
+    fixes = build_fixes(findings, assessed, epsilon)
     return worst([core.status for core in assessed]), assessed, findings, fixes

@@ -67,8 +67,8 @@ def _constructor(core: RecurrentCore, cls: str) -> str:
     return f"nn.{cls}({', '.join(args)})"
 
 
-def _replace_cell(cls: str) -> Callable[[list[RecurrentCore], int, float], str]:
-    def snippet(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
+def _replace_cell(cls: str) -> Callable[[list[RecurrentCore], float], str]:
+    def snippet(cores: list[RecurrentCore], epsilon: float) -> str:
         lines = ["# in the model's __init__:"]
         for core in _modules(cores):
             target = module_expression(core.name, "self") if core.name else "model"
@@ -81,8 +81,9 @@ def _replace_cell(cls: str) -> Callable[[list[RecurrentCore], int, float], str]:
     return snippet
 
 
-def _gate_bias(gate: str, order: str) -> Callable[[list[RecurrentCore], int, float], str]:
-    def snippet(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
+def _gate_bias(gate: str, order: str) -> Callable[[list[RecurrentCore], float], str]:
+    def snippet(cores: list[RecurrentCore], epsilon: float) -> str:
+        horizon = max(core.horizon for core in cores)
         bias = suggested_gate_bias(horizon, epsilon)
         lines = [
             f"# PyTorch adds bias_ih and bias_hh; the {gate} gate is chunk 1 of ({order}).",
@@ -104,7 +105,7 @@ def _gate_bias(gate: str, order: str) -> Callable[[list[RecurrentCore], int, flo
     return snippet
 
 
-def _clip(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
+def _clip(cores: list[RecurrentCore], epsilon: float) -> str:
     return "\n".join(
         [
             "optimizer.zero_grad()",
@@ -115,7 +116,7 @@ def _clip(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
     )
 
 
-def _orthogonal(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
+def _orthogonal(cores: list[RecurrentCore], epsilon: float) -> str:
     lines = ["with torch.no_grad():"]
     for core in _modules(cores):
         lines += [
@@ -126,7 +127,7 @@ def _orthogonal(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str
     return "\n".join(lines)
 
 
-def _spectral_norm(cores: list[RecurrentCore], horizon: int, epsilon: float) -> str:
+def _spectral_norm(cores: list[RecurrentCore], epsilon: float) -> str:
     lines = ["from torch.nn.utils.parametrizations import spectral_norm", ""]
     for core in _modules(cores):
         module = module_expression(core.name)
@@ -139,7 +140,7 @@ def _spectral_norm(cores: list[RecurrentCore], horizon: int, epsilon: float) -> 
     return "\n".join(lines)
 
 
-SNIPPETS: dict[str, Callable[[list[RecurrentCore], int, float], str]] = {
+SNIPPETS: dict[str, Callable[[list[RecurrentCore], float], str]] = {
     "clip-grad-norm": _clip,
     "use-lstm": _replace_cell("LSTM"),
     "use-gru": _replace_cell("GRU"),
@@ -169,9 +170,7 @@ def _why(fix_id: str, findings: list[Finding]) -> str:
     return "; ".join(dict.fromkeys(reasons))
 
 
-def build_fixes(
-    findings: list[Finding], cores: list[RecurrentCore], horizon: int, epsilon: float
-) -> list[Fix]:
+def build_fixes(findings: list[Finding], cores: list[RecurrentCore], epsilon: float) -> list[Fix]:
     """One fix per id the findings call for, in order of first mention."""
     fixes = []
     ids = dict.fromkeys(fix_id for finding in findings for fix_id in finding.fixes)
@@ -187,7 +186,7 @@ def build_fixes(
                 id=fix_id,
                 title=TITLES[fix_id],
                 detail=f"Why: {_why(fix_id, findings)}. {WHAT[fix_id]}",
-                snippet=SNIPPETS[fix_id](involved, horizon, epsilon),
+                snippet=SNIPPETS[fix_id](involved, epsilon),
             )
         )
     return fixes

@@ -126,6 +126,12 @@ def _no_warnings() -> Iterator[None]:
         yield
 
 
+def _importable_from_cwd() -> None:
+    """Let the user's own packages import, as ``python -m`` would from this folder."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+
+
 def read_checkpoint(path: Path, trust: bool) -> object:
     """Unpickle a checkpoint: weights-only with torch.nn classes allowed, or as code (--trust)."""
     if not path.exists():
@@ -135,6 +141,7 @@ def read_checkpoint(path: Path, trust: bool) -> object:
     if path.stat().st_size == 0:
         raise GradscopeError(f"{path} is empty; save the model again with torch.save")
     if trust:
+        _importable_from_cwd()
         try:
             with _no_warnings():
                 return torch.load(path, map_location="cpu", weights_only=False)
@@ -181,8 +188,7 @@ def import_class(spec: str) -> type:
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
+            _importable_from_cwd()
             module = importlib.import_module(target)
     except GradscopeError:
         raise

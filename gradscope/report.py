@@ -31,6 +31,7 @@ class RecurrentCore:
     memory_horizon: float | None
     jacobian: dict[str, Any]
     status: str = "healthy"
+    horizon: int = 0
     burn_in: int = 0
     proj_size: int = 0
     num_layers: int = 1

@@ -55,6 +55,7 @@ def core(
             "samples": steps,
         },
         batch_first=True,
+        horizon=100,
         gates=gates if cell in ("lstm", "gru") else None,
         weights=weights if cell.startswith("rnn") else None,
     )

@@ -138,3 +138,33 @@ def test_a_model_without_recurrent_modules_is_refused():
 def test_a_forward_that_fails_on_the_probe_names_the_model_error():
     with pytest.raises(GradscopeError, match=r"forward failed.*--input-shape"):
         gradscope.analyze(TokenTagger(), steps=5)
+
+
+class Seq2Seq(nn.Module):
+    """An LSTM encoder whose final state starts a 10-step LSTMCell decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(4, 6, batch_first=True)
+        self.decoder = nn.LSTMCell(4, 6)
+        self.out = nn.Linear(6, 4)
+
+    def forward(self, x):
+        _, (h, c) = self.encoder(x)
+        h, c, y = h[0], c[0], x[:, -1]
+        outputs = []
+        for _ in range(10):
+            h, c = self.decoder(y, (h, c))
+            y = self.out(h)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1)
+
+
+def test_a_decoder_is_judged_over_the_steps_it_ran_and_fed_by_the_encoder():
+    report = gradscope.analyze(build(Seq2Seq), steps=60, exponents=2)
+    encoder, decoder = report.recurrent
+    assert (encoder.steps, encoder.horizon) == (60, 60)
+    assert (decoder.steps, decoder.horizon) == (10, 10)
+    assert encoder.grad_norm[-1] > 0  # the loss reaches the encoder through the decoder
+    explicit = gradscope.analyze(build(Seq2Seq), steps=60, horizon=200, exponents=2)
+    assert [c.horizon for c in explicit.recurrent] == [200, 200]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gradscope.diagnosis import core_status, diagnose, memory_horizon, worst
+from gradscope.diagnosis import core_status, diagnose, memory_horizon, with_horizons, worst
 from gradscope.fixes import module_expression, suggested_gate_bias
 
 from samples import core
@@ -66,7 +66,7 @@ def test_module_expression_indexes_sequential_children():
 
 
 def test_vanishing_vanilla_rnn_calls_for_a_gated_cell_that_fits():
-    status, cores, findings, fixes = diagnose([core("rnn_tanh", -0.675)], 100, 1e-3)
+    status, cores, findings, fixes = diagnose([core("rnn_tanh", -0.675)], 1e-3)
     assert status == "vanishing" and cores[0].status == "vanishing"
     (finding,) = findings
     assert finding.id == "vanishing-gradient" and finding.kind == "vanishing"
@@ -83,13 +83,13 @@ def test_vanishing_vanilla_rnn_calls_for_a_gated_cell_that_fits():
 
 def test_pascanu_bound_is_named_when_it_guarantees_vanishing():
     weights = {"spectral_radius": 0.5, "sigma_max": 0.7, "pascanu_bound": 1.0}
-    _, _, findings, _ = diagnose([core("rnn_tanh", -0.7, weights=weights)], 100, 1e-3)
+    _, _, findings, _ = diagnose([core("rnn_tanh", -0.7, weights=weights)], 1e-3)
     assert "below Pascanu's bound" in findings[0].message
 
 
 def test_vanishing_lstm_gets_the_forget_gate_bias_slices():
     lstm = core("lstm", -0.5, hidden_size=128, num_layers=2)
-    status, _, findings, fixes = diagnose([lstm], 100, 1e-3)
+    status, _, findings, fixes = diagnose([lstm], 1e-3)
     assert status == "vanishing"
     assert "forget gate averages 0.50" in findings[0].message
     (fix,) = fixes
@@ -99,14 +99,14 @@ def test_vanishing_lstm_gets_the_forget_gate_bias_slices():
 
 
 def test_vanishing_gru_gets_the_update_gate_bias():
-    fixes = diagnose([core("gru", -0.45, hidden_size=32)], 100, 1e-3)[3]
+    fixes = diagnose([core("gru", -0.45, hidden_size=32)], 1e-3)[3]
     assert fixes[0].id == "update-gate-bias"
     assert "bias[32:64].fill_(2.6)" in fixes[0].snippet
     assert "(r, z, n)" in fixes[0].snippet
 
 
 def test_exploding_core_gets_clipping_and_for_a_vanilla_rnn_a_bounded_gain():
-    status, _, findings, fixes = diagnose([core("rnn_tanh", 0.158, num_layers=2)], 100, 1e-3)
+    status, _, findings, fixes = diagnose([core("rnn_tanh", 0.158, num_layers=2)], 1e-3)
     assert status == "exploding"
     assert findings[0].id == "exploding-gradient" and "grow 1000x" in findings[0].message
     assert [fix.id for fix in fixes] == ["clip-grad-norm", "spectral-norm", "orthogonal-init"]
@@ -117,7 +117,7 @@ def test_exploding_core_gets_clipping_and_for_a_vanilla_rnn_a_bounded_gain():
 
 def test_nonfinite_core_is_the_worst_and_named():
     status, _, findings, fixes = diagnose(
-        [core("lstm", -0.5), core("gru", math.nan, name="decoder", finite=False)], 100, 1e-3
+        [core("lstm", -0.5), core("gru", math.nan, name="decoder", finite=False)], 1e-3
     )
     assert status == "nonfinite"
     assert findings[0].id == "nonfinite-values" and findings[0].where["module"] == "decoder"
@@ -130,11 +130,28 @@ def test_strongly_non_normal_jacobian_warns_without_failing():
         "sigma_max": {"median": 10.02, "max": 10.02},
         "samples": 100,
     }
-    status, _, findings, _ = diagnose([core("rnn_tanh", -0.001, jacobian=jacobian)], 100, 1e-3)
+    status, _, findings, _ = diagnose([core("rnn_tanh", -0.001, jacobian=jacobian)], 1e-3)
     assert status == "healthy"
     assert [(f.id, f.severity) for f in findings] == [("transient-growth", "warning")]
 
 
 def test_healthy_cores_have_no_findings():
-    status, _, findings, fixes = diagnose([core("lstm", -0.01)], 100, 1e-3)
+    status, _, findings, fixes = diagnose([core("lstm", -0.01)], 1e-3)
     assert (status, findings, fixes) == ("healthy", [], [])
+
+
+def test_default_horizon_is_capped_at_the_steps_a_core_ran():
+    decoder = core("lstm", -0.4, name="decoder", steps=10)
+    encoder = core("lstm", -0.4, name="encoder", steps=100)
+    capped = with_horizons([encoder, decoder], None, probe_steps=100)
+    assert [c.horizon for c in capped] == [100, 10]
+    assessed = diagnose(capped, 1e-3)[1]
+    assert [c.status for c in assessed] == ["vanishing", "healthy"]  # tau 17.3 vs 100 and 10
+    requested = with_horizons([encoder, decoder], 300, probe_steps=100)
+    assert [c.horizon for c in requested] == [300, 300]
+
+
+def test_gate_bias_suggestion_follows_the_core_horizon():
+    fixes = diagnose(with_horizons([core("lstm", -0.5, steps=20)], None, 100), 1e-3)[3]
+    assert f"fill_({suggested_gate_bias(20, 1e-3):.1f})" in fixes[0].snippet
+    assert "over 20 steps" in fixes[0].snippet

@@ -618,3 +618,24 @@ def test_trust_with_code_that_is_not_importable_here(tmp_path, monkeypatch):
 
     assert "gs_vanishing_module" in message
     assert "--model" in message
+
+
+def test_trust_imports_the_model_class_from_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n"
+        "class Tagger(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.rnn = nn.GRU(3, 4, batch_first=True)\n"
+        "    def forward(self, x):\n"
+        "        return self.rnn(x)[0]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynets
+
+    torch.save(mynets.Tagger(), tmp_path / "tagger.pt")
+    monkeypatch.delitem(sys.modules, "mynets")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model("tagger.pt", trust=True)
+    assert type(loaded.module).__name__ == "Tagger"

@@ -14,7 +14,7 @@ from samples import MODEL, SETTINGS, core
 
 
 def report_of(*cores) -> Report:
-    status, assessed, findings, fixes = diagnose(list(cores), 100, 1e-3)
+    status, assessed, findings, fixes = diagnose(list(cores), 1e-3)
     return Report(status, SETTINGS, MODEL, "0.1.0", [1.0] * 100, assessed, [], findings, fixes)
 
 
