@@ -68,8 +68,9 @@ def test_integer_token_probe_from_a_file(tmp_path):
     assert core.grad_norm[-1] > 0 and core.grad_norm[0] > 0
 
 
-def test_nan_weights_give_a_nonfinite_verdict_not_a_crash():
-    model = build(MODULES["gru"])
+@pytest.mark.parametrize("name", ["gru", "rnn_tanh", "lstm"])
+def test_nan_weights_give_a_nonfinite_verdict_not_a_crash(name):
+    model = build(MODULES[name])
     with torch.no_grad():
         model.weight_hh_l0[0, 0] = math.nan
     report = gradscope.analyze(model, steps=10)

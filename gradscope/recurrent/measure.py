@@ -119,9 +119,10 @@ def _weight_summary(trace: Trace) -> dict | None:
     if gamma is None:
         return None
     w_hh = core.weights.weight_hh.detach()
+    finite = bool(torch.isfinite(w_hh).all())  # LAPACK refuses NaN and Inf
     return {
-        "spectral_radius": float(spectral_radius(w_hh)),
-        "sigma_max": float(largest_singular_value(w_hh)),
+        "spectral_radius": float(spectral_radius(w_hh)) if finite else math.nan,
+        "sigma_max": float(largest_singular_value(w_hh)) if finite else math.nan,
         "pascanu_bound": 1 / gamma,
     }
 
