@@ -136,10 +136,21 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
+    batch_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--batch-first/--time-major",
+            help="Input layout (batch, steps, ...) or (steps, batch, ...) \\[default: as the "
+            "first recurrent module says; batch-first for cells].",
+            show_default=False,
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
     horizon: Annotated[
         int | None,
         typer.Option(
-            help="Distance L the model must learn across [default: the probe length].",
+            help="Distance L the model must learn across \\[default: the steps each core "
+            "ran, at most the probe length].",
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
@@ -153,7 +164,7 @@ def analyze(
     burn_in: Annotated[
         int | None,
         typer.Option(
-            help="Steps before Lyapunov averaging [default: 20% of steps, at most 20].",
+            help="Steps before Lyapunov averaging \\[default: 20% of steps, at most 20].",
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
@@ -190,6 +201,7 @@ def analyze(
         "dtype": dtype,
         "probe": probe,
         "input_shape": input_shape,
+        "batch_first": batch_first,
         "horizon": horizon,
         "epsilon": epsilon,
         "burn_in": burn_in,

@@ -78,12 +78,15 @@ def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
     """Why it vanishes: a gate to train open (LSTM/GRU), or structure (vanilla RNN)."""
     if core.cell in ("lstm", "gru"):
         gate = "forget" if core.cell == "lstm" else "update"
-        mean = (core.gates or {}).get("mean", math.nan)
-        return (
-            f"the {gate} gate averages {mean:.2f}: the gates start nearly closed and training "
-            "must first learn to keep information; a total "
+        gates = core.gates or {}
+        advice = (
+            f"the {gate} gate averages {gates.get('mean', math.nan):.2f}: the gates start nearly "
+            "closed and training must first learn to keep information; a total "
             f"{gate}-gate bias of {suggested_gate_bias(core.horizon, epsilon):.1f} shortens that"
         )
+        if gates.get("bias_mean") is None:
+            advice += " (the module has bias=False: build it with bias=True first)"
+        return advice
     weights = core.weights or {}
     sigma, bound = weights.get("sigma_max", math.nan), weights.get("pascanu_bound", 1.0)
     if sigma < bound:
@@ -137,7 +140,8 @@ def _exploding(core: RecurrentCore, epsilon: float) -> Finding:
 def _nonfinite(core: RecurrentCore) -> Finding:
     message = (
         f"{core.label} ({core.cell}): NaN or Inf in the states, gradients or Jacobians on the "
-        "probe; check the weights for NaN, then clip gradients in training."
+        "probe; check the weights (and a --probe file) for NaN or Inf, then clip gradients in "
+        "training."
     )
     return _error(core, message, ["clip-grad-norm"])
 

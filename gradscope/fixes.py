@@ -69,9 +69,10 @@ def _constructor(core: RecurrentCore, cls: str) -> str:
 
 def _replace_cell(cls: str) -> Callable[[list[RecurrentCore], float], str]:
     def snippet(cores: list[RecurrentCore], epsilon: float) -> str:
-        lines = ["# in the model's __init__:"]
+        lines = ["# where the model is built:"]
         for core in _modules(cores):
-            target = module_expression(core.name, "self") if core.name else "model"
+            nested = core.name and not core.name.split(".")[0].isdigit()
+            target = module_expression(core.name, "self" if nested else "model")
             lines.append(f"# was: {_constructor(core, 'RNN')}")
             lines.append(f"{target} = {_constructor(core, cls)}")
         if cls == "LSTM":
@@ -86,15 +87,17 @@ def _gate_bias(gate: str, order: str) -> Callable[[list[RecurrentCore], float], 
         horizon = max(core.horizon for core in cores)
         bias = suggested_gate_bias(horizon, epsilon)
         lines = [
-            f"# PyTorch adds bias_ih and bias_hh; the {gate} gate is chunk 1 of ({order}).",
-            f"# A total bias of {bias:.1f} lets the gate alone keep 1/{1 / epsilon:g} of the "
-            f"gradient over {horizon} steps.",
-            "with torch.no_grad():",
+            "# PyTorch adds bias_ih and bias_hh; the",
+            f"# {gate} gate is chunk 1 of ({order}). A total",
+            f"# bias of {bias:.1f} lets the gate alone keep",
+            f"# 1/{1 / epsilon:g} of the gradient over {horizon} steps.",
         ]
         for core in _modules(cores):
             h = core.hidden_size
             lines += [
-                f"    for name, bias in {module_expression(core.name)}.named_parameters():",
+                f"module = {module_expression(core.name)}",
+                "with torch.no_grad():",
+                "    for name, bias in module.named_parameters():",
                 '        if name.startswith("bias_ih"):',
                 f"            bias[{h}:{2 * h}].fill_({bias:.1f})",
                 '        elif name.startswith("bias_hh"):',
@@ -117,10 +120,12 @@ def _clip(cores: list[RecurrentCore], epsilon: float) -> str:
 
 
 def _orthogonal(cores: list[RecurrentCore], epsilon: float) -> str:
-    lines = ["with torch.no_grad():"]
+    lines = []
     for core in _modules(cores):
         lines += [
-            f"    for name, weight in {module_expression(core.name)}.named_parameters():",
+            f"module = {module_expression(core.name)}",
+            "with torch.no_grad():",
+            "    for name, weight in module.named_parameters():",
             '        if name.startswith("weight_hh"):',
             "            torch.nn.init.orthogonal_(weight)",
         ]
@@ -130,13 +135,13 @@ def _orthogonal(cores: list[RecurrentCore], epsilon: float) -> str:
 def _spectral_norm(cores: list[RecurrentCore], epsilon: float) -> str:
     lines = ["from torch.nn.utils.parametrizations import spectral_norm", ""]
     for core in _modules(cores):
-        module = module_expression(core.name)
+        lines.append(f"module = {module_expression(core.name)}")
         if core.is_cell:
-            lines.append(f'spectral_norm({module}, name="weight_hh")')
+            lines.append('spectral_norm(module, name="weight_hh")')
             continue
         for layer in range(core.num_layers):
             for suffix in ("", "_reverse") if core.bidirectional else ("",):
-                lines.append(f'spectral_norm({module}, name="weight_hh_l{layer}{suffix}")')
+                lines.append(f'spectral_norm(module, name="weight_hh_l{layer}{suffix}")')
     return "\n".join(lines)
 
 

@@ -163,9 +163,14 @@ def read_checkpoint(path: Path, trust: bool) -> object:
         with _no_warnings(), torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        found = re.findall(r"GLOBAL ([\w.]+)", str(error))
+        found = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", str(error))))
+        if found and all(_torch_nn_class(name) for name in found):
+            raise GradscopeError(
+                f"{path} is a whole module in PyTorch's old (non-zip) format, which cannot be read "
+                "weights-only; pass --trust if you trust the file, or re-save it with torch.save"
+            ) from None
         if found:
-            raise _refuse_code(path, list(dict.fromkeys(found))) from None
+            raise _refuse_code(path, found) from None
         raise _not_a_checkpoint(path, error) from None
 
 

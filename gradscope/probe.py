@@ -27,6 +27,7 @@ class Layout:
     batch_first: bool
     source: str
     assumed: bool = False
+    module: str | None = None
 
     def shape(self, steps: int, batch: int) -> tuple[int, ...]:
         """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
@@ -60,6 +61,7 @@ class Probe:
     kind: str
     seed: int
     note: str | None = None
+    layout_module: str | None = None
 
     @property
     def steps(self) -> int:
@@ -72,15 +74,20 @@ class Probe:
         return 1 if self.batch_axis is None else self.inputs.shape[self.batch_axis]
 
 
-def input_layout(model: nn.Module) -> Layout:
-    """The input layout of the model's first recurrent module (cells: batch-first sequences)."""
+def input_layout(model: nn.Module, batch_first: bool | None = None) -> Layout:
+    """The input layout of the model's first recurrent module, or the one ``batch_first`` sets.
+
+    Cells take one step at a time, so their sequences are assumed batch-first unless told.
+    """
     found = find_recurrent(model)
     if not found:
         return Layout(None, True, "no recurrent module")
     name, module = found[0]
-    batch_first = getattr(module, "batch_first", None)
+    inferred = getattr(module, "batch_first", None)
+    chosen = inferred if batch_first is None else batch_first
     source = name or type(module).__name__
-    return Layout(module.input_size, batch_first is not False, source, batch_first is None)
+    assumed = chosen is None
+    return Layout(module.input_size, chosen is not False, source, assumed, name)
 
 
 def _load_probe_file(path: Path) -> Tensor:
@@ -106,7 +113,7 @@ def _load_probe_file(path: Path) -> Tensor:
 
 def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Probe:
     """Build the probe input the settings ask for, shaped for ``model``."""
-    layout = input_layout(model)
+    layout = input_layout(model, settings.batch_first)
     dtype = getattr(torch, settings.dtype)
     generator = torch.Generator().manual_seed(settings.seed)
     if settings.probe in BUILTIN_PROBES:
@@ -116,6 +123,10 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
         else:
             inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
     else:
+        if settings.input_shape:
+            raise GradscopeError(
+                "--input-shape and a --probe file both set the input shape: drop --input-shape"
+            )
         inputs = _load_probe_file(Path(settings.probe))
         if inputs.is_floating_point():
             inputs = inputs.to(dtype)
@@ -131,12 +142,12 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
     inputs = inputs.to(device).requires_grad_(not tokens)
     kind = settings.probe if settings.probe in BUILTIN_PROBES else "file"
     note = None
-    if layout.assumed and settings.probe in BUILTIN_PROBES and not settings.input_shape:
+    if layout.assumed:
         note = (
             f"{layout.source} is a cell: the probe assumes batch-first sequences "
-            "(batch, steps, features); pass --input-shape or --probe for another layout"
+            "(batch, steps, features); pass --time-major if the model loops over axis 0"
         )
-    return Probe(inputs, time_axis, batch_axis, kind, settings.seed, note)
+    return Probe(inputs, time_axis, batch_axis, kind, settings.seed, note, layout.module)
 
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
@@ -148,30 +159,36 @@ def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
         )
 
 
-def first_tensor(output: object) -> Tensor | None:
-    """The first tensor in a model output (tensor, or nested tuple/list/dict of them)."""
+def output_tensors(output: object) -> list[Tensor]:
+    """Every tensor in a model output (tensor, or nested tuple/list/dict of them), in order."""
     if isinstance(output, Tensor):
-        return output
+        return [output]
     if isinstance(output, dict):
         items = list(output.values())
     elif isinstance(output, (tuple, list)):
         items = list(output)
     else:
-        return None
-    for item in items:
-        found = first_tensor(item)
-        if found is not None:
-            return found
-    return None
+        return []
+    return [tensor for item in items for tensor in output_tensors(item)]
+
+
+def differentiable_output(output: object) -> Tensor | None:
+    """The first floating-point output tensor that depends on the input or the weights."""
+    candidates = [t for t in output_tensors(output) if t.is_floating_point()]
+    return next((t for t in candidates if t.requires_grad), None)
 
 
 def projection_loss(output: object, probe: Probe) -> Tensor:
-    """``sum_b <w, y_b>`` with ``y`` the output at the last step and ``w`` a seeded unit vector."""
-    y = first_tensor(output)
-    if y is None or not y.is_floating_point():
+    """``sum_b <w, y_b>``: ``y`` the output at the last step, ``w`` a seeded unit vector.
+
+    ``y`` is the first floating-point tensor of the output that carries a gradient, so
+    ``(predicted_ids, logits)`` or ``{"mask": ..., "logits": ...}`` outputs use the logits.
+    """
+    y = differentiable_output(output)
+    if y is None:
         raise GradscopeError(
-            "the model's output holds no floating-point tensor to take gradients of; "
-            "gradscope needs a model that returns a tensor"
+            "the model's output holds no floating-point tensor that depends on its input; "
+            "gradscope needs a model that returns one (logits, states, predictions)"
         )
     batch_axis = probe.batch_axis
     sequence = y.dim() >= probe.inputs.dim() and y.dim() > probe.time_axis

@@ -58,8 +58,8 @@ class RecurrentCore:
 
     @property
     def grad_norm_by_lag(self) -> list[float]:
-        """``grad_norm`` ordered by steps before the core's last processed step."""
-        return self.grad_norm if self.direction == "reverse" else self.grad_norm[::-1]
+        """``grad_norm`` by lag: steps before the last time step, where the loss reads."""
+        return self.grad_norm[::-1]
 
 
 @dataclass

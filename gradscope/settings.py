@@ -16,8 +16,10 @@ DEFAULT_BURN_IN_FRACTION = 0.2
 MAX_DEFAULT_BURN_IN = 20
 #: ``auto`` spectra: every step while states have at most this many dimensions ...
 ALL_SPECTRA_UP_TO = 128
-#: ... otherwise an eigendecomposition budget worth this many steps at that size (at least 8).
+#: ... otherwise an eigendecomposition budget worth this many steps at that size ...
 SPECTRA_BUDGET_STEPS = 100
+#: ... but never fewer than this many spectra.
+MIN_SPECTRA = 2
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Settings:
     dtype: str = "float64"
     probe: str = "gaussian"
     input_shape: tuple[int, ...] | None = None
+    batch_first: bool | None = None
     horizon: int | None = None
     epsilon: float = 1e-3
     burn_in: int | None = None
@@ -129,7 +132,7 @@ def spectrum_sample_count(setting: int | str, steps: int, batch: int, state_size
         return total
     if isinstance(setting, int):
         return min(steps, setting) * batch
-    budget = max(8, int(SPECTRA_BUDGET_STEPS * (ALL_SPECTRA_UP_TO / state_size) ** 3))
+    budget = max(MIN_SPECTRA, int(SPECTRA_BUDGET_STEPS * (ALL_SPECTRA_UP_TO / state_size) ** 3))
     if state_size <= ALL_SPECTRA_UP_TO:
         budget = max(budget, steps)
     return min(total, budget)

@@ -10,8 +10,11 @@ from torch import nn
 
 import gradscope
 from gradscope import GradientHealthError, GradscopeError
+from gradscope.recurrent.unroll import unrolled
 
 from models import MODULES, CellLoop, Classifier, build, orthogonal, rnn_with_recurrence
+
+ORIGINAL_LSTM_FORWARD = nn.LSTM.forward
 
 
 class TokenTagger(nn.Module):
@@ -126,9 +129,9 @@ def test_spectrum_steps_sets_how_many_jacobians_get_a_spectrum():
         gradscope.analyze(model, steps=40, spectrum_steps=5).recurrent[0].jacobian["samples"] == 5
     )
     assert gradscope.analyze(model, steps=40).recurrent[0].jacobian["samples"] == 40
-    big = build(lambda: nn.LSTM(4, 200))  # state of 400: auto samples a subset
+    big = build(lambda: nn.LSTM(4, 200))  # state of 400: auto samples a subset (3 here)
     samples = gradscope.analyze(big, steps=40).recurrent[0].jacobian["samples"]
-    assert 8 <= samples < 40
+    assert 2 <= samples < 40
 
 
 def test_a_model_without_recurrent_modules_is_refused():
@@ -169,3 +172,121 @@ def test_a_decoder_is_judged_over_the_steps_it_ran_and_fed_by_the_encoder():
     assert encoder.grad_norm[-1] > 0  # the loss reaches the encoder through the decoder
     explicit = gradscope.analyze(build(Seq2Seq), steps=60, horizon=200, exponents=2)
     assert [c.horizon for c in explicit.recurrent] == [200, 200]
+
+
+class TransposeIn(nn.Module):
+    """Takes (batch, steps, F) and feeds a time-major LSTM: the layout the LSTM alone hides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6)
+
+    def forward(self, x):
+        return self.lstm(x.transpose(0, 1))[0].transpose(0, 1)
+
+
+class TimeMajorCell(nn.Module):
+    """A GRUCell looped over axis 0 of a (steps, batch, F) input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(4, 6)
+
+    def forward(self, x):
+        h, outputs = None, []
+        for t in range(x.shape[0]):
+            h = self.cell(x[t], h)
+            outputs.append(h)
+        return torch.stack(outputs)
+
+
+@pytest.mark.parametrize(
+    ("factory", "flag"), [(TransposeIn, "--batch-first"), (TimeMajorCell, "--time-major")]
+)
+def test_a_probe_read_on_the_wrong_axis_is_refused_and_the_flag_fixes_it(factory, flag):
+    with pytest.raises(GradscopeError, match=f"other axis; rerun with {flag}"):
+        gradscope.analyze(build(factory), steps=30, batch=2)
+    report = gradscope.analyze(
+        build(factory), steps=30, batch=2, batch_first=flag == "--batch-first"
+    )
+    (core,) = report.recurrent
+    assert (core.steps, core.horizon) == (30, 30)
+    assert report.settings["input_shape"] == ([2, 30, 4] if flag == "--batch-first" else [30, 2, 4])
+
+
+class ScaledLSTM(nn.LSTM):
+    """A subclass whose own forward calls PyTorch's."""
+
+    def forward(self, x, hx=None):
+        output, state = super().forward(x, hx)
+        return output * 3.0, state
+
+
+def test_subclasses_with_their_own_forward_keep_it_and_are_unrolled():
+    model = build(lambda: ScaledLSTM(4, 5))
+    x = torch.randn(7, 2, 4, dtype=torch.float64)
+    expected = model(x)[0]
+    with unrolled(model) as recorder:
+        actual = model(x)[0]
+    torch.testing.assert_close(actual, expected, atol=1e-12, rtol=1e-12)
+    assert [trace.steps for trace in recorder.traces.values()] == [7]
+    assert nn.LSTM.forward is ORIGINAL_LSTM_FORWARD  # restored after the context
+
+
+class TwoBatches(nn.Module):
+    """One encoder applied to two inputs of different batch sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.GRU(4, 6, batch_first=True)
+
+    def forward(self, x):
+        query = self.encoder(x)[0][:, -1]
+        document = self.encoder(torch.cat([x, x]))[0][:, -1]
+        return query * document[: len(query)]
+
+
+def test_a_module_called_on_two_batch_sizes_is_measured_on_the_first():
+    report = gradscope.analyze(build(TwoBatches), steps=12, batch=2)
+    (core,) = report.recurrent
+    assert core.steps == 24 and len(core.grad_norm) == 24
+    assert core.jacobian["samples"] == 2 * 12  # the trajectory of the first call only
+
+
+class FixedDtype(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, 6, batch_first=True)
+
+    def forward(self, x):
+        h0 = torch.zeros(1, x.shape[0], 6)  # float32, whatever the model's dtype
+        return self.rnn(x, h0)[0]
+
+
+def test_a_model_that_fixes_its_dtype_is_told_to_use_float32():
+    with pytest.raises(GradscopeError, match="--dtype float32"):
+        gradscope.analyze(FixedDtype(), steps=5)
+    assert gradscope.analyze(FixedDtype(), steps=5, dtype="float32").recurrent[0].steps == 5
+
+
+class PredictionsFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        logits = self.head(self.rnn(x)[0])
+        return {"mask": torch.ones(x.shape[:2]), "ids": logits.argmax(-1), "logits": logits}
+
+
+def test_the_loss_uses_the_first_output_tensor_that_carries_a_gradient():
+    report = gradscope.analyze(build(PredictionsFirst), steps=8)
+    assert report.recurrent[0].grad_norm[-1] > 0
+
+
+def test_a_probe_file_and_an_input_shape_together_are_refused(tmp_path):
+    path = tmp_path / "probe.pt"
+    torch.save(torch.randn(1, 5, 6), path)
+    with pytest.raises(GradscopeError, match="drop --input-shape"):
+        gradscope.analyze(build(MODULES["rnn_tanh"]), probe=str(path), input_shape="1,5,6")

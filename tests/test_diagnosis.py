@@ -94,7 +94,8 @@ def test_vanishing_lstm_gets_the_forget_gate_bias_slices():
     assert "forget gate averages 0.50" in findings[0].message
     (fix,) = fixes
     assert fix.id == "forget-gate-bias"
-    assert "model.encoder.named_parameters()" in fix.snippet
+    assert "module = model.encoder\n" in fix.snippet
+    assert all(len(line) <= 76 for line in fix.snippet.splitlines())
     assert "bias[128:256].fill_(2.6)" in fix.snippet and "bias[128:256].zero_()" in fix.snippet
 
 

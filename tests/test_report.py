@@ -72,8 +72,8 @@ def test_deciding_core_is_the_worst_then_the_shortest_horizon():
     assert report.deciding_core().name == "b"
 
 
-def test_lag_order_runs_backwards_from_each_direction_s_last_step():
+def test_lag_counts_steps_before_the_last_time_step_in_both_directions():
     forward = core("rnn_tanh", -0.5, grad_norm=[1.0, 2.0, 3.0], steps=3)
     reverse = core("rnn_tanh", -0.5, grad_norm=[1.0, 2.0, 3.0], steps=3, direction="reverse")
     assert forward.grad_norm_by_lag == [3.0, 2.0, 1.0]
-    assert reverse.grad_norm_by_lag == [1.0, 2.0, 3.0]
+    assert reverse.grad_norm_by_lag == [3.0, 2.0, 1.0]

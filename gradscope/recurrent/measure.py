@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,17 +44,37 @@ def run_probe(model: nn.Module, probe: Probe) -> tuple[Tensor, dict[tuple, Trace
         except GradscopeError:
             raise
         except Exception as error:
+            reason = first_line(error)
+            advice = "pass --input-shape or --probe with the input it expects"
+            if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
+                advice = "the model fixes its own dtype: rerun with --dtype float32"
             raise GradscopeError(
                 f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
-                f"({type(error).__name__}: {first_line(error)}); pass --input-shape or --probe "
-                "with the input it expects"
+                f"({type(error).__name__}: {reason}); {advice}"
             ) from None
     if not recorder.traces:
         raise GradscopeError(
             "no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell) ran on the probe; "
             "gradscope's recurrent analysis needs one"
         )
+    check_layout(recorder.traces, probe)
     return projection_loss(output, probe), recorder.traces
+
+
+def check_layout(traces: dict[tuple, Trace], probe: Probe) -> None:
+    """Refuse a probe whose time and batch axes the model read the other way round."""
+    trace = traces.get((probe.layout_module, 0, "forward"))
+    if trace is None or probe.batch_axis is None or probe.steps == probe.batch:
+        return
+    first = trace.calls[0]
+    ran = trace.steps if trace.core.is_cell else len(first.states)
+    if (ran, first.batch) == (probe.batch, probe.steps):
+        other = "--batch-first" if probe.time_axis == 0 else "--time-major"
+        raise GradscopeError(
+            f"{trace.core.name or 'the model'} ran {ran} step(s) over a batch of {first.batch} "
+            f"from a probe of {probe.steps} steps x batch {probe.batch}: the model reads time "
+            f"on the other axis; rerun with {other}"
+        )
 
 
 def pooled_norms(per_step: Tensor) -> list[float]:
@@ -127,16 +148,24 @@ def _weight_summary(trace: Trace) -> dict | None:
     }
 
 
+def _or_zeros(grad: Tensor | None, state: Tensor) -> Tensor:
+    """The gradient at a state, zeros where the loss does not depend on it."""
+    return torch.zeros_like(state) if grad is None else grad
+
+
 def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -> RecurrentCore:
     """All measurements of one core from its trace and the gradients at its states."""
     core, spec = trace.core, trace.core.spec
-    states, drives = trace.stacked()
+    states, drives = trace.trajectory()
     steps = len(states)
-    norms = pooled_norms(
-        torch.stack(
-            [torch.zeros_like(s) if g is None else g for g, s in zip(grads, states, strict=True)]
+    grads = iter(grads)
+    norms = [
+        norm
+        for call in trace.calls
+        for norm in pooled_norms(
+            torch.stack([_or_zeros(next(grads), state) for state in call.states])
         )
-    )
+    ]
     step = step_function(spec, core.weights.detached())
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
     finite = finite and all(math.isfinite(v) for v in norms)
@@ -159,7 +188,7 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
         hidden_size=spec.hidden_size,
         state_size=spec.state_size,
         proj_size=spec.proj_size,
-        steps=steps,
+        steps=trace.steps,
         grad_norm=trace.time_order(norms),
         lyapunov=exponents,
         memory_horizon=memory_horizon(exponents[0], settings.epsilon),

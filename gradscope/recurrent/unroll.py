@@ -47,39 +47,58 @@ class Core:
 
 
 @dataclass
+class Call:
+    """One call of a core: T steps over a batch of B, in processing order."""
+
+    prev_states: Tensor
+    drives: Tensor
+    states: list[Tensor]
+    reverse: bool
+
+    @property
+    def batch(self) -> int:
+        """Batch size of the call."""
+        return self.prev_states.shape[1]
+
+
+@dataclass
 class Trace:
-    """What one core saw during the probe run, in the order it processed the steps."""
+    """What one core saw during the probe run, call by call."""
 
     core: Core
-    prev_states: list[Tensor] = field(default_factory=list)
-    drives: list[Tensor] = field(default_factory=list)
-    states: list[Tensor] = field(default_factory=list)
-    reversed_calls: list[bool] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
         """Number of steps taken, over all calls."""
-        return len(self.states)
+        return sum(len(call.states) for call in self.calls)
+
+    @property
+    def states(self) -> list[Tensor]:
+        """Every state node, call after call, in processing order."""
+        return [s for call in self.calls for s in call.states]
 
     def record(self, prev_states: Tensor, drives: Tensor, states: list[Tensor], reverse: bool):
         """Add one call: (T, B, n) states before each step, (T, B, G) drives, T state nodes."""
-        self.prev_states.append(prev_states.detach())
-        self.drives.append(drives.detach())
-        self.states.extend(states)
-        self.reversed_calls.append(reverse)
+        self.calls.append(Call(prev_states.detach(), drives.detach(), states, reverse))
 
-    def stacked(self) -> tuple[Tensor, Tensor]:
-        """All steps' (state before, drive), shaped (steps, batch, n) and (steps, batch, G)."""
-        return torch.cat(self.prev_states), torch.cat(self.drives)
+    def trajectory(self) -> tuple[Tensor, Tensor]:
+        """(state before, drive) of each step, (steps, B, n) and (steps, B, G), call after call.
+
+        Calls with another batch size than the first (a module reused on other inputs) are left
+        out: a trajectory follows one batch of sequences.
+        """
+        same = [call for call in self.calls if call.batch == self.calls[0].batch]
+        return torch.cat([c.prev_states for c in same]), torch.cat([c.drives for c in same])
 
     def time_order(self, per_step: list[float]) -> list[float]:
         """Reorder per-step values from processing order to time order within each call."""
         ordered: list[float] = []
         start = 0
-        for prev, reverse in zip(self.prev_states, self.reversed_calls, strict=True):
-            chunk = per_step[start : start + len(prev)]
-            ordered.extend(reversed(chunk) if reverse else chunk)
-            start += len(prev)
+        for call in self.calls:
+            chunk = per_step[start : start + len(call.states)]
+            ordered.extend(reversed(chunk) if call.reverse else chunk)
+            start += len(call.states)
         return ordered
 
 
@@ -105,10 +124,6 @@ class Recorder:
         trace = self.traces.setdefault(key, Trace(core))
         trace.record(torch.stack(prev_states), processing_drives, states, reverse)
         return torch.stack(states[::-1] if reverse else states)
-
-    def all_states(self) -> list[Tensor]:
-        """Every recorded state node, trace by trace."""
-        return [s for trace in self.traces.values() for s in trace.states]
 
 
 def _module_cores(name: str, module: nn.Module) -> dict[tuple[int, int], Core]:
@@ -233,19 +248,37 @@ def cores_of(name: str, module: nn.Module) -> dict[tuple[int, int], Core]:
     return _module_cores(name, module)
 
 
+def _dispatcher(original: Callable, handlers: dict[int, Callable]) -> Callable:
+    """A class-level ``forward`` that runs the unroll for recorded instances, else PyTorch's."""
+
+    def forward(self, *args, **kwargs):
+        handler = handlers.get(id(self))
+        if handler is None:
+            return original(self, *args, **kwargs)
+        return handler(*args, **kwargs)
+
+    return forward
+
+
 @contextmanager
 def unrolled(model: nn.Module) -> Iterator[Recorder]:
-    """Run every recurrent module and cell of ``model`` step by step while inside."""
+    """Run every recurrent module and cell of ``model`` step by step while inside.
+
+    The ``forward`` of PyTorch's recurrent classes is swapped at class level, so that subclasses
+    with a ``forward`` of their own that calls ``super().forward`` are unrolled too.
+    """
     recorder = Recorder()
-    patched = []
+    handlers: dict[int, Callable] = {}
+    for name, module in find_recurrent(model):
+        recorder.module_cores[name] = cores_of(name, module)
+        is_cell = isinstance(module, RECURRENT_CELLS)
+        make = _unrolled_cell_forward if is_cell else _unrolled_module_forward
+        handlers[id(module)] = make(name, module, recorder)
+    originals = {cls: cls.__dict__["forward"] for cls in RECURRENT_MODULES + RECURRENT_CELLS}
     try:
-        for name, module in find_recurrent(model):
-            recorder.module_cores[name] = cores_of(name, module)
-            is_cell = isinstance(module, RECURRENT_CELLS)
-            make = _unrolled_cell_forward if is_cell else _unrolled_module_forward
-            module.forward = make(name, module, recorder)
-            patched.append(module)
+        for cls, original in originals.items():
+            cls.forward = _dispatcher(original, handlers)
         yield recorder
     finally:
-        for module in patched:
-            del module.forward
+        for cls, original in originals.items():
+            cls.forward = original

@@ -43,6 +43,6 @@ def log_chart(
         for row in range(height)
     ]
     lines.append(" " * 7 + "└" + "─" * columns)
-    right = f"{x_label} {count - 1}"
-    lines.append(" " * 8 + f"{x_label} 0".ljust(max(columns - len(right), 0)) + right)
+    left, right = f"{x_label} 0", f"{x_label} {count - 1}"
+    lines.append(" " * 8 + left.ljust(max(columns - len(right), len(left) + 1)) + right)
     return "\n".join(lines)

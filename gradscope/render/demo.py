@@ -52,7 +52,7 @@ def _chart(results: list) -> Panel:
     legend = "   ".join(
         f"{mark} {demo.name}" for mark, (demo, _) in zip(MARKS, chosen, strict=False)
     )
-    title = "‖dL/ds‖ against lag, log scale"
+    title = "‖dL/ds‖ against steps before the last, log scale"
     return Panel(Text(log_chart(series) + "\n" + legend), title=title, title_align="left")
 
 

@@ -71,18 +71,18 @@ def cores_table(cores: list[RecurrentCore]) -> Table:
         show_edge=False,
         pad_edge=False,
     )
-    table.add_column("core", no_wrap=True)
-    table.add_column("cell", no_wrap=True)
+    table.add_column("core", overflow="fold", ratio=1)
+    table.add_column("cell", no_wrap=True, min_width=4)
     for column in ("λ1", "horizon", "ρ(J) med", "σ(J) max"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    table.add_column("status", no_wrap=True, min_width=9)
     for core in cores:
         where = "cell" if core.is_cell else f"l{core.layer} {SHORT_DIRECTION[core.direction]}"
         table.add_row(
             Text(f"{core.name or '(model)'} {where}"),
             core.cell,
             number(core.top_exponent, "{:+.3f}"),
-            number(core.memory_horizon, "{:.1f}"),
+            number(core.memory_horizon, "{:.1f}") if core.finite else "n/a",
             number(core.jacobian["spectral_radius"]["median"]),
             number(core.jacobian["sigma_max"]["max"]),
             status_text(core.status),
@@ -92,7 +92,7 @@ def cores_table(cores: list[RecurrentCore]) -> Table:
 
 def gradient_chart(core: RecurrentCore) -> Panel:
     """||dL/ds|| against lag (steps before the core's last step), log scale."""
-    title = Text(f"{core.label}: ‖dL/ds‖ against lag, log scale")
+    title = Text(f"{core.label}: ‖dL/ds‖ against steps before the last, log scale")
     return Panel(Text(log_chart([core.grad_norm_by_lag])), title=title, title_align="left")
 
 
@@ -112,9 +112,7 @@ def fix_panels(report: Report) -> list[Panel]:
     """One panel per fix: why and what, then the snippet."""
     panels = []
     for fix in report.fixes:
-        snippet = Syntax(
-            fix.snippet, "python", theme="ansi_dark", background_color="default", word_wrap=True
-        )
+        snippet = Syntax(fix.snippet, "python", theme="ansi_dark", background_color="default")
         panels.append(
             Panel(
                 Group(Text(fix.detail + "\n"), snippet),
