@@ -6,6 +6,35 @@ import math
 
 from gradscope.report import RecurrentCore
 
+#: The keys DESIGN.md promises in the JSON report, at the top and for each recurrent core.
+TOP_KEYS = {
+    "schema_version",
+    "gradscope_version",
+    "status",
+    "settings",
+    "model",
+    "input_grad_norm",
+    "recurrent",
+    "layers",
+    "findings",
+    "fixes",
+}
+CORE_KEYS = {
+    "name",
+    "cell",
+    "layer",
+    "direction",
+    "input_size",
+    "hidden_size",
+    "state_size",
+    "steps",
+    "grad_norm",
+    "lyapunov",
+    "memory_horizon",
+    "jacobian",
+    "status",
+}
+
 SETTINGS = {
     "steps": 100,
     "batch": 1,

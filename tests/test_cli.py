@@ -24,6 +24,7 @@ from gradscope import __version__
 from gradscope.cli import main
 
 from models import Classifier
+from samples import CORE_KEYS, TOP_KEYS
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DEMO_NAMES = ["rnn", "rnn-gain-3", "lstm", "lstm-forget-1", "gru", "lstm-2-layer", "lstm-bidir"]
@@ -170,35 +171,6 @@ def test_text_report_exit_code_matches_json(classifier_path, capsys):
 
 
 # --- the JSON contract -----------------------------------------------------------------------
-
-
-TOP_KEYS = {
-    "schema_version",
-    "gradscope_version",
-    "status",
-    "settings",
-    "model",
-    "input_grad_norm",
-    "recurrent",
-    "layers",
-    "findings",
-    "fixes",
-}
-CORE_KEYS = {
-    "name",
-    "cell",
-    "layer",
-    "direction",
-    "input_size",
-    "hidden_size",
-    "state_size",
-    "steps",
-    "grad_norm",
-    "lyapunov",
-    "memory_horizon",
-    "jacobian",
-    "status",
-}
 
 
 def check_contract(report: dict, steps: int) -> None:
