@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-CELL_KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 RECURRENT_MODULES = (nn.RNN, nn.LSTM, nn.GRU)
@@ -69,16 +68,6 @@ def module_kind(module: nn.Module) -> str:
     if isinstance(module, (nn.GRU, nn.GRUCell)):
         return "gru"
     return "rnn_relu" if module.nonlinearity == "relu" else "rnn_tanh"
-
-
-def module_spec(module: nn.Module) -> CellSpec:
-    """The cell spec of layer 0 of a recurrent module or cell."""
-    return CellSpec(
-        kind=module_kind(module),
-        input_size=module.input_size,
-        hidden_size=module.hidden_size,
-        proj_size=getattr(module, "proj_size", 0),
-    )
 
 
 def layer_weights(module: nn.Module, layer: int | None, reverse: bool) -> CellWeights:
@@ -166,10 +155,3 @@ def gate_bias(spec: CellSpec, weights: CellWeights) -> Tensor | None:
     if spec.kind not in ("lstm", "gru") or weights.bias_ih is None:
         return None
     return (weights.bias_ih + weights.bias_hh).chunk(GATES[spec.kind])[1]
-
-
-def split_state(spec: CellSpec, s: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(h, c)`` of a flat state; ``c`` is None except for LSTM."""
-    if spec.kind == "lstm":
-        return s[..., : spec.output_size], s[..., spec.output_size :]
-    return s, None
