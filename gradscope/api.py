@@ -8,7 +8,6 @@ from typing import Any
 
 from gradscope import __version__
 from gradscope.diagnosis import diagnose, with_horizons
-from gradscope.errors import GradscopeError
 from gradscope.report import Report
 from gradscope.settings import Settings, parse_shape
 
@@ -40,7 +39,6 @@ def analyze(
     from gradscope.loading import load_model, resolve_device
     from gradscope.probe import make_probe
     from gradscope.recurrent.measure import measure_recurrent
-    from gradscope.recurrent.unroll import find_recurrent
 
     if isinstance(options.get("input_shape"), str):
         options["input_shape"] = parse_shape(options["input_shape"])
@@ -54,11 +52,6 @@ def analyze(
     loaded = load_model(model_or_path, model=model, model_args=model_args, trust=trust)
     module = loaded.module.to(device=device, dtype=getattr(torch, settings.dtype)).eval()
     module.requires_grad_(True)  # our own copy: gradients must reach every state
-    if not find_recurrent(module):
-        raise GradscopeError(
-            "the model has no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell); gradscope's "
-            "recurrent analysis needs one"
-        )
     probe = make_probe(module, settings, device)
     requested_horizon = settings.horizon
     settings = settings.for_steps(probe.steps, probe.batch)
@@ -70,7 +63,6 @@ def analyze(
     cores = with_horizons(measured.cores, requested_horizon, probe.steps)
     status, cores, findings, fixes = diagnose(cores, settings.epsilon)
     settings_data = settings.to_dict() | {
-        "probe": settings.probe,
         "input_shape": list(probe.inputs.shape),
         "loss": "seeded unit projection of the output at the last time step",
         "device": str(device),

@@ -23,7 +23,7 @@ from gradscope.settings import BUILTIN_PROBES, Settings
 class Layout:
     """Where time and batch sit in the model's input, and the feature size it expects."""
 
-    features: int | None
+    features: int
     batch_first: bool
     source: str
     assumed: bool = False
@@ -31,11 +31,6 @@ class Layout:
 
     def shape(self, steps: int, batch: int) -> tuple[int, ...]:
         """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
-        if self.features is None:
-            raise GradscopeError(
-                "cannot tell the model's input shape: pass --input-shape, e.g. 1,100,32 "
-                "(batch, steps, features)"
-            )
         if self.batch_first:
             return (batch, steps, self.features)
         return (steps, batch, self.features)
@@ -81,7 +76,10 @@ def input_layout(model: nn.Module, batch_first: bool | None = None) -> Layout:
     """
     found = find_recurrent(model)
     if not found:
-        return Layout(None, True, "no recurrent module")
+        raise GradscopeError(
+            "the model has no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell); gradscope's "
+            "recurrent analysis needs one"
+        )
     name, module = found[0]
     inferred = getattr(module, "batch_first", None)
     chosen = inferred if batch_first is None else batch_first
@@ -151,7 +149,7 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
 
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
-    if layout.features is None or inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
+    if inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
         expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"
         raise GradscopeError(
             f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "

@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from gradscope.diagnosis import memory_horizon
 from gradscope.errors import GradscopeError, first_line
 from gradscope.probe import Probe, projection_loss
-from gradscope.recurrent.cells import gate_bias, gate_values, step_function
+from gradscope.recurrent.cells import (
+    CellSpec,
+    CellWeights,
+    gate_bias,
+    gate_values,
+    step_function,
+)
 from gradscope.recurrent.dynamics import (
     largest_singular_value,
     lyapunov_exponents,
@@ -120,26 +126,27 @@ def _jacobian_summary(step: Callable, states: Tensor, drives: Tensor, settings: 
     }
 
 
-def _gate_summary(trace: Trace, states: Tensor, drives: Tensor) -> dict | None:
-    core = trace.core
-    weights = core.weights.detached()
-    gate = gate_values(core.spec, weights, states, drives)
+def _gate_summary(
+    spec: CellSpec, weights: CellWeights, states: Tensor, drives: Tensor
+) -> dict | None:
+    """Mean keeping gate (LSTM forget, GRU update) along the trajectory, and its mean bias."""
+    gate = gate_values(spec, weights, states, drives)
     if gate is None:
         return None
-    bias = gate_bias(core.spec, weights)
+    bias = gate_bias(spec, weights)
     return {
-        "gate": "forget" if core.spec.kind == "lstm" else "update",
+        "gate": "forget" if spec.kind == "lstm" else "update",
         "mean": float(gate.mean()),
         "bias_mean": None if bias is None else float(bias.mean()),
     }
 
 
-def _weight_summary(trace: Trace) -> dict | None:
-    core = trace.core
-    gamma = PASCANU_GAMMA.get(core.spec.kind)
+def _weight_summary(spec: CellSpec, weights: CellWeights) -> dict | None:
+    """Vanilla RNN: spectral radius and sigma_max of W_hh against Pascanu's bound."""
+    gamma = PASCANU_GAMMA.get(spec.kind)
     if gamma is None:
         return None
-    w_hh = core.weights.weight_hh.detach()
+    w_hh = weights.weight_hh
     finite = bool(torch.isfinite(w_hh).all())  # LAPACK refuses NaN and Inf
     return {
         "spectral_radius": float(spectral_radius(w_hh)) if finite else math.nan,
@@ -166,12 +173,13 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
             torch.stack([_or_zeros(next(grads), state) for state in call.states])
         )
     ]
-    step = step_function(spec, core.weights.detached())
+    weights = core.weights.detached()
+    step = step_function(spec, weights)
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
     finite = finite and all(math.isfinite(v) for v in norms)
     burn_in = settings.burn_in if settings.burn_in < steps else steps // 5
     exponents = [math.nan]
-    unmeasured = _summary(states[:0])
+    unmeasured = {"median": math.nan, "max": math.nan}
     jacobian = {"spectral_radius": unmeasured, "sigma_max": unmeasured, "samples": 0}
     if finite:
         generator = torch.Generator().manual_seed(settings.seed)
@@ -198,8 +206,8 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
         bidirectional=core.bidirectional,
         batch_first=core.batch_first,
         is_cell=core.is_cell,
-        gates=_gate_summary(trace, states, drives) if finite else None,
-        weights=_weight_summary(trace),
+        gates=_gate_summary(spec, weights, states, drives) if finite else None,
+        weights=_weight_summary(spec, weights),
         finite=finite,
     )
 
