@@ -44,6 +44,10 @@ def analyze(
         options["input_shape"] = parse_shape(options["input_shape"])
     elif options.get("input_shape") is not None:
         options["input_shape"] = tuple(options["input_shape"])
+    if isinstance(options.get("cells"), str):
+        options["cells"] = (options["cells"],)
+    elif options.get("cells") is not None:
+        options["cells"] = tuple(options["cells"])
     if isinstance(model_or_path, Path):
         model_or_path = str(model_or_path)
     settings = Settings(**options)

@@ -39,6 +39,8 @@ class Settings:
     exponents: int = DEFAULT_EXPONENTS
     spectrum_steps: int | str = "auto"
     device: str = "cpu"
+    output_key: str | None = None
+    cells: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +93,7 @@ class Settings:
         """The settings as the report's ``settings`` object."""
         data = dataclasses.asdict(self)
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        data["cells"] = list(self.cells)
         return data
 
 
