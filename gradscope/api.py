@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from gradscope import __version__
 from gradscope.diagnosis import diagnose, with_horizons
+from gradscope.errors import GradscopeError
 from gradscope.report import Report
-from gradscope.settings import Settings, parse_shape
+from gradscope.settings import BUILTIN_PROBES, Settings, parse_shape
 
 Progress = Callable[[str], None]
 
@@ -18,28 +20,7 @@ def _quiet(message: str) -> None:
     """The default progress callback: say nothing."""
 
 
-def analyze(
-    model_or_path: Any,
-    *,
-    model: str | None = None,
-    model_args: str | Mapping | None = None,
-    trust: bool = False,
-    progress: Progress = _quiet,
-    **options: Any,
-) -> Report:
-    """Probe a model (an ``nn.Module`` or a checkpoint path) and diagnose its gradient flow.
-
-    ``options`` are the fields of :class:`gradscope.settings.Settings` (``steps``, ``batch``,
-    ``seed``, ``dtype``, ``probe``, ``input_shape``, ``horizon``, ``epsilon``, ``burn_in``,
-    ``exponents``, ``spectrum_steps``, ``device``). A module object is copied, never changed.
-    Raises :class:`gradscope.errors.GradscopeError` for unusable input.
-    """
-    import torch
-
-    from gradscope.loading import load_model, resolve_device
-    from gradscope.probe import make_probe
-    from gradscope.recurrent.measure import measure_recurrent
-
+def _settings(options: dict[str, Any]) -> Settings:
     if isinstance(options.get("input_shape"), str):
         options["input_shape"] = parse_shape(options["input_shape"])
     elif options.get("input_shape") is not None:
@@ -48,26 +29,128 @@ def analyze(
         options["cells"] = (options["cells"],)
     elif options.get("cells") is not None:
         options["cells"] = tuple(options["cells"])
+    return Settings(**options)
+
+
+def _program_probe(loaded, settings: Settings, device):
+    """The probe of a whole saved program: shaped as its example inputs, when it has them."""
+    import torch
+
+    from gradscope.probe import Layout, make_probe, probe_for
+
+    module = loaded.module
+    if loaded.fixed_dtype:
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        if dtype in (torch.float32, torch.float64):
+            settings = dataclasses.replace(settings, dtype=str(dtype).removeprefix("torch."))
+    examples = loaded.example_inputs
+    if not examples or settings.input_shape or settings.probe not in BUILTIN_PROBES:
+        return make_probe(module, settings, device)
+    example = examples[0]
+    first = loaded.parts[0]
+    batch_first = bool(getattr(first.module, "batch_first", True))
+    tokens = not example.is_floating_point()
+    layout = Layout(
+        None if tokens else example.shape[-1],
+        batch_first,
+        "the program's example input",
+        vocab=int(example.max()) + 1 if tokens else None,
+    )
+    shaped = dataclasses.replace(settings, input_shape=tuple(example.shape))
+    return probe_for(layout, shaped, device)
+
+
+def _measure_parts(loaded, settings: Settings, device, progress: Progress):
+    """Cores rebuilt from weights, each on its own; the whole program's input gradient."""
+    from gradscope.recurrent.parts import measure_parts, whole_input_gradient
+
+    probe = None
+    if loaded.module is not None:
+        try:
+            probe = _program_probe(loaded, settings, device)
+        except GradscopeError as error:
+            loaded.notes.append(f"input gradient not measured: {error}")
+    steps, batch = (probe.steps, probe.batch) if probe else (settings.steps, settings.batch)
+    progress(f"probing {steps} steps and measuring {len(loaded.parts)} rebuilt recurrent part(s)")
+    cores = measure_parts(loaded.parts, settings, device, steps, batch)
+    input_grad_norm = None
+    if probe is not None:
+        try:
+            input_grad_norm = whole_input_gradient(loaded.module, probe)
+        except GradscopeError as error:
+            loaded.notes.append(f"input gradient not measured: {error}")
+    shape = list(probe.inputs.shape) if probe else None
+    return cores, input_grad_norm, steps, batch, shape
+
+
+def analyze(
+    model_or_path: Any,
+    *,
+    model: str | None = None,
+    model_args: str | Mapping | None = None,
+    trust: bool = False,
+    allow_globals: tuple[str, ...] | list[str] = (),
+    nonlinearity: str | None = None,
+    progress: Progress = _quiet,
+    **options: Any,
+) -> Report:
+    """Probe a model (an ``nn.Module`` or a checkpoint path) and diagnose its gradient flow.
+
+    ``options`` are the fields of :class:`gradscope.settings.Settings` (``steps``, ``batch``,
+    ``seed``, ``dtype``, ``probe``, ``input_shape``, ``horizon``, ``epsilon``, ``burn_in``,
+    ``exponents``, ``spectrum_steps``, ``device``, ``output_key``, ``cells``). ``model``,
+    ``model_args``, ``trust``, ``allow_globals`` and ``nonlinearity`` say how to load a file.
+    A module object is copied, never changed. Raises
+    :class:`gradscope.errors.GradscopeError` for unusable input.
+    """
+    import torch
+
+    from gradscope.loading import load_model, resolve_device
+    from gradscope.probe import make_probe
+    from gradscope.recurrent.measure import measure_recurrent
+
+    if nonlinearity not in (None, "tanh", "relu"):
+        raise GradscopeError(f"--nonlinearity must be tanh or relu, not {nonlinearity!r}")
     if isinstance(model_or_path, Path):
         model_or_path = str(model_or_path)
-    settings = Settings(**options)
+    settings = _settings(options)
     device = resolve_device(settings.device)
     progress("loading the model")
-    loaded = load_model(model_or_path, model=model, model_args=model_args, trust=trust)
-    module = loaded.module.to(device=device, dtype=getattr(torch, settings.dtype)).eval()
-    module.requires_grad_(True)  # our own copy: gradients must reach every state
-    probe = make_probe(module, settings, device)
+    loaded = load_model(
+        model_or_path,
+        model=model,
+        model_args=model_args,
+        trust=trust,
+        allow_globals=tuple(allow_globals),
+        nonlinearity=nonlinearity,
+        batch_first=settings.batch_first,
+    )
+    dtype = getattr(torch, settings.dtype)
+    if loaded.module is not None:
+        module = loaded.module.to(device=device)
+        if not loaded.fixed_dtype:
+            module = module.to(dtype=dtype)
+        module.eval().requires_grad_(True)  # our own copy: gradients must reach every state
     requested_horizon = settings.horizon
-    settings = settings.for_steps(probe.steps, probe.batch)
-    if probe.note:
-        loaded.notes.append(probe.note)
-    progress(f"probing {probe.steps} steps and measuring the recurrent cores")
-    with torch.enable_grad():
-        measured = measure_recurrent(module, probe, settings)
-    cores = with_horizons(measured.cores, requested_horizon, probe.steps)
+    if loaded.parts is None:
+        probe = make_probe(module, settings, device)
+        if probe.note:
+            loaded.notes.append(probe.note)
+        progress(f"probing {probe.steps} steps and measuring the recurrent cores")
+        run_settings = settings.for_steps(probe.steps, probe.batch)
+        with torch.enable_grad():
+            measured = measure_recurrent(module, probe, run_settings)
+        cores, input_grad_norm = measured.cores, measured.input_grad_norm
+        steps, batch, shape = probe.steps, probe.batch, list(probe.inputs.shape)
+    else:
+        cores, input_grad_norm, steps, batch, shape = _measure_parts(
+            loaded, settings, device, progress
+        )
+    settings = settings.for_steps(steps, batch)
+    cores = with_horizons(cores, requested_horizon, steps)
     status, cores, findings, fixes = diagnose(cores, settings.epsilon)
     settings_data = settings.to_dict() | {
-        "input_shape": list(probe.inputs.shape),
+        "input_shape": shape,
         "loss": "seeded unit projection of the output at the last time step",
         "device": str(device),
         "spectrum_samples": {core.label: core.jacobian["samples"] for core in cores},
@@ -77,7 +160,7 @@ def analyze(
         settings=settings_data,
         model=loaded.describe(),
         gradscope_version=__version__,
-        input_grad_norm=measured.input_grad_norm,
+        input_grad_norm=input_grad_norm,
         recurrent=cores,
         findings=findings,
         fixes=fixes,

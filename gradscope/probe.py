@@ -7,6 +7,7 @@ norm gradscope reports is a norm of the gradient of that loss.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,25 +16,40 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError
-from gradscope.recurrent.unroll import find_recurrent
+from gradscope.recurrent.cells import RECURRENT_CELLS, RECURRENT_MODULES
 from gradscope.settings import BUILTIN_PROBES, Settings
+
+#: PyTorch's recurrent module and cell class names (also TorchScript's ``original_name``).
+RECURRENT_NAMES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+CONVOLUTIONS = ("Conv1d", "Conv2d", "Conv3d")
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where time and batch sit in the model's input, and the feature size it expects."""
+    """Where time and batch sit in the model's input, and what the input holds.
 
-    features: int
+    ``features`` is the feature size of a float input; token inputs (integer ids for an
+    embedding) have ``vocab`` instead, and no feature axis.
+    """
+
+    features: int | None
     batch_first: bool
     source: str
     assumed: bool = False
     module: str | None = None
+    vocab: int | None = None
+    token_module: str | None = None
+    time_last: bool = False
+
+    @property
+    def tokens(self) -> bool:
+        """True when the model reads integer token ids."""
+        return self.vocab is not None
 
     def shape(self, steps: int, batch: int) -> tuple[int, ...]:
         """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
-        if self.batch_first:
-            return (batch, steps, self.features)
-        return (steps, batch, self.features)
+        sequence = (batch, steps) if self.batch_first else (steps, batch)
+        return sequence if self.tokens else (*sequence, self.features)
 
     def axes(self, ndim: int, tokens: bool = False) -> tuple[int, int | None]:
         """(time axis, batch axis) of an input with ``ndim`` dimensions.
@@ -41,6 +57,8 @@ class Layout:
         Feature inputs are (batch, steps, F), (steps, batch, F) or unbatched (steps, F); token
         inputs (integer ids for an embedding) lack the feature axis.
         """
+        if self.time_last:
+            return ndim - 1, 0
         if ndim == 2 - tokens:
             return 0, None
         return (1, 0) if self.batch_first else (0, 1)
@@ -57,6 +75,8 @@ class Probe:
     seed: int
     note: str | None = None
     layout_module: str | None = None
+    token_module: str | None = None
+    output_key: str | None = None
 
     @property
     def steps(self) -> int:
@@ -69,26 +89,81 @@ class Probe:
         return 1 if self.batch_axis is None else self.inputs.shape[self.batch_axis]
 
 
-def input_layout(model: nn.Module, batch_first: bool | None = None) -> Layout:
-    """The input layout of the model's first recurrent module, or the one ``batch_first`` sets.
+def type_name(module: nn.Module) -> str:
+    """The class name of a module, or of the module a TorchScript submodule was scripted from."""
+    return getattr(module, "original_name", None) or type(module).__name__
 
-    Cells take one step at a time, so their sequences are assumed batch-first unless told.
+
+def _is_recurrent(module: nn.Module) -> bool:
+    return isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS) or (
+        isinstance(module, torch.jit.ScriptModule) and type_name(module) in RECURRENT_NAMES
+    )
+
+
+def first_parametrised(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The first module (in registration order) that holds parameters of its own."""
+    for name, module in model.named_modules():
+        if _is_recurrent(module) or next(module.parameters(recurse=False), None) is not None:
+            return name, module
+    return None
+
+
+def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None, int | None]:
+    """(feature size, vocabulary) of the input that ``module`` reads, when it says."""
+    kind = type_name(module)
+    if kind == "Embedding" or isinstance(module, nn.Embedding):
+        return None, module.num_embeddings
+    if kind == "Linear" or isinstance(module, nn.Linear):
+        return module.in_features, None
+    if kind == "LayerNorm" or isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1], None
+    if _is_recurrent(module):
+        return module.input_size, None
+    if kind in CONVOLUTIONS and needs_shape:
+        channels = module.in_channels
+        example = {"Conv1d": "B,{c},L", "Conv2d": "B,{c},H,W", "Conv3d": "B,{c},D,H,W"}[kind]
+        raise GradscopeError(
+            f"the model starts with {name or 'its root'} ({kind}, {channels} input channels): "
+            f"the rest of its input shape is unknown; pass --input-shape "
+            f"{example.format(c=channels)}"
+        )
+    return None, None
+
+
+def input_layout(
+    model: nn.Module, batch_first: bool | None = None, input_shape: tuple | None = None
+) -> Layout:
+    """The model's input: from its first parametrised module, time layout from its first RNN.
+
+    An ``nn.Embedding`` first means token ids, an ``nn.Linear`` or a recurrent module first
+    means features of its input size. The time layout is the first recurrent module's
+    ``batch_first``, or the one ``batch_first`` sets; cells loop in the user's code, so their
+    sequences are assumed batch-first unless told.
     """
-    found = find_recurrent(model)
-    if not found:
+    recurrent = [(n, m) for n, m in model.named_modules() if _is_recurrent(m)]
+    if not recurrent:
         raise GradscopeError(
             "the model has no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell); gradscope's "
             "recurrent analysis needs one"
         )
-    name, module = found[0]
+    name, module = recurrent[0]
     inferred = getattr(module, "batch_first", None)
     chosen = inferred if batch_first is None else batch_first
+    features, vocab, token_module, time_last = module.input_size, None, None, False
+    first = first_parametrised(model)
+    if first is not None and first[1] is not module:
+        entry_features, vocab = _entry(*first, needs_shape=input_shape is None)
+        features = entry_features or features
+        token_module = first[0] if vocab is not None else None
+        time_last = type_name(first[1]) in CONVOLUTIONS
     source = name or type(module).__name__
-    assumed = chosen is None
-    return Layout(module.input_size, chosen is not False, source, assumed, name)
+    return Layout(
+        features, chosen is not False, source, chosen is None, name, vocab, token_module, time_last
+    )
 
 
-def _load_probe_file(path: Path) -> Tensor:
+def load_probe_file(path: Path) -> Tensor:
+    """The tensor in a ``--probe`` file (.pt or .npy), read without running code."""
     if not path.is_file():
         raise GradscopeError(
             f"--probe {path}: no such file; use gaussian, zeros or a tensor file (.pt or .npy)"
@@ -111,12 +186,20 @@ def _load_probe_file(path: Path) -> Tensor:
 
 def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Probe:
     """Build the probe input the settings ask for, shaped for ``model``."""
-    layout = input_layout(model, settings.batch_first)
+    layout = input_layout(model, settings.batch_first, settings.input_shape)
+    return probe_for(layout, settings, device)
+
+
+def probe_for(layout: Layout, settings: Settings, device: torch.device) -> Probe:
+    """Build the probe input the settings ask for, in ``layout``."""
     dtype = getattr(torch, settings.dtype)
     generator = torch.Generator().manual_seed(settings.seed)
     if settings.probe in BUILTIN_PROBES:
         shape = settings.input_shape or layout.shape(settings.steps, settings.batch)
-        if settings.probe == "zeros":
+        if layout.tokens:
+            high = layout.vocab if settings.probe == "gaussian" else 1
+            inputs = torch.randint(0, high, shape, generator=generator)
+        elif settings.probe == "zeros":
             inputs = torch.zeros(shape, dtype=dtype)
         else:
             inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
@@ -125,12 +208,21 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
             raise GradscopeError(
                 "--input-shape and a --probe file both set the input shape: drop --input-shape"
             )
-        inputs = _load_probe_file(Path(settings.probe))
+        inputs = load_probe_file(Path(settings.probe))
         if inputs.is_floating_point():
             inputs = inputs.to(dtype)
             _check_probe_shape(inputs, layout, settings.probe)
+        elif (
+            layout.tokens
+            and inputs.numel()
+            and not 0 <= int(inputs.min()) <= int(inputs.max()) < layout.vocab
+        ):
+            raise GradscopeError(
+                f"--probe {settings.probe} holds token ids outside [0, {layout.vocab}), the "
+                f"vocabulary of {layout.token_module}: save ids the embedding can look up"
+            )
     tokens = not inputs.is_floating_point()
-    if inputs.dim() not in (2 - tokens, 3 - tokens):
+    if not layout.time_last and inputs.dim() not in (2 - tokens, 3 - tokens):
         expected = "(batch, steps) or (steps)" if tokens else "(batch, steps, F) or (steps, F)"
         raise GradscopeError(
             f"the probe has shape {tuple(inputs.shape)}; a sequence input is shaped "
@@ -145,10 +237,26 @@ def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Pr
             f"{layout.source} is a cell: the probe assumes batch-first sequences "
             "(batch, steps, features); pass --time-major if the model loops over axis 0"
         )
-    return Probe(inputs, time_axis, batch_axis, kind, settings.seed, note, layout.module)
+    return Probe(
+        inputs,
+        time_axis,
+        batch_axis,
+        kind,
+        settings.seed,
+        note,
+        layout.module,
+        layout.token_module,
+        settings.output_key,
+    )
+
+
+def _ids_in_range(ids: Tensor, vocab: int) -> bool:
+    return ids.numel() == 0 or (int(ids.min()) >= 0 and int(ids.max()) < vocab)
 
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
+    if layout.time_last or layout.tokens:
+        return
     if inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
         expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"
         raise GradscopeError(
@@ -157,12 +265,22 @@ def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
         )
 
 
+def _fields(output: object) -> dict[str, object] | None:
+    """The named parts of a dict, a dataclass or a model-output object; None for others."""
+    if isinstance(output, dict):
+        return dict(output)
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    return None
+
+
 def output_tensors(output: object) -> list[Tensor]:
     """Every tensor in a model output (tensor, or nested tuple/list/dict of them), in order."""
     if isinstance(output, Tensor):
         return [output]
-    if isinstance(output, dict):
-        items = list(output.values())
+    fields = _fields(output)
+    if fields is not None:
+        items = list(fields.values())
     elif isinstance(output, (tuple, list)):
         items = list(output)
     else:
@@ -170,9 +288,37 @@ def output_tensors(output: object) -> list[Tensor]:
     return [tensor for item in items for tensor in output_tensors(item)]
 
 
-def differentiable_output(output: object) -> Tensor | None:
+def select_output(output: object, key: str | None) -> object:
+    """The part of the output that ``--output-key`` names: a dict key, field or tuple index.
+
+    Without a key: the ``logits`` of a dict or model-output object, when it has them.
+    """
+    fields = _fields(output)
+    if key is None:
+        if fields is not None and isinstance(fields.get("logits"), Tensor):
+            return fields["logits"]
+        return output
+    if fields is not None and key in fields:
+        return fields[key]
+    if isinstance(output, (tuple, list)) and key.lstrip("-").isdigit():
+        index = int(key)
+        if -len(output) <= index < len(output):
+            return output[index]
+    if fields is not None:
+        available = ", ".join(map(str, fields)) or "none"
+    elif isinstance(output, (tuple, list)):
+        available = f"indices 0 to {len(output) - 1}"
+    else:
+        available = f"none: the output is a {type(output).__name__}"
+    raise GradscopeError(
+        f"--output-key {key!r} is not in the model's output (available: {available}); pick one"
+    )
+
+
+def differentiable_output(output: object, key: str | None = None) -> Tensor | None:
     """The first floating-point output tensor that depends on the input or the weights."""
-    candidates = [t for t in output_tensors(output) if t.is_floating_point()]
+    chosen = select_output(output, key)
+    candidates = [t for t in output_tensors(chosen) if t.is_floating_point()]
     return next((t for t in candidates if t.requires_grad), None)
 
 
@@ -182,10 +328,11 @@ def projection_loss(output: object, probe: Probe) -> Tensor:
     ``y`` is the first floating-point tensor of the output that carries a gradient, so
     ``(predicted_ids, logits)`` or ``{"mask": ..., "logits": ...}`` outputs use the logits.
     """
-    y = differentiable_output(output)
+    y = differentiable_output(output, probe.output_key)
     if y is None:
+        where = f"--output-key {probe.output_key}" if probe.output_key else "the model's output"
         raise GradscopeError(
-            "the model's output holds no floating-point tensor that depends on its input; "
+            f"{where} holds no floating-point tensor that depends on its input; "
             "gradscope needs a model that returns one (logits, states, predictions)"
         )
     batch_axis = probe.batch_axis

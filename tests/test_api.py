@@ -139,9 +139,27 @@ def test_a_model_without_recurrent_modules_is_refused():
         gradscope.analyze(nn.Sequential(nn.Linear(3, 3)), input_shape=(1, 5, 3))
 
 
+class FixedLength(nn.Module):
+    """A model that only runs on sequences of exactly 7 steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(x.reshape(1, 7, 3))[0]
+
+
 def test_a_forward_that_fails_on_the_probe_names_the_model_error():
-    with pytest.raises(GradscopeError, match=r"forward failed.*--input-shape"):
-        gradscope.analyze(TokenTagger(), steps=5)
+    with pytest.raises(GradscopeError, match=r"forward failed.*RuntimeError: shape.*--input-shape"):
+        gradscope.analyze(FixedLength(), steps=5)
+
+
+def test_an_embedding_first_model_gets_token_ids_in_its_vocabulary():
+    report = gradscope.analyze(TokenTagger(), steps=12, batch=3)
+    assert report.settings["input_shape"] == [3, 12]
+    (core,) = report.recurrent
+    assert core.steps == 12 and all(g > 0 for g in core.grad_norm)
 
 
 class Seq2Seq(nn.Module):

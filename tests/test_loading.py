@@ -206,7 +206,8 @@ def test_reading_maps_to_cpu_and_stays_weights_only(tmp_path, monkeypatch):
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    refusal(path)  # a state_dict without --model; the file has been read by then
+    loaded = load_model(path)  # a state_dict without --model: rebuilt from the weights
+    assert [type(part.module) for part in loaded.parts] == [nn.GRU]
     assert calls
     assert all(str(call.get("map_location")) == "cpu" for call in calls)
     assert all(call.get("weights_only") is True for call in calls)
@@ -400,9 +401,11 @@ def test_state_dict_through_the_cli(user_code, state_dict_file, capsys):
     assert [core["hidden_size"] for core in report["recurrent"]] == [6]
 
 
-def test_state_dict_without_model_is_refused(state_dict_file):
-    message = refusal(state_dict_file)
-    assert "state_dict" in message
+def test_weights_without_a_recurrent_part_or_model_are_refused(tmp_path):
+    path = tmp_path / "mlp.pt"
+    torch.save(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)).state_dict(), path)
+    message = refusal(path)
+    assert "only weights" in message
     assert "--model" in message
 
 
@@ -485,9 +488,8 @@ def test_broken_user_module_is_reported(user_code, state_dict_file, tmp_path):
         (["--model", "nocolon"], "--model"),
         (["--model", "code/missing.py:TinyRNN"], "no such file"),
         (["--model", "code/nets.py:Picky"], "size must be odd"),
-        ([], "--model"),
     ],
-    ids=["bad-json", "json-list", "no-colon", "missing-file", "constructor-raises", "no-model"],
+    ids=["bad-json", "json-list", "no-colon", "missing-file", "constructor-raises"],
 )
 def test_model_option_errors_through_the_cli(user_code, state_dict_file, capsys, args, expected):
     if args[:1] == ["--model-args"]:
@@ -551,9 +553,9 @@ BAD_FILES = {
     "missing": ["no such file"],
     "directory": ["directory"],
     "empty": ["empty"],
-    "random-bytes": ["not a readable PyTorch checkpoint"],
-    "text": ["not a readable PyTorch checkpoint"],
-    "truncated": ["not a readable PyTorch checkpoint"],
+    "random-bytes": ["not a PyTorch checkpoint", "safetensors"],
+    "text": ["a text file", "not a PyTorch checkpoint"],
+    "truncated": ["damaged zip archive", "save or copy"],
     "truncated-legacy": ["not a readable PyTorch checkpoint"],
     "list": ["holds a list"],
     "int": ["holds a int"],

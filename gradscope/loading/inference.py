@@ -1,0 +1,144 @@
+"""Recurrent architecture from a state dict alone: PyTorch's parameter names and shapes tell it.
+
+``<prefix>weight_hh_l{k}[_reverse]`` of shape (G*H, H) is layer k of an ``nn.RNN``/``LSTM``/
+``GRU`` with G = 1, 4, 3 gates; ``weight_hr_l{k}`` (P, H) is an LSTM projection; the same names
+without the ``_l{k}`` suffix belong to a cell. Each group is rebuilt as PyTorch's own module with
+the saved weights, so the cores gradscope analyses are exactly the saved ones. The weights cannot
+tell a tanh RNN from a ReLU one, nor the input layout: those are assumptions, stated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+PARAMETER = re.compile(
+    r"^(?P<prefix>(?:.*\.)?)(?P<param>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"(?:_l(?P<layer>\d+)(?P<reverse>_reverse)?)?$"
+)
+KINDS = {4: "lstm", 3: "gru", 1: "rnn"}
+MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+@dataclass
+class InferredPart:
+    """One recurrent module or cell rebuilt from its weights, at its path in the model."""
+
+    name: str
+    module: nn.Module
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def is_cell(self) -> bool:
+        """True for a single cell (the model loops over time itself)."""
+        return isinstance(self.module, tuple(CELLS.values()))
+
+
+@dataclass
+class Inference:
+    """Every recurrent part found in a state dict, and what was left out and why."""
+
+    parts: list[InferredPart]
+    not_analysed: list[str]
+
+
+def _owner(prefix: str) -> str:
+    return prefix[:-1] if prefix.endswith(".") else prefix
+
+
+def _build(
+    name: str,
+    params: dict[str, Tensor],
+    nonlinearity: str | None,
+    batch_first: bool | None,
+    hint: Mapping,
+) -> InferredPart | str:
+    """The module that ``params`` (names without the group prefix) belong to, or why not.
+
+    ``hint`` holds what a program recorded about the module (``nonlinearity``,
+    ``batch_first``); without it, the flags or PyTorch's defaults are assumed.
+    """
+    cell = "weight_hh" in params
+    suffix = "" if cell else "_l0"
+    hh, ih = params.get(f"weight_hh{suffix}"), params.get(f"weight_ih{suffix}")
+    if hh is None or ih is None or hh.dim() != 2 or ih.dim() != 2:
+        return "weight_ih and weight_hh of the first layer are not both there as matrices"
+    hr = params.get(f"weight_hr{suffix}")
+    hidden = hr.shape[1] if hr is not None else hh.shape[1]
+    gates, remainder = divmod(hh.shape[0], hidden)
+    kind = KINDS.get(gates) if remainder == 0 else None
+    if kind is None or (hr is not None and kind != "lstm"):
+        return f"weight_hh{suffix} of shape {tuple(hh.shape)} fits no LSTM, GRU or RNN"
+    bias = f"bias_ih{suffix}" in params
+    kwargs = {"input_size": ih.shape[1], "hidden_size": hidden, "bias": bias}
+    assumptions = []
+    if kind == "rnn":
+        kwargs["nonlinearity"] = hint.get("nonlinearity") or nonlinearity or "tanh"
+        if "nonlinearity" not in hint and nonlinearity is None:
+            assumptions.append(
+                f"{name or 'the RNN'}: tanh or ReLU cannot be read from the weights; assumed "
+                "tanh, PyTorch's default (--nonlinearity relu to change)"
+            )
+    if cell:
+        module = CELLS[kind](**kwargs)
+    else:
+        layers = 1 + max(int(PARAMETER.match(k)["layer"]) for k in params)
+        reverse = any(k.endswith("_reverse") for k in params)
+        if "batch_first" in hint:
+            batch_first = bool(hint["batch_first"])
+        elif batch_first is None:
+            batch_first = False
+            assumptions.append(
+                f"{name or 'the model'}: the input layout cannot be read from the weights; "
+                "assumed time-major (steps, batch, features), PyTorch's default (--batch-first "
+                "to change)"
+            )
+        kwargs |= {"num_layers": layers, "bidirectional": reverse, "batch_first": batch_first}
+        if hr is not None:
+            kwargs["proj_size"] = hr.shape[0]
+        module = MODULES[kind](**kwargs)
+    try:
+        module.load_state_dict(params, strict=True)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[-1].strip() if str(error) else "mismatch"
+        return f"the weights do not fit {type(module).__name__}({kwargs}): {detail}"
+    return InferredPart(name, module, assumptions)
+
+
+def infer_recurrent(
+    state_dict: Mapping[str, Tensor],
+    nonlinearity: str | None = None,
+    batch_first: bool | None = None,
+    hints: Mapping[str, Mapping] | None = None,
+) -> Inference:
+    """Every PyTorch recurrent module or cell whose weights ``state_dict`` holds.
+
+    ``hints`` maps a module path to what is known of it beyond its weights (see ``_build``).
+    """
+    hints = hints or {}
+    groups: dict[str, dict[str, Tensor]] = defaultdict(dict)
+    others: dict[str, int] = defaultdict(int)
+    for key, value in state_dict.items():
+        match = PARAMETER.match(key)
+        if match:
+            groups[match["prefix"]][key[len(match["prefix"]) :]] = value
+        else:
+            others[key.rsplit(".", 1)[0] if "." in key else key] += 1
+    parts, not_analysed = [], []
+    for prefix, params in groups.items():
+        name = _owner(prefix)
+        built = _build(name, params, nonlinearity, batch_first, hints.get(name, {}))
+        if isinstance(built, InferredPart):
+            parts.append(built)
+        else:
+            not_analysed.append(f"{name or '(root)'}: {built}")
+    not_analysed.extend(
+        f"{owner} ({count} tensor{'s' * (count > 1)}): not recurrent"
+        for owner, count in others.items()
+    )
+    return Inference(parts, not_analysed)
