@@ -79,3 +79,96 @@ def rnn_with_recurrence(weight_hh: Tensor, nonlinearity: str = "tanh") -> nn.RNN
             parameter.zero_()
         rnn.weight_hh_l0.copy_(weight_hh)
     return rnn
+
+
+class TanhCell(nn.Module):
+    """A custom cell that reimplements ``nn.RNNCell``: ``h' = tanh(W x + b_ih + U h + b_hh)``."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input = nn.Linear(input_size, hidden_size)
+        self.recurrent = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.recurrent.in_features)
+        return torch.tanh(self.input(x) + self.recurrent(h))
+
+    def load_from(self, cell: nn.RNNCell) -> TanhCell:
+        """Take the weights of a built-in cell."""
+        with torch.no_grad():
+            self.input.weight.copy_(cell.weight_ih)
+            self.input.bias.copy_(cell.bias_ih)
+            self.recurrent.weight.copy_(cell.weight_hh)
+            self.recurrent.bias.copy_(cell.bias_hh)
+        return self
+
+
+class PairLSTMCell(nn.Module):
+    """A custom cell that reimplements ``nn.LSTMCell`` on a ``(h, c)`` tuple state."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input = nn.Linear(input_size, 4 * hidden_size)
+        self.recurrent = nn.Linear(hidden_size, 4 * hidden_size)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            state = (zeros, zeros)
+        h, c = state
+        i, f, g, o = (self.input(x) + self.recurrent(h)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def load_from(self, cell: nn.LSTMCell) -> PairLSTMCell:
+        """Take the weights of a built-in cell."""
+        with torch.no_grad():
+            self.input.weight.copy_(cell.weight_ih)
+            self.input.bias.copy_(cell.bias_ih)
+            self.recurrent.weight.copy_(cell.weight_hh)
+            self.recurrent.bias.copy_(cell.bias_hh)
+        return self
+
+
+class GatedNormCell(nn.Module):
+    """A cell no built-in expresses: ``h' = LayerNorm(tanh(W x + U h)) * sigmoid(V h)``."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input = nn.Linear(input_size, hidden_size, bias=False)
+        self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.gate = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        candidate = self.norm(torch.tanh(self.input(x) + self.recurrent(h)))
+        return candidate * torch.sigmoid(self.gate(h))
+
+
+class StateLoop(nn.Module):
+    """Runs a cell from a zero state over a sequence and returns every h.
+
+    Batch-first (B, T, F), or unbatched (T, F) with ``unbatched``; ``keyword`` passes the state
+    as ``h=``.
+    """
+
+    def __init__(
+        self, cell: nn.Module, hidden_size: int, unbatched: bool = False, keyword: bool = False
+    ) -> None:
+        super().__init__()
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.unbatched = unbatched
+        self.keyword = keyword
+
+    def forward(self, x: Tensor) -> Tensor:
+        time = 0 if self.unbatched else 1
+        h = x.new_zeros(*x.shape[:time], self.hidden_size)
+        outputs = []
+        for t in range(x.shape[time]):
+            x_t = x.select(time, t)
+            h = self.cell(x_t, h=h) if self.keyword else self.cell(x_t, h)
+            outputs.append(h)
+        return torch.stack(outputs, dim=time)

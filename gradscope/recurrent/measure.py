@@ -42,9 +42,14 @@ class RecurrentMeasurement:
     input_grad_norm: list[float] | None
 
 
-def run_probe(model: nn.Module, probe: Probe) -> tuple[Tensor, dict[tuple, Trace]]:
-    """Forward the probe through the unrolled model; return the loss and each core's trace."""
-    with unrolled(model) as recorder:
+def run_probe(
+    model: nn.Module, probe: Probe, cells: tuple[str, ...] = ()
+) -> tuple[Tensor, dict[tuple, Trace]]:
+    """Forward the probe through the unrolled model; return the loss and each core's trace.
+
+    ``cells`` are the module paths of custom cells, stepped as recurrent cores too.
+    """
+    with unrolled(model, cells) as recorder:
         try:
             output = model(probe.inputs)
         except GradscopeError:
@@ -127,10 +132,10 @@ def _jacobian_summary(step: Callable, states: Tensor, drives: Tensor, settings: 
 
 
 def _gate_summary(
-    spec: CellSpec, weights: CellWeights, states: Tensor, drives: Tensor
+    spec: CellSpec, weights: CellWeights | None, states: Tensor, drives: Tensor
 ) -> dict | None:
     """Mean keeping gate (LSTM forget, GRU update) along the trajectory, and its mean bias."""
-    gate = gate_values(spec, weights, states, drives)
+    gate = None if weights is None else gate_values(spec, weights, states, drives)
     if gate is None:
         return None
     bias = gate_bias(spec, weights)
@@ -141,10 +146,10 @@ def _gate_summary(
     }
 
 
-def _weight_summary(spec: CellSpec, weights: CellWeights) -> dict | None:
+def _weight_summary(spec: CellSpec, weights: CellWeights | None) -> dict | None:
     """Vanilla RNN: spectral radius and sigma_max of W_hh against Pascanu's bound."""
     gamma = PASCANU_GAMMA.get(spec.kind)
-    if gamma is None:
+    if gamma is None or weights is None:
         return None
     w_hh = weights.weight_hh
     finite = bool(torch.isfinite(w_hh).all())  # LAPACK refuses NaN and Inf
@@ -173,8 +178,8 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
             torch.stack([_or_zeros(next(grads), state) for state in call.states])
         )
     ]
-    weights = core.weights.detached()
-    step = step_function(spec, weights)
+    weights = None if core.weights is None else core.weights.detached()
+    step = core.custom.step_function() if core.custom else step_function(spec, weights)
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
     finite = finite and all(math.isfinite(v) for v in norms)
     burn_in = settings.burn_in if settings.burn_in < steps else steps // 5
@@ -214,7 +219,13 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
 
 def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> RecurrentMeasurement:
     """Run the probe once, backpropagate once, and measure every recurrent core."""
-    loss, traces = run_probe(model, probe)
+    loss, traces = run_probe(model, probe, settings.cells)
+    idle = [name for name in settings.cells if (name, 0, "forward") not in traces]
+    if idle:
+        raise GradscopeError(
+            f"--cell {', '.join(idle)} never ran on the probe; name the module the model calls "
+            "once per time step as cell(input, state)"
+        )
     states = [s for trace in traces.values() for s in trace.states]
     leaves = [probe.inputs] if probe.inputs.requires_grad else []
     grads = torch.autograd.grad(loss, [*leaves, *states], allow_unused=True)

@@ -4,12 +4,14 @@ Inside :func:`unrolled`, every ``nn.RNN``/``LSTM``/``GRU`` and every cell in the
 through :mod:`gradscope.recurrent.cells` one time step at a time, reproducing the module's
 output to float precision while keeping each state ``s_t`` as its own autograd node. One
 backward pass then yields ``dL/ds_t`` for every step of every (layer, direction), and each
-core's trace holds the states and input drives its Jacobians are taken at.
+core's trace holds the states and input drives its Jacobians are taken at. Custom cells named
+by the user run their own forward, and hand back views of one flat state node per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,21 +31,26 @@ from gradscope.recurrent.cells import (
     module_kind,
     step_function,
 )
+from gradscope.recurrent.custom import CustomCell, StateLayout
 
 
 @dataclass(frozen=True)
 class Core:
-    """One driven recurrent system: a (layer, direction) of a module, or a cell."""
+    """One driven recurrent system: a (layer, direction) of a module, or a cell.
+
+    A custom cell has no :class:`CellWeights`; its state map comes from ``custom``.
+    """
 
     name: str
     layer: int
     direction: str
     spec: CellSpec
-    weights: CellWeights
+    weights: CellWeights | None
     is_cell: bool = False
     num_layers: int = 1
     bidirectional: bool = False
     batch_first: bool = False
+    custom: CustomCell | None = None
 
 
 @dataclass
@@ -120,10 +127,12 @@ class Recorder:
             state = step(state, drives[t])
             states.append(state)
         processing_drives = drives.flip(0) if reverse else drives
-        key = (core.name, core.layer, core.direction)
-        trace = self.traces.setdefault(key, Trace(core))
-        trace.record(torch.stack(prev_states), processing_drives, states, reverse)
+        self.trace(core).record(torch.stack(prev_states), processing_drives, states, reverse)
         return torch.stack(states[::-1] if reverse else states)
+
+    def trace(self, core: Core) -> Trace:
+        """The trace of ``core``, started on its first call."""
+        return self.traces.setdefault((core.name, core.layer, core.direction), Trace(core))
 
 
 def _module_cores(name: str, module: nn.Module) -> dict[tuple[int, int], Core]:
@@ -230,6 +239,67 @@ def _unrolled_cell_forward(name: str, module: nn.Module, recorder: Recorder) -> 
     return forward
 
 
+def _custom_core(recorder: Recorder, name: str, cell: CustomCell) -> Core:
+    """The core of a custom cell, made on its first call; later calls must keep its shapes."""
+    cores = recorder.module_cores.setdefault(name, {})
+    spec = CellSpec("custom", cell.input_size, cell.layout.size)
+    core = cores.setdefault((0, 0), Core(name, 0, "forward", spec, None, True, custom=cell))
+    first = core.custom
+    if (first.layout.shapes, first.input_shape) != (cell.layout.shapes, cell.input_shape):
+        raise GradscopeError(
+            f"--cell {name} was called with states {list(map(tuple, first.layout.shapes))} and "
+            f"inputs {tuple(first.input_shape)}, later with {list(map(tuple, cell.layout.shapes))}"
+            f" and {tuple(cell.input_shape)} (batch dimension left out); a cell needs one shape"
+        )
+    return core
+
+
+def _unrolled_custom_forward(
+    name: str, module: nn.Module, original: Callable, recorder: Recorder
+) -> Callable:
+    """A forward that runs ``original`` and returns views of one flat state node (B, n)."""
+
+    def forward(input, *args, **kwargs):
+        if len(args) + len(kwargs) > 1 or not isinstance(input, Tensor):
+            raise GradscopeError(
+                f"--cell {name} must be called as cell(input, state) with an input tensor; "
+                f"it got {1 + len(args) + len(kwargs)} argument(s), the first a "
+                f"{type(input).__name__}"
+            )
+        if kwargs:
+            ((keyword, state),) = kwargs.items()
+        else:
+            keyword, state = None, args[0] if args else None
+        output = original(input, *args, **kwargs)
+        layout = StateLayout.of(output, name, "output")
+        state_next = layout.flatten(output)
+        if not layout.batched:
+            state_next, input = state_next[None], input[None]
+        if state is None:
+            state_prev = torch.zeros_like(state_next)
+        else:
+            given = StateLayout.of(state, name, "state")
+            if (given.shapes, given.batched) != (layout.shapes, layout.batched):
+                raise GradscopeError(
+                    f"--cell {name} maps a state shaped {[tuple(s) for s in given.shapes]} to "
+                    f"one shaped {[tuple(s) for s in layout.shapes]} (batch dimension left out); "
+                    "a cell must return its next state, shaped like its state"
+                )
+            state_prev = given.flatten(state).reshape(state_next.shape)
+        batch = len(state_next)
+        if input.dim() == 0 or len(input) != batch:
+            raise GradscopeError(
+                f"--cell {name} got an input shaped {tuple(input.shape)} with a state of batch "
+                f"{batch}; its input needs the same batch dimension first"
+            )
+        core = _custom_core(recorder, name, CustomCell(module, layout, input.shape[1:], keyword))
+        drives = input.reshape(1, batch, -1)
+        recorder.trace(core).record(state_prev[None], drives, [state_next], reverse=False)
+        return layout.unflatten(state_next if layout.batched else state_next[0])
+
+    return forward
+
+
 def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every PyTorch recurrent module and cell in ``model``, with its module path ("" for root)."""
     found = []
@@ -260,25 +330,78 @@ def _dispatcher(original: Callable, handlers: dict[int, Callable]) -> Callable:
     return forward
 
 
+def custom_cells(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """The modules the user named as custom cells, by path; refuse unknown or built-in ones."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    chosen = {}
+    for name in names:
+        module = modules.get(name)
+        if module is None:
+            paths = [path for path in modules if path]
+            close = difflib.get_close_matches(name, paths, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise GradscopeError(
+                f"--cell {name}: the model has no module of that name; {hint}"
+                f"its modules are: {_first_few(paths)}"
+            )
+        if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
+            raise GradscopeError(
+                f"--cell {name} is a {type(module).__name__}, which gradscope analyses without "
+                "--cell: drop the option"
+            )
+        alias = next((other for other, m in chosen.items() if m is module and other != name), None)
+        if alias is not None:
+            raise GradscopeError(f"--cell {alias} and --cell {name} are one module: name it once")
+        chosen[name] = module
+    return chosen
+
+
+def _first_few(names: list[str], shown: int = 8) -> str:
+    """``a, b, c`` or ``a, b, ... (12 in all)``; ``none`` for no names."""
+    if len(names) <= shown:
+        return ", ".join(names) or "none"
+    return ", ".join(names[:shown]) + f", ... ({len(names)} in all)"
+
+
+def _within(name: str, cells: dict[str, nn.Module]) -> bool:
+    """Whether module ``name`` lies inside one of the custom cells (and so is part of its map)."""
+    return any(cell == "" or name.startswith(cell + ".") for cell in cells)
+
+
 @contextmanager
-def unrolled(model: nn.Module) -> Iterator[Recorder]:
+def unrolled(model: nn.Module, cells: Sequence[str] = ()) -> Iterator[Recorder]:
     """Run every recurrent module and cell of ``model`` step by step while inside.
 
     The ``forward`` of PyTorch's recurrent classes is swapped at class level, so that subclasses
-    with a ``forward`` of their own that calls ``super().forward`` are unrolled too.
+    with a ``forward`` of their own that calls ``super().forward`` are unrolled too. Each custom
+    cell named in ``cells`` gets an instance-level ``forward`` until the context ends; recurrent
+    modules inside a custom cell are part of its map and run as PyTorch's.
     """
+    custom = custom_cells(model, cells)
     recorder = Recorder()
     handlers: dict[int, Callable] = {}
     for name, module in find_recurrent(model):
+        if _within(name, custom):
+            continue
         recorder.module_cores[name] = cores_of(name, module)
         is_cell = isinstance(module, RECURRENT_CELLS)
         make = _unrolled_cell_forward if is_cell else _unrolled_module_forward
         handlers[id(module)] = make(name, module, recorder)
     originals = {cls: cls.__dict__["forward"] for cls in RECURRENT_MODULES + RECURRENT_CELLS}
+    overridden: list[tuple[nn.Module, Callable | None]] = []
     try:
         for cls, original in originals.items():
             cls.forward = _dispatcher(original, handlers)
+        for name, module in custom.items():
+            overridden.append((module, module.__dict__.get("forward")))
+            patched = _unrolled_custom_forward(name, module, module.forward, recorder)
+            module.__dict__["forward"] = patched
         yield recorder
     finally:
+        for module, own in overridden:
+            if own is None:
+                del module.__dict__["forward"]
+            else:
+                module.__dict__["forward"] = own
         for cls, original in originals.items():
             cls.forward = original
