@@ -130,7 +130,10 @@ def analyze(
         module = loaded.module.to(device=device)
         if not loaded.fixed_dtype:
             module = module.to(dtype=dtype)
-        module.eval().requires_grad_(True)  # our own copy: gradients must reach every state
+        if not loaded.fixed_dtype:  # an exported program fixes its mode as it fixes its dtype
+            module.eval()
+        for parameter in module.parameters():  # our own copy: gradients must reach every state
+            parameter.requires_grad_(True)
     requested_horizon = settings.horizon
     if loaded.parts is None:
         probe = make_probe(module, settings, device)

@@ -87,7 +87,13 @@ def stdout_console() -> Console:
 
 @app.command()
 def analyze(
-    checkpoint: Annotated[str, typer.Argument(help="A checkpoint file written by torch.save.")],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint: torch.save (.pt, .pth, Lightning .ckpt), safetensors, "
+            "TorchScript or torch.export (.pt2)."
+        ),
+    ],
     model: Annotated[
         str | None,
         typer.Option(
@@ -109,6 +115,22 @@ def analyze(
             rich_help_panel=LOADING,
         ),
     ] = False,
+    allow_global: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow exactly this class (package.module:Class) in a weights-only load; "
+            "repeatable.",
+            rich_help_panel=LOADING,
+        ),
+    ] = None,
+    nonlinearity: Annotated[
+        str | None,
+        typer.Option(
+            help="tanh or relu, for vanilla RNNs rebuilt from weights alone \\[default: tanh].",
+            show_default=False,
+            rich_help_panel=LOADING,
+        ),
+    ] = None,
     device: Annotated[
         str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.", rich_help_panel=LOADING)
     ] = "cpu",
@@ -143,6 +165,23 @@ def analyze(
             help="Input layout (batch, steps, ...) or (steps, batch, ...) \\[default: as the "
             "first recurrent module says; batch-first for cells].",
             show_default=False,
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    output_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Which output the loss reads: a dict key, field or tuple index \\[default: "
+            "logits, else the first differentiable tensor].",
+            show_default=False,
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
+    cell: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Module path of a custom recurrent cell, forward(input, state) -> state; "
+            "repeatable.",
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
@@ -208,6 +247,8 @@ def analyze(
         "exponents": exponents,
         "spectrum_steps": parse_spectrum_steps(spectrum_steps),
         "device": device,
+        "output_key": output_key,
+        "cells": tuple(cell or ()),
     }
     from gradscope.api import analyze as run_analysis
     from gradscope.render import write
@@ -218,6 +259,8 @@ def analyze(
             model=model,
             model_args=model_args,
             trust=trust,
+            allow_globals=tuple(allow_global or ()),
+            nonlinearity=nonlinearity,
             progress=progress,
             **options,
         )

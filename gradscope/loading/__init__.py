@@ -58,13 +58,13 @@ class LoadedModel:
     example_inputs: tuple[Tensor, ...] = ()
     fixed_dtype: bool = False
     parameters: int = 0
+    class_name: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The report's ``model`` object."""
-        if self.module is not None:
+        name = self.class_name
+        if name is None and self.module is not None:
             name = getattr(self.module, "original_name", None) or type(self.module).__qualname__
-        else:
-            name = None
         return {
             "path": self.path,
             "format": self.format,
@@ -110,7 +110,8 @@ class LoadOptions:
 
 def _metadata_class(metadata: Mapping[str, str]) -> tuple[str | None, dict]:
     """A class spec and keyword arguments from safetensors metadata, where it names them."""
-    spec = next((metadata[k] for k in METADATA_CLASS_KEYS if "." in metadata.get(k, "")), None)
+    named = [metadata.get(k, "") for k in METADATA_CLASS_KEYS]
+    spec = next((v for v in named if "." in v or ":" in v), None)
     if spec and ":" not in spec:
         spec = ":".join(spec.rsplit(".", 1))
     for key in METADATA_ARGS_KEYS:
@@ -182,8 +183,9 @@ def _from_program(
             "cell) among its weights; gradscope's recurrent analysis needs one"
         )
     notes = [a for part in inference.parts for a in part.assumptions]
+    what = {files.TORCHSCRIPT: "a TorchScript archive", files.EXPORTED: "an exported program"}
     notes.append(
-        f"a {fmt} runs as a whole, so its recurrent cores were rebuilt from its weights and "
+        f"{what[fmt]} runs as a whole, so its recurrent cores were rebuilt from its weights and "
         "analysed on their own; the input gradient is the whole model's"
     )
     return LoadedModel(
@@ -195,6 +197,7 @@ def _from_program(
         not_analysed=inference.not_analysed,
         example_inputs=program.example_inputs,
         fixed_dtype=program.fixed_dtype,
+        class_name=program.class_name,
     )
 
 

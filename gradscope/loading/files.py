@@ -192,6 +192,16 @@ def _safe_global(name: str, allowed: dict[str, str]) -> Any:
     return None if cls is None else (cls, name)
 
 
+def _numpy_dtype_classes() -> list[type]:
+    """The classes of NumPy's dtype instances, which a pickled ``numpy.dtype`` builds."""
+    import numpy
+
+    dtypes = getattr(numpy, "dtypes", None)
+    if dtypes is None:
+        return []
+    return [obj for name, obj in vars(dtypes).items() if name.endswith("DType")]
+
+
 def _refuse_code(path: Path, names: list[str]) -> GradscopeError:
     listed = ", ".join(names)
     flags = " ".join(f"--allow-global {name}" for name in names[:3])
@@ -243,8 +253,9 @@ def read_pickle(path: Path, trust: bool, allow_globals: tuple[str, ...] = ()) ->
     refused = [name for name, obj in safe.items() if obj is None]
     if refused:
         raise _refuse_code(path, refused)
+    extra = _numpy_dtype_classes() if "numpy.dtype" in safe else []
     try:
-        with quiet(), torch.serialization.safe_globals(list(safe.values())):
+        with quiet(), torch.serialization.safe_globals([*safe.values(), *extra]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         found = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", str(error))))

@@ -32,6 +32,7 @@ class Program:
     hints: dict[str, dict] = field(default_factory=dict)
     example_inputs: tuple[Tensor, ...] = ()
     fixed_dtype: bool = False
+    class_name: str | None = None
 
 
 def _refuse(path: Path, what: str) -> GradscopeError:
@@ -68,7 +69,7 @@ def script_program(module: torch.jit.ScriptModule) -> Program:
                 continue
         if hint:
             hints[name] = hint
-    return Program(module, dict(module.state_dict()), hints)
+    return Program(module, dict(module.state_dict()), hints, class_name=module.original_name)
 
 
 def _graph_hints(program: torch.export.ExportedProgram) -> dict[str, dict]:
@@ -109,4 +110,4 @@ def load_exported(path: Path, trust: bool) -> Program:
     args = program.example_inputs[0] if program.example_inputs else ()
     examples = tuple(a for a in args if isinstance(a, Tensor))
     state = {k: v for k, v in program.state_dict.items() if isinstance(v, Tensor)}
-    return Program(module, state, _graph_hints(program), examples, fixed_dtype=True)
+    return Program(module, state, _graph_hints(program), examples, True, "ExportedProgram")

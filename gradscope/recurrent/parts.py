@@ -75,7 +75,10 @@ def measure_parts(
     for part in parts:
         part_settings = _part_settings(settings, part, steps, batch)
         batch_first = bool(getattr(part.module, "batch_first", settings.batch_first is not False))
-        runner = PartRunner(part, batch_first).to(device=device, dtype=dtype).eval()
+        runner = (
+            part.module if not part.name and not part.is_cell else PartRunner(part, batch_first)
+        )
+        runner = runner.to(device=device, dtype=dtype).eval()
         runner.requires_grad_(True)
         probe = make_probe(runner, part_settings, device)
         run_settings = part_settings.for_steps(probe.steps, probe.batch)
