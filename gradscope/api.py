@@ -139,6 +139,11 @@ def analyze(
         probe = make_probe(module, settings, device)
         if probe.note:
             loaded.notes.append(probe.note)
+        if probe.token_module is not None:
+            loaded.notes.append(
+                f"the probe is token ids; input_grad_norm is taken at the output of "
+                f"{probe.token_module}, since ids have no gradient"
+            )
         progress(f"probing {probe.steps} steps and measuring the recurrent cores")
         run_settings = settings.for_steps(probe.steps, probe.batch)
         with torch.enable_grad():

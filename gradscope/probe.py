@@ -131,32 +131,43 @@ def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None,
 
 
 def input_layout(
-    model: nn.Module, batch_first: bool | None = None, input_shape: tuple | None = None
+    model: nn.Module,
+    batch_first: bool | None = None,
+    input_shape: tuple | None = None,
+    cells: tuple[str, ...] = (),
 ) -> Layout:
     """The model's input: from its first parametrised module, time layout from its first RNN.
 
     An ``nn.Embedding`` first means token ids, an ``nn.Linear`` or a recurrent module first
     means features of its input size. The time layout is the first recurrent module's
-    ``batch_first``, or the one ``batch_first`` sets; cells loop in the user's code, so their
-    sequences are assumed batch-first unless told.
+    ``batch_first``, or the one ``batch_first`` sets; cells (PyTorch's or custom ones named in
+    ``cells``) loop in the user's code, so their sequences are assumed batch-first unless told.
     """
     recurrent = [(n, m) for n, m in model.named_modules() if _is_recurrent(m)]
-    if not recurrent:
+    if recurrent:
+        name, module = recurrent[0]
+        inferred, features = getattr(module, "batch_first", None), module.input_size
+        source = name or type(module).__name__
+    elif cells:
+        name, module, inferred, features, source = cells[0], None, None, None, cells[0]
+    else:
         raise GradscopeError(
             "the model has no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell); gradscope's "
-            "recurrent analysis needs one"
+            "recurrent analysis needs one (name a custom cell with --cell)"
         )
-    name, module = recurrent[0]
-    inferred = getattr(module, "batch_first", None)
     chosen = inferred if batch_first is None else batch_first
-    features, vocab, token_module, time_last = module.input_size, None, None, False
+    vocab, token_module, time_last = None, None, False
     first = first_parametrised(model)
     if first is not None and first[1] is not module:
         entry_features, vocab = _entry(*first, needs_shape=input_shape is None)
         features = entry_features or features
         token_module = first[0] if vocab is not None else None
         time_last = type_name(first[1]) in CONVOLUTIONS
-    source = name or type(module).__name__
+    if features is None and vocab is None and input_shape is None:
+        raise GradscopeError(
+            f"the input size of the model around {source} is unknown; pass --input-shape, e.g. "
+            "1,100,F for (batch, steps, features)"
+        )
     return Layout(
         features, chosen is not False, source, chosen is None, name, vocab, token_module, time_last
     )
@@ -186,7 +197,7 @@ def load_probe_file(path: Path) -> Tensor:
 
 def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Probe:
     """Build the probe input the settings ask for, shaped for ``model``."""
-    layout = input_layout(model, settings.batch_first, settings.input_shape)
+    layout = input_layout(model, settings.batch_first, settings.input_shape, settings.cells)
     return probe_for(layout, settings, device)
 
 
@@ -255,7 +266,7 @@ def _ids_in_range(ids: Tensor, vocab: int) -> bool:
 
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
-    if layout.time_last or layout.tokens:
+    if layout.time_last or layout.tokens or layout.features is None:
         return
     if inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
         expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"

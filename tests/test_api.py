@@ -67,7 +67,7 @@ def test_integer_token_probe_from_a_file(tmp_path):
     report = gradscope.analyze(TokenTagger(), probe=str(path))
     (core,) = report.recurrent
     assert core.steps == 20 and report.settings["batch"] == 3
-    assert report.input_grad_norm is None  # no gradient with respect to integer ids
+    assert len(report.input_grad_norm) == 20  # at the embedding: ids have no gradient
     assert core.grad_norm[-1] > 0 and core.grad_norm[0] > 0
 
 
@@ -160,6 +160,23 @@ def test_an_embedding_first_model_gets_token_ids_in_its_vocabulary():
     assert report.settings["input_shape"] == [3, 12]
     (core,) = report.recurrent
     assert core.steps == 12 and all(g > 0 for g in core.grad_norm)
+    assert any("embed" in note for note in report.model["notes"])
+
+
+def test_token_models_report_the_gradient_at_the_embedding_output():
+    torch.manual_seed(0)
+    model = TokenTagger().double()
+    report = gradscope.analyze(model, steps=12, batch=3, seed=5)
+
+    tokens = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(5))
+    embedded = model.embed(tokens)
+    embedded.retain_grad()
+    last = model.out(model.lstm(embedded)[0])[:, -1]
+    w = torch.randn(50, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    (last @ (w / w.norm())).sum().backward()
+    expected = embedded.grad.pow(2).sum(-1).mean(0).sqrt()  # sqrt(mean_b ||g_bt||^2)
+
+    assert report.input_grad_norm == pytest.approx(expected.tolist(), rel=1e-10)
 
 
 class Seq2Seq(nn.Module):

@@ -268,3 +268,43 @@ def test_cells_are_restored_after_the_context_even_on_error():
         assert cell.forward is not own
         raise RuntimeError
     assert vars(cell)["forward"] is own
+
+
+# --- end to end: analyze and the command line -----------------------------------------------
+
+
+def test_a_model_with_only_a_custom_cell_is_analysed_end_to_end():
+    import gradscope
+
+    model = build(lambda: StateLoop(GatedNormCell(4, 5), 5))
+
+    report = gradscope.analyze(model, cells=["cell"], steps=STEPS, batch=2, burn_in=BURN_IN)
+
+    (core,) = report.recurrent
+    assert (core.name, core.cell, core.steps, core.input_size) == ("cell", "custom", STEPS, 4)
+    assert report.settings["input_shape"] == [2, STEPS, 4]  # from the cell's first Linear
+    assert_same_measurements(core, measure(model, cells=["cell"], exponents=8)[0])
+    assert len(report.input_grad_norm) == STEPS
+
+
+def test_without_cell_a_model_of_custom_cells_is_refused_with_the_flag_named():
+    import gradscope
+
+    with pytest.raises(GradscopeError, match="--cell"):
+        gradscope.analyze(build(lambda: StateLoop(GatedNormCell(4, 5), 5)), steps=STEPS)
+
+
+def test_cell_through_the_command_line(tmp_path, capsys):
+    import json
+
+    from gradscope.cli import main
+
+    path = tmp_path / "loop.pt"
+    torch.save(build(lambda: StateLoop(TanhCell(4, 5), 5)), path)
+
+    code = main(["analyze", str(path), "--trust", "--cell", "cell", "--steps", "10", "-f", "json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code in (0, 1)
+    assert [(c["name"], c["cell"]) for c in report["recurrent"]] == [("cell", "custom")]
+    assert report["settings"]["cells"] == ["cell"]

@@ -66,7 +66,7 @@ def run_probe(
     if not recorder.traces:
         raise GradscopeError(
             "no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell) ran on the probe; "
-            "gradscope's recurrent analysis needs one"
+            "gradscope's recurrent analysis needs one (name a custom cell with --cell)"
         )
     check_layout(recorder.traces, probe)
     return projection_loss(output, probe), recorder.traces
@@ -219,7 +219,16 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
 
 def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> RecurrentMeasurement:
     """Run the probe once, backpropagate once, and measure every recurrent core."""
-    loss, traces = run_probe(model, probe, settings.cells)
+    embedded: list[Tensor] = []
+    hook = None
+    if probe.token_module is not None:  # token ids have no gradient: take it at their embedding
+        embedding = model.get_submodule(probe.token_module)
+        hook = embedding.register_forward_hook(lambda module, args, out: embedded.append(out))
+    try:
+        loss, traces = run_probe(model, probe, settings.cells)
+    finally:
+        if hook is not None:
+            hook.remove()
     idle = [name for name in settings.cells if (name, 0, "forward") not in traces]
     if idle:
         raise GradscopeError(
@@ -227,7 +236,9 @@ def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> Rec
             "once per time step as cell(input, state)"
         )
     states = [s for trace in traces.values() for s in trace.states]
-    leaves = [probe.inputs] if probe.inputs.requires_grad else []
+    leaves = [probe.inputs] if probe.inputs.requires_grad else embedded[:1]
+    if leaves and leaves[0].shape[: probe.inputs.dim()] != probe.inputs.shape:
+        leaves = []  # not the embedding of the whole probe
     grads = torch.autograd.grad(loss, [*leaves, *states], allow_unused=True)
     input_grad = grads[0] if leaves else None
     state_grads = iter(grads[len(leaves) :])
@@ -238,5 +249,6 @@ def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> Rec
     input_grad_norm = None
     if input_grad is not None:
         per_step = input_grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
+        # for token ids, the gradient at their embedding: ||dL/de_t||
         input_grad_norm = pooled_norms(per_step)
     return RecurrentMeasurement(cores, input_grad_norm)

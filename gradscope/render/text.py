@@ -48,7 +48,8 @@ def header(report: Report) -> Text:
     text = Text()
     text.append(f"gradscope {report.gradscope_version}", style="bold")
     text.append(
-        f"  {source} · {model.get('format')} · {model.get('class')} · "
+        f"  {source} · {model.get('format')} · "
+        f"{model.get('class') or 'architecture inferred from weights'} · "
         f"{model.get('parameters', 0):,} parameters\n"
     )
     text.append(
@@ -136,5 +137,7 @@ def write(report: Report, console: Console) -> None:
     console.print(verdict(report))
     for panel in fix_panels(report):
         console.print(panel)
+    for part in report.model.get("not_analysed", []):
+        console.print(f"not analysed: {part}", style="dim")
     for note in report.model.get("notes", []):
         console.print(f"note: {note}", style="dim")
