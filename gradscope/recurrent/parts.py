@@ -94,8 +94,8 @@ def whole_input_gradient(module: nn.Module, probe: Probe) -> list[float] | None:
     """
     if not probe.inputs.requires_grad:
         return None
-    try:
-        with torch.enable_grad():
+    try:  # cuDNN's RNN backward refuses eval mode; the program runs in eval mode
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             loss = projection_loss(module(probe.inputs), probe)
             (grad,) = torch.autograd.grad(loss, [probe.inputs])
     except GradscopeError:
