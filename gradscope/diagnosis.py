@@ -74,8 +74,26 @@ def _rate(core: RecurrentCore, epsilon: float, verb: str) -> str:
     )
 
 
+def _custom_vanishing_advice(core: RecurrentCore) -> str:
+    """Why a custom cell vanishes: its own step Jacobian, the one thing gradscope sees of it.
+
+    A custom cell has no W_hh and no gate gradscope can read, and it may be gated already, so
+    neither Pascanu's bound nor "use a gated cell" applies; a skip on the state does, whatever
+    the cell computes.
+    """
+    rho = core.jacobian["spectral_radius"]["median"]
+    return (
+        f"the cell's own step Jacobian ds_t/ds_{{t-1}} contracts its {core.state_size}-entry "
+        f"state along this trajectory (median spectral radius {rho:.2f}); gates inside the "
+        "cell, if any, might learn to hold information, but gradscope cannot see them; a skip "
+        "on the state, s' = s + f(x, s), adds the identity to that Jacobian"
+    )
+
+
 def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
-    """Why it vanishes: a gate to train open (LSTM/GRU), or structure (vanilla RNN)."""
+    """Why it vanishes: gates to train open (LSTM/GRU), structure (RNN), or a custom step."""
+    if core.cell == "custom":
+        return _custom_vanishing_advice(core)
     if core.cell in ("lstm", "gru"):
         gate = "forget" if core.cell == "lstm" else "update"
         gates = core.gates or {}
@@ -115,10 +133,18 @@ def _error(core: RecurrentCore, message: str, fixes: list[str]) -> Finding:
     return Finding(ERROR_IDS[core.status], core.status, "error", _where(core), message, fixes)
 
 
+#: Fixes for a vanishing core by cell; a vanilla RNN gets a gated cell. A custom cell gets a
+#: skip on its state, not a gated cell: it may be gated already, and what its state holds (one
+#: tensor, or a pair) is the user's design, so an ``nn.LSTMCell`` of the right size is a guess.
+VANISHING_FIXES = {
+    "lstm": ["forget-gate-bias"],
+    "gru": ["update-gate-bias"],
+    "custom": ["residual-connections"],
+}
+
+
 def _vanishing(core: RecurrentCore, epsilon: float) -> Finding:
-    fixes = {"lstm": ["forget-gate-bias"], "gru": ["update-gate-bias"]}.get(
-        core.cell, ["use-lstm", "use-gru"]
-    )
+    fixes = VANISHING_FIXES.get(core.cell, ["use-lstm", "use-gru"])
     message = (
         f"{_rate(core, epsilon, 'shrink')}, short of the {core.horizon}-step horizon; "
         f"{_vanishing_advice(core, epsilon)}."
@@ -127,6 +153,7 @@ def _vanishing(core: RecurrentCore, epsilon: float) -> Finding:
 
 
 def _exploding(core: RecurrentCore, epsilon: float) -> Finding:
+    """Clipping for any core; a bounded W_hh only where there is one (not in a custom cell)."""
     fixes = ["clip-grad-norm"]
     if core.cell in ("rnn_tanh", "rnn_relu"):
         fixes += ["spectral-norm", "orthogonal-init"]
@@ -138,10 +165,14 @@ def _exploding(core: RecurrentCore, epsilon: float) -> Finding:
 
 
 def _nonfinite(core: RecurrentCore) -> Finding:
+    suspects = (
+        "the weights, the cell's own forward (and a --probe file)"
+        if core.cell == "custom"
+        else "the weights (and a --probe file)"
+    )
     message = (
         f"{core.label} ({core.cell}): NaN or Inf in the states, gradients or Jacobians on the "
-        "probe; check the weights (and a --probe file) for NaN or Inf, then clip gradients in "
-        "training."
+        f"probe; check {suspects} for NaN or Inf, then clip gradients in training."
     )
     return _error(core, message, ["clip-grad-norm"])
 
@@ -162,8 +193,15 @@ def _non_normal(core: RecurrentCore) -> Finding | None:
             f"sigma_max {sigma:.3g} vs spectral radius {rho:.3g}): gradients can grow for "
             "several steps before they settle to lambda_1."
         ),
-        fixes=["spectral-norm", "orthogonal-init"],
+        fixes=_non_normal_fixes(core),
     )
+
+
+def _non_normal_fixes(core: RecurrentCore) -> list[str]:
+    """Bound or orthogonalise W_hh; a custom cell has none gradscope can name, so clip."""
+    if core.cell == "custom":
+        return ["clip-grad-norm"]
+    return ["spectral-norm", "orthogonal-init"]
 
 
 def findings_for(cores: list[RecurrentCore], epsilon: float) -> list[Finding]:

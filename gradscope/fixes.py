@@ -145,6 +145,39 @@ def _spectral_norm(cores: list[RecurrentCore], epsilon: float) -> str:
     return "\n".join(lines)
 
 
+def _residual_state(cores: list[RecurrentCore], epsilon: float) -> str:
+    """Wrap each custom cell so that it adds to its state: ``s' = s + f(x, s)``.
+
+    The step Jacobian becomes ``I + df/ds``, which works for any cell without knowing its
+    weights; a tuple state such as ``(h, c)`` is added part by part.
+    """
+    lines = [
+        "# s' = s + f(x, s): the step Jacobian becomes",
+        "# I + df/ds, so the gradient need not pass",
+        "# through the cell's contraction alone.",
+        "class ResidualCell(nn.Module):",
+        "    def __init__(self, cell):",
+        "        super().__init__()",
+        "        self.cell = cell",
+        "",
+        "    def forward(self, x, state):",
+        "        update = self.cell(x, state)",
+        "        if torch.is_tensor(state):",
+        "            return state + update",
+        "        # a tuple state such as (h, c): add each part",
+        "        return type(state)(s + u for s, u in zip(state, update))",
+        "",
+    ]
+    for core in _modules(cores):
+        target = module_expression(core.name)
+        lines.append(f"{target} = ResidualCell({target})")
+    lines += [
+        "# retrain: the cell now learns an update, not the",
+        "# next state; scale the update down if the state grows",
+    ]
+    return "\n".join(lines)
+
+
 SNIPPETS: dict[str, Callable[[list[RecurrentCore], float], str]] = {
     "clip-grad-norm": _clip,
     "use-lstm": _replace_cell("LSTM"),
@@ -153,6 +186,7 @@ SNIPPETS: dict[str, Callable[[list[RecurrentCore], float], str]] = {
     "update-gate-bias": _gate_bias("update", "r, z, n"),
     "orthogonal-init": _orthogonal,
     "spectral-norm": _spectral_norm,
+    "residual-connections": _residual_state,
 }
 
 WHAT = {
@@ -163,6 +197,8 @@ WHAT = {
     "update-gate-bias": "A larger update-gate bias makes the GRU keep its state longer.",
     "orthogonal-init": "Orthogonal recurrent weights start with every singular value at 1.",
     "spectral-norm": "Spectral normalisation bounds sigma_max of the recurrent weights by 1.",
+    "residual-connections": "A skip adds the identity to each step's Jacobian (I + df/ds), so "
+    "the gradient is not left to the contracting map alone.",
 }
 
 

@@ -156,3 +156,87 @@ def test_gate_bias_suggestion_follows_the_core_horizon():
     fixes = diagnose(with_horizons([core("lstm", -0.5, steps=20)], None, 100), 1e-3)[3]
     assert f"fill_({suggested_gate_bias(20, 1e-3):.1f})" in fixes[0].snippet
     assert "over 20 steps" in fixes[0].snippet
+
+
+# --- custom cells: no W_hh, no gate, only the step Jacobian ----------------------------------
+
+#: Words that assume a built-in cell's weights or class; none fits a custom cell.
+BUILTIN_WORDS = ("W_hh", "weight_hh", "RNNCell", "nn.RNN", "vanilla", "gated cell", "gate avera")
+
+
+def assert_no_builtin_words(*texts: str) -> None:
+    for text in texts:
+        assert not [word for word in BUILTIN_WORDS if word in text], text
+
+
+def test_vanishing_custom_cell_speaks_of_its_step_jacobian_and_gets_a_skip_on_the_state():
+    status, _, findings, fixes = diagnose([core("custom", -0.675, name="cell")], 1e-3)
+    assert status == "vanishing"
+    (finding,) = findings
+    assert finding.id == "vanishing-gradient" and finding.fixes == ["residual-connections"]
+    assert finding.message.startswith("cell (custom): gradients shrink 1000x every 10.2 steps")
+    assert "step Jacobian ds_t/ds_{t-1}" in finding.message
+    assert "128-entry state" in finding.message and "spectral radius 0.52" in finding.message
+    (fix,) = fixes
+    assert fix.id == "residual-connections" and "10.2 steps" in fix.detail
+    assert "model.cell = ResidualCell(model.cell)" in fix.snippet
+    assert "return state + update" in fix.snippet
+    assert all(len(line) <= 76 for line in fix.snippet.splitlines())
+    assert_no_builtin_words(finding.message, fix.title, fix.detail, fix.snippet)
+
+
+def test_the_skip_snippet_wraps_each_custom_cell_by_its_module_path_once():
+    cells = [
+        core("custom", -0.5, name="layers.0.cell"),
+        core("custom", -0.6, name="decoder.cell"),
+        core("custom", -0.7, name="layers.0.cell", layer=0, direction="reverse"),
+    ]
+    (fix,) = diagnose(cells, 1e-3)[3]
+    wraps = [line for line in fix.snippet.splitlines() if "= ResidualCell(" in line]
+    assert wraps == [
+        "model.layers[0].cell = ResidualCell(model.layers[0].cell)",
+        "model.decoder.cell = ResidualCell(model.decoder.cell)",
+    ]
+    assert fix.snippet.count("class ResidualCell") == 1
+
+
+def test_a_vanilla_rnn_beside_a_custom_cell_keeps_its_gated_cell_fixes():
+    alone_findings, alone_fixes = diagnose([core("rnn_tanh", -0.675)], 1e-3)[2:]
+    cores = [core("rnn_tanh", -0.675), core("custom", -0.5, name="cell")]
+    findings, fixes = diagnose(cores, 1e-3)[2:]
+    assert [f.fixes for f in findings] == [["use-lstm", "use-gru"], ["residual-connections"]]
+    assert findings[0] == alone_findings[0]
+    assert [fix.id for fix in fixes] == ["use-lstm", "use-gru", "residual-connections"]
+    assert fixes[:2] == alone_fixes  # the custom cell is in neither replacement
+    assert "model.encoder" not in fixes[2].snippet
+
+
+def test_exploding_custom_cell_gets_clipping_only():
+    status, _, findings, fixes = diagnose([core("custom", 0.158, name="cell")], 1e-3)
+    assert status == "exploding"
+    assert findings[0].id == "exploding-gradient" and findings[0].fixes == ["clip-grad-norm"]
+    assert [fix.id for fix in fixes] == ["clip-grad-norm"]
+    assert_no_builtin_words(findings[0].message, *(fix.snippet for fix in fixes))
+
+
+def test_nonfinite_custom_cell_points_at_its_own_forward():
+    finding = diagnose([core("custom", math.nan, name="cell", finite=False)], 1e-3)[2][0]
+    assert finding.id == "nonfinite-values" and finding.fixes == ["clip-grad-norm"]
+    assert "the cell's own forward" in finding.message
+    assert_no_builtin_words(finding.message)
+
+
+def test_transient_growth_in_a_custom_cell_calls_for_clipping_not_weight_hh():
+    jacobian = {
+        "spectral_radius": {"median": 0.5, "max": 0.5},
+        "sigma_max": {"median": 10.02, "max": 10.02},
+        "samples": 100,
+    }
+    status, _, findings, fixes = diagnose(
+        [core("custom", -0.001, name="cell", jacobian=jacobian)], 1e-3
+    )
+    assert status == "healthy"
+    assert [(f.id, f.severity, f.fixes) for f in findings] == [
+        ("transient-growth", "warning", ["clip-grad-norm"])
+    ]
+    assert_no_builtin_words(findings[0].message, *(fix.snippet for fix in fixes))
