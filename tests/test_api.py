@@ -155,6 +155,22 @@ def test_a_forward_that_fails_on_the_probe_names_the_model_error():
         gradscope.analyze(FixedLength(), steps=5)
 
 
+class TwoInputs(nn.Module):
+    """A decoder that needs its targets too: forward(src, tgt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, src, tgt):
+        return self.gru(src)[0] + tgt
+
+
+def test_a_forward_that_needs_more_inputs_says_to_wrap_the_model():
+    with pytest.raises(GradscopeError, match=r"missing 1 required.*'tgt'.*wrap the model"):
+        gradscope.analyze(TwoInputs(), steps=5)
+
+
 def test_an_embedding_first_model_gets_token_ids_in_its_vocabulary():
     report = gradscope.analyze(TokenTagger(), steps=12, batch=3)
     assert report.settings["input_shape"] == [3, 12]

@@ -156,7 +156,7 @@ def _inferred(
             "nn.LSTM, nn.GRU or a cell); pass the model's class with --model "
             "package.module:Class (and --model-args)"
         )
-    notes = notes + [a for part in inference.parts for a in part.assumptions]
+    notes = notes + inference.assumptions()
     if inference.not_analysed:
         notes.append("pass --model package.module:Class to analyse the whole model")
     size = sum(v.numel() for v in state_dict.values())
@@ -182,7 +182,7 @@ def _from_program(
             f"{path or 'the program'} has no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a "
             "cell) among its weights; gradscope's recurrent analysis needs one"
         )
-    notes = [a for part in inference.parts for a in part.assumptions]
+    notes = inference.assumptions()
     what = {files.TORCHSCRIPT: "a TorchScript archive", files.EXPORTED: "an exported program"}
     notes.append(
         f"{what[fmt]} runs as a whole, so its recurrent cores were rebuilt from its weights and "

@@ -25,13 +25,22 @@ MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 
+#: What the weights cannot tell, and what is assumed instead.
+ASSUMPTIONS = {
+    "nonlinearity": "tanh or ReLU cannot be read from the weights; assumed tanh, PyTorch's "
+    "default (--nonlinearity relu to change)",
+    "layout": "the input layout cannot be read from the weights; assumed time-major (steps, "
+    "batch, features), PyTorch's default (--batch-first to change)",
+}
+
+
 @dataclass
 class InferredPart:
     """One recurrent module or cell rebuilt from its weights, at its path in the model."""
 
     name: str
     module: nn.Module
-    assumptions: list[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)  # keys of ASSUMPTIONS
 
     @property
     def is_cell(self) -> bool:
@@ -45,6 +54,15 @@ class Inference:
 
     parts: list[InferredPart]
     not_analysed: list[str]
+
+    def assumptions(self) -> list[str]:
+        """One line per assumption, naming the parts it was made for."""
+        lines = []
+        for key, text in ASSUMPTIONS.items():
+            names = [p.name or "(model)" for p in self.parts if key in p.assumptions]
+            if names:
+                lines.append(f"{', '.join(names)}: {text}")
+        return lines
 
 
 def _owner(prefix: str) -> str:
@@ -80,10 +98,7 @@ def _build(
     if kind == "rnn":
         kwargs["nonlinearity"] = hint.get("nonlinearity") or nonlinearity or "tanh"
         if "nonlinearity" not in hint and nonlinearity is None:
-            assumptions.append(
-                f"{name or 'the RNN'}: tanh or ReLU cannot be read from the weights; assumed "
-                "tanh, PyTorch's default (--nonlinearity relu to change)"
-            )
+            assumptions.append("nonlinearity")
     if cell:
         module = CELLS[kind](**kwargs)
     else:
@@ -93,11 +108,7 @@ def _build(
             batch_first = bool(hint["batch_first"])
         elif batch_first is None:
             batch_first = False
-            assumptions.append(
-                f"{name or 'the model'}: the input layout cannot be read from the weights; "
-                "assumed time-major (steps, batch, features), PyTorch's default (--batch-first "
-                "to change)"
-            )
+            assumptions.append("layout")
         kwargs |= {"num_layers": layers, "bidirectional": reverse, "batch_first": batch_first}
         if hr is not None:
             kwargs["proj_size"] = hr.shape[0]

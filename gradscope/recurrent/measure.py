@@ -59,6 +59,11 @@ def run_probe(
             advice = "pass --input-shape or --probe with the input it expects"
             if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
                 advice = "the model fixes its own dtype: rerun with --dtype float32"
+            elif isinstance(error, TypeError) and "required positional argument" in reason:
+                advice = (
+                    "gradscope drives forward with one input tensor: wrap the model in a module "
+                    "whose forward(x) supplies the other inputs, and analyse that"
+                )
             raise GradscopeError(
                 f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
                 f"({type(error).__name__}: {reason}); {advice}"
