@@ -33,54 +33,81 @@ def _settings(options: dict[str, Any]) -> Settings:
 
 
 def _program_probe(loaded, settings: Settings, device):
-    """The probe of a whole saved program: shaped as its example inputs, when it has them."""
+    """The probe of a whole saved program.
+
+    An exported program is pinned to the shapes, dtype and device it was exported with: its
+    probe is shaped as its example inputs (unless --input-shape or --probe say otherwise), in
+    its own dtype. A TorchScript module says what it reads, as a module does.
+    """
     import torch
 
     from gradscope.probe import Layout, make_probe, probe_for
 
     module = loaded.module
-    if loaded.fixed_dtype:
-        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-        if dtype in (torch.float32, torch.float64):
-            settings = dataclasses.replace(settings, dtype=str(dtype).removeprefix("torch."))
-    examples = loaded.example_inputs
-    if not examples or settings.input_shape or settings.probe not in BUILTIN_PROBES:
+    if loaded.format != "exported-program":
         return make_probe(module, settings, device)
-    example = examples[0]
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype in (torch.float32, torch.float64):
+        settings = dataclasses.replace(settings, dtype=str(dtype).removeprefix("torch."))
+    example = loaded.example_inputs[0] if loaded.example_inputs else None
     first = loaded.parts[0]
-    batch_first = bool(getattr(first.module, "batch_first", True))
-    tokens = not example.is_floating_point()
+    tokens = example is not None and not example.is_floating_point()
     layout = Layout(
-        None if tokens else example.shape[-1],
-        batch_first,
+        None if tokens else (first.module.input_size if example is None else example.shape[-1]),
+        bool(getattr(first.module, "batch_first", True)),
         "the program's example input",
         vocab=int(example.max()) + 1 if tokens else None,
     )
-    shaped = dataclasses.replace(settings, input_shape=tuple(example.shape))
-    return probe_for(layout, shaped, device)
+    if example is not None and not settings.input_shape and settings.probe in BUILTIN_PROBES:
+        settings = dataclasses.replace(settings, input_shape=tuple(example.shape))
+    return probe_for(layout, settings, device)
 
 
-def _measure_parts(loaded, settings: Settings, device, progress: Progress):
+def _pinned_device(loaded, device) -> str | None:
+    """The device an exported program was exported on, when it is not ``device``."""
+    tensors = [*loaded.example_inputs, *loaded.module.parameters()]
+    pinned = tensors[0].device if tensors else device
+    return None if pinned.type == device.type else str(pinned)
+
+
+def _measure_parts(loaded, settings: Settings, device, explicit_length: bool, progress: Progress):
     """Cores rebuilt from weights, each on its own; the whole program's input gradient."""
     from gradscope.recurrent.parts import measure_parts, whole_input_gradient
 
     probe = None
     if loaded.module is not None:
+        pinned = _pinned_device(loaded, device) if loaded.format == "exported-program" else None
         try:
+            if pinned:
+                raise GradscopeError(
+                    f"the exported program is pinned to {pinned}, where it was exported; rerun "
+                    f"with --device {pinned.split(':')[0]}"
+                )
             probe = _program_probe(loaded, settings, device)
         except GradscopeError as error:
             loaded.notes.append(f"input gradient not measured: {error}")
-    steps, batch = (probe.steps, probe.batch) if probe else (settings.steps, settings.batch)
-    progress(f"probing {steps} steps and measuring {len(loaded.parts)} rebuilt recurrent part(s)")
-    cores = measure_parts(loaded.parts, settings, device, steps, batch)
+    if probe is not None and not explicit_length:
+        settings = dataclasses.replace(settings, steps=probe.steps, batch=probe.batch)
+    progress(f"probing {settings.steps} steps; measuring {len(loaded.parts)} rebuilt part(s)")
+    parts = measure_parts(loaded.parts, settings, device)
+    loaded.notes.extend(parts.notes)
     input_grad_norm = None
     if probe is not None:
         try:
             input_grad_norm = whole_input_gradient(loaded.module, probe)
         except GradscopeError as error:
             loaded.notes.append(f"input gradient not measured: {error}")
-    shape = list(probe.inputs.shape) if probe else None
-    return cores, input_grad_norm, steps, batch, shape
+        if input_grad_norm is None and not probe.inputs.requires_grad:
+            loaded.notes.append(
+                "input gradient not measured: the program reads token ids, which have no "
+                "gradient, and a saved program cannot be hooked at its embedding"
+            )
+        if (probe.steps, probe.batch) != (parts.steps, parts.batch):
+            loaded.notes.append(
+                f"the whole program ran on input shape {tuple(probe.inputs.shape)} for the input "
+                f"gradient; the rebuilt cores ran {parts.steps} steps x batch {parts.batch}"
+            )
+    return parts.cores, input_grad_norm, parts.steps, parts.batch, parts.input_shape
 
 
 def analyze(
@@ -121,11 +148,15 @@ def analyze(
         model=model,
         model_args=model_args,
         trust=trust,
-        allow_globals=tuple(allow_globals),
+        allow_globals=(allow_globals,) if isinstance(allow_globals, str) else tuple(allow_globals),
         nonlinearity=nonlinearity,
         batch_first=settings.batch_first,
     )
     dtype = getattr(torch, settings.dtype)
+    if loaded.module is not None and any(p.is_complex() for p in loaded.module.parameters()):
+        raise GradscopeError(
+            "the model has complex-valued weights; gradscope analyses real-valued models only"
+        )
     if loaded.module is not None:
         module = loaded.module.to(device=device)
         if not loaded.fixed_dtype:
@@ -151,8 +182,9 @@ def analyze(
         cores, input_grad_norm = measured.cores, measured.input_grad_norm
         steps, batch, shape = probe.steps, probe.batch, list(probe.inputs.shape)
     else:
+        explicit_length = "steps" in options or "batch" in options
         cores, input_grad_norm, steps, batch, shape = _measure_parts(
-            loaded, settings, device, progress
+            loaded, settings, device, explicit_length, progress
         )
     settings = settings.for_steps(steps, batch)
     cores = with_horizons(cores, requested_horizon, steps)

@@ -141,10 +141,22 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = "gaussian",
-    steps: Annotated[int, typer.Option(help="Probe length T.", rich_help_panel=ANALYSIS)] = 100,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Probe length T \\[default: 100; an exported program's example length].",
+            show_default=False,
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
     batch: Annotated[
-        int, typer.Option(help="Probe sequences; statistics pool them.", rich_help_panel=ANALYSIS)
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Probe sequences; statistics pool them \\[default: 1].",
+            show_default=False,
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of probe, loss and frames.", rich_help_panel=ANALYSIS)
     ] = 0,
@@ -234,8 +246,6 @@ def analyze(
     failing = parse_fail_on(fail_on)
     check_format(output_format)
     options: dict[str, Any] = {
-        "steps": steps,
-        "batch": batch,
         "seed": seed,
         "dtype": dtype,
         "probe": probe,
@@ -250,6 +260,7 @@ def analyze(
         "output_key": output_key,
         "cells": tuple(cell or ()),
     }
+    options |= {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
     from gradscope.api import analyze as run_analysis
     from gradscope.render import write
 

@@ -77,3 +77,27 @@ class Wrapped(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.net(frames)
+
+
+class DictOut(nn.Module):
+    """A GRU whose forward returns {"hidden", "logits"} (scriptable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 5, batch_first=True)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        hidden = self.gru(x)[0]
+        return {"hidden": hidden, "logits": self.head(hidden)}
+
+
+class Forwarding(nn.Module):
+    """A constructor that forwards ``**kwargs`` to its base, as many LightningModules do."""
+
+    def __init__(self, hidden: int = 4, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rnn = nn.RNN(3, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rnn(x)[0]

@@ -25,7 +25,15 @@ from gradscope.errors import GradscopeError
 from gradscope.loading import load_model
 from gradscope.loading.weights import fit_prefix, strip_wrappers
 
-from checkpoints import ConvFrontEnd, ObjectOutput, SpeakerEncoder, Tagger, Wrapped
+from checkpoints import (
+    ConvFrontEnd,
+    DictOut,
+    Forwarding,
+    ObjectOutput,
+    SpeakerEncoder,
+    Tagger,
+    Wrapped,
+)
 
 STEPS = 16
 
@@ -232,7 +240,13 @@ def test_wrapper_prefixes_are_removed():
     weights = {"module._orig_mod.lstm.weight": torch.zeros(1), "module.head.bias": torch.zeros(1)}
     stripped, removed = strip_wrappers(weights)
     assert list(stripped) == ["lstm.weight", "head.bias"]
-    assert removed == ["_orig_mod.", "module."]
+    assert removed == ["module.", "_orig_mod."]
+
+
+def test_a_module_attribute_named_module_is_kept():
+    """DeepSpeech's SequenceWise and AWD-LSTM's WeightDrop keep a submodule called ``module``."""
+    weights = {"fc.module.weight": torch.zeros(1), "rnn.weight_hh_l0": torch.zeros(1)}
+    assert strip_wrappers(weights) == (weights, [])
 
 
 @pytest.mark.parametrize(
@@ -292,7 +306,7 @@ def test_safetensors_without_a_class_is_inferred(tmp_path):
         assert_same_dynamics(got, want)
 
 
-def test_safetensors_metadata_names_the_class_and_its_arguments(tmp_path):
+def test_safetensors_metadata_names_the_class_but_only_trust_imports_it(tmp_path):
     module = seeded(lambda: SpeakerEncoder(n_mels=7, hidden=6))
     path = tmp_path / "encoder.safetensors"
     metadata = {
@@ -301,12 +315,29 @@ def test_safetensors_metadata_names_the_class_and_its_arguments(tmp_path):
     }
     save_file(module.state_dict(), str(path), metadata=metadata)
 
+    untrusted = gradscope.analyze(path, steps=STEPS)
+    trusted = gradscope.analyze(path, steps=STEPS, trust=True)
+    named = gradscope.analyze(path, steps=STEPS, model="checkpoints:SpeakerEncoder")
+
+    assert untrusted.model["architecture"] == "inferred from weights"
+    assert any("--model checkpoints:SpeakerEncoder" in n for n in untrusted.model["notes"])
+    direct = gradscope.analyze(module, steps=STEPS)
+    for report in (trusted, named):  # the metadata's arguments build it either way
+        assert report.model["class"] == "SpeakerEncoder"
+        assert report.input_grad_norm == pytest.approx(direct.input_grad_norm, rel=1e-9)
+
+
+@pytest.mark.parametrize("value", ["v1.5", "gpt2.small", "./evil.py:Net", "this:Net"])
+def test_metadata_that_is_not_a_class_spec_or_untrusted_runs_nothing(tmp_path, value, capsys):
+    (tmp_path / "evil.py").write_text(f"open({str(tmp_path / 'MARKER')!r}, 'w')\n")
+    path = tmp_path / "model.safetensors"
+    save_file(nn.GRU(3, 4).state_dict(), str(path), metadata={"model": value})
+
     report = gradscope.analyze(path, steps=STEPS)
 
-    assert report.model["class"] == "SpeakerEncoder"
-    assert report.model["architecture"] == "module"
-    direct = gradscope.analyze(module, steps=STEPS)
-    assert report.input_grad_norm == pytest.approx(direct.input_grad_norm, rel=1e-9)
+    assert report.recurrent[0].cell == "gru"
+    assert not (tmp_path / "MARKER").exists()
+    assert capsys.readouterr().out == ""  # ``import this`` would print the Zen of Python
 
 
 def test_safetensors_with_model_option(tmp_path):
@@ -524,3 +555,199 @@ def test_a_zip_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
     message = one_line_error(["analyze", str(path)], capsys)
 
     assert "not a PyTorch checkpoint" in message
+
+
+# --- what a first review found: each a reproducer -----------------------------------------------
+
+
+def test_allow_global_never_allows_a_function(tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+
+    class Payload:
+        def __reduce__(self):
+            return (eval, (f"open({str(marker)!r}, 'w')",))
+
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as file:
+        torch.save({"model": nn.GRU(3, 4).state_dict(), "x": Payload()}, file)
+
+    refused = one_line_error(["analyze", str(path)], capsys)
+    assert "builtins.eval" in refused and "--allow-global" not in refused
+    message = one_line_error(["analyze", str(path), "--allow-global", "builtins.eval"], capsys)
+    assert "code" in message
+    assert not marker.exists()
+
+
+def test_an_allow_global_the_file_does_not_need_is_said(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(SpeakerEncoder(), path)
+
+    with pytest.raises(GradscopeError, match=r"checkpoints:Tagger: not needed by the file"):
+        load_model(path, allow_globals=("checkpoints:Tagger",))
+    assert type(gradscope.analyze(path, allow_globals="checkpoints:SpeakerEncoder", steps=4))
+
+
+def test_output_key_reads_the_whole_program_not_its_rebuilt_parts(tmp_path):
+    module = seeded(DictOut)
+    path = tmp_path / "dict.ts"
+    torch.jit.save(torch.jit.script(module), str(path))
+
+    scripted = gradscope.analyze(path, trust=True, steps=STEPS, output_key="hidden")
+    direct = gradscope.analyze(module, steps=STEPS, output_key="hidden")
+
+    assert scripted.input_grad_norm == pytest.approx(direct.input_grad_norm, rel=1e-9)
+
+
+def test_a_probe_file_drives_the_parts_it_fits_and_the_settings_say_so(tmp_path):
+    weights = {
+        **{f"a.{k}": v for k, v in nn.GRU(3, 4).state_dict().items()},
+        **{f"b.{k}": v for k, v in nn.LSTM(6, 4).state_dict().items()},
+    }
+    path = tmp_path / "two.pt"
+    torch.save(weights, path)
+    probe = tmp_path / "probe.pt"
+    torch.save(torch.randn(9, 2, 6), probe)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.randn(9, 2, 5), wrong)
+
+    report = gradscope.analyze(path, probe=str(probe))
+
+    assert [(c.name, c.steps) for c in report.recurrent] == [("a", 9), ("b", 9)]
+    assert (report.settings["steps"], report.settings["batch"]) == (9, 2)
+    assert report.settings["input_shape"] == [9, 2, 6]
+    assert any(note.startswith("a: the probe does not fit") for note in report.model["notes"])
+    with pytest.raises(GradscopeError, match=r"fits none of the parts.*a 3, b 6"):
+        gradscope.analyze(path, probe=str(wrong))
+
+
+def test_an_exported_program_cores_follow_steps_when_given(tmp_path):
+    module = seeded(SpeakerEncoder).eval()
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(module, (torch.randn(2, 7, 12),)), str(path))
+
+    report = gradscope.analyze(path, trust=True, steps=30)
+    shaped = gradscope.analyze(path, trust=True, input_shape=(2, 7, 12))
+
+    assert [c.steps for c in report.recurrent] == [30, 30, 30]
+    assert len(report.input_grad_norm) == 7
+    assert any("example" not in n and "(2, 7, 12)" in n for n in report.model["notes"])
+    assert len(shaped.input_grad_norm) == 7
+    assert not any("not measured" in note for note in shaped.model["notes"])
+
+
+def test_saved_hyper_parameters_a_kwargs_constructor_refuses_are_dropped(tmp_path):
+    module = seeded(lambda: Forwarding(hidden=6))
+    path = tmp_path / "fwd.ckpt"
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": {"hidden": 6, "lr": 0.1}}, path
+    )
+
+    loaded = load_model(path, model="checkpoints:Forwarding")
+
+    assert loaded.module.rnn.hidden_size == 6
+    assert any("hidden" in note and "lr" not in note for note in loaded.notes)
+
+
+def test_two_copies_of_the_model_are_said_and_the_plain_one_loaded(tmp_path):
+    model, ema = seeded(SpeakerEncoder, 0), seeded(SpeakerEncoder, 1)
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    weights |= {f"ema_model.{k}": v for k, v in ema.state_dict().items()}
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": weights, "hyper_parameters": {}}, path)
+
+    loaded = load_model(path, model="checkpoints:SpeakerEncoder")
+
+    assert torch.equal(loaded.module.lstm.weight_hh_l0, model.lstm.weight_hh_l0)
+    assert any("'ema_model.'" in note and "fit too" in note for note in loaded.notes)
+
+
+def test_separate_weight_entries_without_a_known_key_are_all_analysed(tmp_path):
+    """The chatbot tutorial saves {'en': encoder.state_dict(), 'de': decoder.state_dict()}."""
+    path = tmp_path / "chatbot.tar"
+    torch.save(
+        {
+            "iteration": 4000,
+            "en": nn.GRU(5, 5, 2, bidirectional=True).state_dict(),
+            "de": {**nn.GRU(5, 5).state_dict(), "out.weight": torch.zeros(9, 5)},
+        },
+        path,
+    )
+
+    report = gradscope.analyze(path, steps=STEPS)
+
+    assert sorted({c.name for c in report.recurrent}) == ["de", "en"]
+    assert report.model["not_analysed"] == ["de.out (1 tensor): not recurrent"]
+
+
+@pytest.mark.parametrize("extra", [None, 2, "v2"])
+def test_a_state_dict_with_scalars_beside_the_tensors(tmp_path, extra):
+    path = tmp_path / "extra.pt"
+    torch.save({**nn.GRU(3, 4).state_dict(), "_extra_state": extra}, path)
+
+    assert load_model(path).parts[0].module.hidden_size == 4
+
+
+@pytest.mark.parametrize("style", ["old", "parametrization"])
+def test_weight_normed_recurrent_weights_are_folded(tmp_path, style):
+    from torch.nn.utils import parametrizations, weight_norm
+
+    module = seeded(lambda: nn.GRU(3, 4))
+    if style == "old":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            normed = weight_norm(module, "weight_hh_l0")
+    else:
+        normed = parametrizations.weight_norm(module, "weight_hh_l0")
+    path = tmp_path / "wn.pt"
+    torch.save(normed.state_dict(), path)
+    plain = nn.GRU(3, 4)
+    with torch.no_grad():
+        for name, value in plain.named_parameters():
+            value.copy_(getattr(normed, name))
+
+    report = gradscope.analyze(path, steps=STEPS)
+
+    assert any("weight norm folded into weight_hh_l0" in n for n in report.model["notes"])
+    assert_same_dynamics(report.recurrent[0], gradscope.analyze(plain, steps=STEPS).recurrent[0])
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ({"weight_ih_l0": torch.zeros(12, 3), "weight_hh_l0": torch.zeros(12, 0)}, "empty"),
+        ({"weight_ih_l0": torch.zeros(12, 0), "weight_hh_l0": torch.zeros(12, 3)}, "empty"),
+        ({"weight_ih_l0": torch.zeros(12, 3), "weight_hh_l0": torch.zeros(12, 3).long()}, "int"),
+        (
+            {"weight_ih_l0": torch.zeros(12, 3), "weight_hh_l0": torch.zeros(12, 3).to_sparse()},
+            "sparse",
+        ),
+    ],
+    ids=["no-hidden", "no-input", "integer", "sparse"],
+)
+def test_weights_that_cannot_be_rebuilt_say_why(tmp_path, capsys, weights, expected):
+    path = tmp_path / "odd.pt"
+    torch.save(weights, path)
+
+    message = one_line_error(["analyze", str(path)], capsys)
+
+    assert expected in message and "--model" in message
+
+
+def test_a_root_cell_from_weights_keeps_the_model_name(tmp_path):
+    path = tmp_path / "cell.pt"
+    torch.save(nn.LSTMCell(3, 5).state_dict(), path)
+
+    (core,) = gradscope.analyze(path, steps=STEPS).recurrent
+
+    assert core.name == "" and core.label == "(model)"
+
+
+def test_complex_weights_are_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "complex.pt"
+    torch.save(nn.Sequential(nn.Linear(3, 3, dtype=torch.complex64), nn.RNN(3, 3)), path)
+
+    message = one_line_error(["analyze", str(path)], capsys)
+
+    assert "complex" in message

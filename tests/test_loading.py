@@ -561,7 +561,7 @@ BAD_FILES = {
     "int": ["holds a int"],
     "tensor": ["holds a Tensor"],
     "empty-dict": ["holds a dict"],
-    "mixed-dict": ["holds a dict"],
+    "mixed-dict": ["holds only weights", "--model"],
 }
 
 

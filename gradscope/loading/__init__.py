@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,22 @@ from gradscope.loading.classes import (
 )
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
-from gradscope.loading.weights import Found, find_model, fit_prefix, strip_wrappers
+from gradscope.loading.weights import (
+    Found,
+    find_model,
+    fit_prefix,
+    fit_score,
+    strip_wrappers,
+    tensors_only,
+)
 
 __all__ = ["LoadedModel", "import_class", "load_model", "parse_model_args", "resolve_device"]
 
 #: safetensors metadata keys that may name the model class and its arguments.
 METADATA_CLASS_KEYS = ("model_class", "class", "model")
 METADATA_ARGS_KEYS = ("model_args", "model_kwargs", "kwargs", "config")
+#: ``package.module:Class``: the only shape of class name taken from a file.
+CLASS_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @dataclass
@@ -109,11 +119,9 @@ class LoadOptions:
 
 
 def _metadata_class(metadata: Mapping[str, str]) -> tuple[str | None, dict]:
-    """A class spec and keyword arguments from safetensors metadata, where it names them."""
+    """A class spec (``package.module:Class``) and keyword arguments from safetensors metadata."""
     named = [metadata.get(k, "") for k in METADATA_CLASS_KEYS]
-    spec = next((v for v in named if "." in v or ":" in v), None)
-    if spec and ":" not in spec:
-        spec = ":".join(spec.rsplit(".", 1))
+    spec = next((v for v in named if CLASS_SPEC.match(v)), None)
     for key in METADATA_ARGS_KEYS:
         try:
             args = json.loads(metadata.get(key, ""))
@@ -125,24 +133,61 @@ def _metadata_class(metadata: Mapping[str, str]) -> tuple[str | None, dict]:
 
 
 def _container_notes(found: Found) -> list[str]:
-    if not found.key:
-        return []
-    return [f"weights taken from the {found.key!r} entry of the checkpoint"]
+    notes = []
+    if found.key:
+        notes.append(f"weights taken from the {found.key!r} entry of the checkpoint")
+    if found.others:
+        others = ", ".join(repr(k) for k in found.others)
+        notes.append(f"the checkpoint holds other weights too, not analysed: {others}")
+    return notes
+
+
+def _build_with(
+    cls: type, saved: Mapping[str, Any], given: Mapping[str, Any]
+) -> tuple[nn.Module, list[str]]:
+    """``cls`` built from the checkpoint's hyper-parameters and ``--model-args`` (which win).
+
+    A constructor taking ``**kwargs`` gets every saved hyper-parameter first, and only those
+    it names if that fails. Returns the module and the saved names it was given.
+    """
+    kwargs = fitting_kwargs(cls, saved)
+    named = fitting_kwargs(cls, saved, named_only=True)
+    if kwargs != named:
+        try:
+            return cls(**(kwargs | given)), sorted(kwargs)
+        except Exception:
+            kwargs = named
+    source = []
+    if kwargs:
+        source.append(f"{', '.join(sorted(kwargs))} from the checkpoint")
+    if given:
+        source.append(f"{', '.join(sorted(given))} from --model-args")
+    return instantiate(cls, kwargs | given, " and ".join(source)), sorted(kwargs)
 
 
 def _with_class(
-    state_dict: dict[str, Tensor], spec: str, saved_kwargs: Mapping, options: LoadOptions
+    state_dict: dict[str, Tensor],
+    original: dict[str, Tensor],
+    spec: str,
+    saved_kwargs: Mapping,
+    options: LoadOptions,
 ) -> tuple[nn.Module, list[str]]:
-    """``spec``'s class built with the saved and given arguments, and filled with the weights."""
+    """``spec``'s class built with the saved and given arguments, and filled with the weights.
+
+    ``original`` holds the keys as saved, before wrapper prefixes were removed: a model may
+    name an attribute ``module`` itself.
+    """
     cls = import_class(spec)
-    saved = fitting_kwargs(cls, saved_kwargs)
-    kwargs = saved | parse_model_args(options.model_args)
-    module = instantiate(cls, kwargs)
-    state_dict, prefix_note = fit_prefix(state_dict, module.state_dict())
-    load_weights(module, state_dict)
+    given = parse_model_args(options.model_args)
+    module, used = _build_with(cls, saved_kwargs, given)
+    expected = module.state_dict()
+    fits = [fit_prefix(weights, expected) for weights in (state_dict, original)]
+    fitted, prefix_note = max(fits, key=lambda fit: fit_score(fit[0], expected))
+    load_weights(module, fitted)
     notes = [f"weights {prefix_note}"] if prefix_note else []
-    if saved:
-        notes.append(f"constructor arguments from the checkpoint: {', '.join(sorted(saved))}")
+    used = [name for name in used if name not in given]
+    if used:
+        notes.append(f"constructor arguments from the checkpoint: {', '.join(used)}")
     return module, notes
 
 
@@ -151,12 +196,16 @@ def _inferred(
 ) -> LoadedModel:
     inference = infer_recurrent(state_dict, options.nonlinearity, options.batch_first)
     if not inference.parts:
+        rebuilt = [entry for entry in inference.not_analysed if "not recurrent" not in entry]
+        why = f" ({'; '.join(rebuilt[:3])})" if rebuilt else ""
         raise GradscopeError(
-            f"{path} holds only weights, and none belongs to a recurrent module (nn.RNN, "
-            "nn.LSTM, nn.GRU or a cell); pass the model's class with --model "
+            f"{path} holds only weights, and none could be rebuilt as a recurrent module (nn.RNN, "
+            f"nn.LSTM, nn.GRU or a cell){why}; pass the model's class with --model "
             "package.module:Class (and --model-args)"
         )
     notes = notes + inference.assumptions()
+    if inference.recomposed:
+        notes.append(f"weight norm folded into {', '.join(inference.recomposed)}")
     if inference.not_analysed:
         notes.append("pass --model package.module:Class to analyse the whole model")
     size = sum(v.numel() for v in state_dict.values())
@@ -243,10 +292,12 @@ def load_model(source: str | Path | nn.Module, **options: Any) -> LoadedModel:
     path = Path(source)
     files.check_file(path)
     kind = files.sniff(path)
-    if kind == files.TORCHSCRIPT:
-        return _from_program(load_torchscript(path, options.trust), kind, str(path), options)
-    if kind == files.EXPORTED:
-        return _from_program(load_exported(path, options.trust), kind, str(path), options)
+    if kind in (files.TORCHSCRIPT, files.EXPORTED):
+        load = load_torchscript if kind == files.TORCHSCRIPT else load_exported
+        loaded = _from_program(load(path, options.trust), kind, str(path), options)
+        if options.model:
+            loaded.notes.append(f"--model {options.model} ignored: the file holds a program")
+        return loaded
     obj, metadata = _read(path, kind, options)
     found = find_model(obj)
     if found is None:
@@ -259,14 +310,34 @@ def load_model(source: str | Path | nn.Module, **options: Any) -> LoadedModel:
     fmt = "safetensors" if kind == files.SAFETENSORS else "state-dict"
     if found.lightning:
         fmt = "lightning-checkpoint"
-    state_dict, removed = strip_wrappers(found.model)
-    notes += [f"key prefix {prefix!r} removed (a training wrapper adds it)" for prefix in removed]
+    original = tensors_only(found.model)
+    state_dict, removed = strip_wrappers(original)
     spec, saved_kwargs = options.model, found.kwargs
-    if spec is None and metadata:
-        spec, saved_kwargs = _metadata_class(metadata)
-        if spec:
-            notes.append(f"class {spec} named by the file's metadata")
+    named, metadata_kwargs = _metadata_class(metadata)
+    saved_kwargs = saved_kwargs or metadata_kwargs
+    if spec is None and named:
+        if options.trust:
+            spec = named
+            notes.append(f"class {named} named by the file's metadata (--trust)")
+        else:
+            notes.append(
+                f"the file's metadata names the class {named}: pass --model {named} to analyse "
+                "the whole model (gradscope imports a class a file names only when you say so)"
+            )
     if spec is None:
+        if not found.known and found.others:  # no key says which: every part of the file
+            state_dict, removed = strip_wrappers(_all_weights(found))
+        notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
         return _inferred(state_dict, path, fmt, notes, options)
-    module, class_notes = _with_class(state_dict, spec, saved_kwargs, options)
+    notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
+    module, class_notes = _with_class(state_dict, original, spec, saved_kwargs, options)
     return LoadedModel(module, fmt, str(path), notes + class_notes)
+
+
+def _all_weights(found: Found) -> dict[str, Tensor]:
+    """Every state dict in the checkpoint, each under its key as a prefix."""
+    merged = {f"{found.key}.{k}": v for k, v in tensors_only(found.model).items()}
+    for key, value in found.others.items():
+        if isinstance(value, Mapping):
+            merged |= {f"{key}.{k}": v for k, v in tensors_only(value).items()}
+    return merged

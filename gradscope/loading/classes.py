@@ -72,13 +72,13 @@ def parse_model_args(text: str | Mapping | None) -> dict[str, Any]:
     return args
 
 
-def fitting_kwargs(cls: type, saved: Mapping[str, Any]) -> dict[str, Any]:
-    """The saved hyper-parameters that ``cls.__init__`` accepts by name."""
+def fitting_kwargs(cls: type, saved: Mapping[str, Any], named_only: bool = False) -> dict:
+    """The saved hyper-parameters that ``cls.__init__`` accepts (by name, with ``named_only``)."""
     try:
         parameters = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError):
         return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if not named_only and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(saved)
     named = {
         name
@@ -93,14 +93,16 @@ def _listed(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def instantiate(cls: type, args: Mapping[str, Any]) -> nn.Module:
-    """``cls(**args)``, with a one-line error naming the option to fix."""
+def instantiate(cls: type, args: Mapping[str, Any], source: str = "") -> nn.Module:
+    """``cls(**args)``, with a one-line error naming where the arguments came from."""
     try:
         return cls(**args)
     except Exception as error:
+        given = f" with {source}" if source else " without arguments"
         raise GradscopeError(
-            f"--model {cls.__name__}(**model-args) failed "
-            f"({type(error).__name__}: {first_line(error)}); fix --model-args"
+            f"--model {cls.__name__}(...){given} failed "
+            f"({type(error).__name__}: {first_line(error)}); set or override arguments with "
+            """--model-args '{"name": value}'"""
         ) from None
 
 

@@ -168,13 +168,63 @@ def global_name(spec: str) -> str:
     return spec.replace(":", ".")
 
 
+#: Modules whose classes run code when called: never suggested, never allowed by name.
+CODE_MODULES = frozenset(
+    [
+        "builtins",
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "shutil",
+        "socket",
+        "importlib",
+        "functools",
+        "operator",
+        "pickle",
+        "runpy",
+        "code",
+        "codeop",
+        "types",
+        "ctypes",
+        "multiprocessing",
+        "threading",
+        "asyncio",
+        "pty",
+        "webbrowser",
+    ]
+)
+
+
+def _is_code_module(name: str) -> bool:
+    return name.split(".")[0] in CODE_MODULES or name.startswith("torch._")
+
+
+def _looks_like_data_class(name: str) -> bool:
+    """Worth suggesting for ``--allow-global``: a class name, outside modules that run code."""
+    module, _, attr = name.rpartition(".")
+    return attr[:1].isupper() and not _is_code_module(module)
+
+
 def _user_global(spec: str) -> Any:
+    name = global_name(spec)
+    if _is_code_module(name.rpartition(".")[0]):
+        raise GradscopeError(
+            f"--allow-global {spec}: {name.rpartition('.')[0]} is code, not data; only --trust "
+            "loads a file that needs it"
+        )
     importable_from_cwd()
-    obj = _resolve(global_name(spec))
+    obj = _resolve(name)
     if obj is None:
         raise GradscopeError(
             f"--allow-global {spec}: cannot import it here; write package.module:Class as the "
             "refusal message names it, and run where that package is importable"
+        )
+    if not inspect.isclass(obj):
+        raise GradscopeError(
+            f"--allow-global {spec} is a {type(obj).__name__}, not a class: calling it runs "
+            "code; only --trust loads a file that needs it"
         )
     return obj
 
@@ -202,13 +252,17 @@ def _numpy_dtype_classes() -> list[type]:
     return [obj for name, obj in vars(dtypes).items() if name.endswith("DType")]
 
 
-def _refuse_code(path: Path, names: list[str]) -> GradscopeError:
+def _refuse_code(path: Path, names: list[str], unused: list[str] = ()) -> GradscopeError:
     listed = ", ".join(names)
-    flags = " ".join(f"--allow-global {name}" for name in names[:3])
+    ignored = f" (--allow-global {', '.join(unused)}: not needed by the file)" if unused else ""
+    if all(_looks_like_data_class(name) for name in names):
+        flags = " ".join(f"--allow-global {name}" for name in names[:3])
+        way = f"if these are plain classes you trust, pass {flags}; or pass --trust"
+    else:
+        way = "pass --trust"
     return GradscopeError(
-        f"{path} is code, not just weights: it needs {listed}; if these are plain classes you "
-        f"trust, pass {flags}; or pass --trust to load the file as code (only for files you "
-        "trust); or save model.state_dict()"
+        f"{path} is code, not just weights: it needs {listed}{ignored}; {way} to load the file "
+        "as code (only for files you trust); or save model.state_dict()"
     )
 
 
@@ -252,7 +306,9 @@ def read_pickle(path: Path, trust: bool, allow_globals: tuple[str, ...] = ()) ->
     safe = {name: _safe_global(name, allowed) for name in needed}
     refused = [name for name, obj in safe.items() if obj is None]
     if refused:
-        raise _refuse_code(path, refused)
+        raise _refuse_code(
+            path, refused, [spec for name, spec in allowed.items() if name not in safe]
+        )
     extra = _numpy_dtype_classes() if "numpy.dtype" in safe else []
     try:
         with quiet(), torch.serialization.safe_globals([*safe.values(), *extra]):

@@ -14,11 +14,18 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 PARAMETER = re.compile(
     r"^(?P<prefix>(?:.*\.)?)(?P<param>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
     r"(?:_l(?P<layer>\d+)(?P<reverse>_reverse)?)?$"
+)
+#: Weight norm, old style (``weight_hh_l0_g``, ``_v``) and as a parametrization
+#: (``parametrizations.weight_hh_l0.original0`` = g, ``original1`` = v).
+WEIGHT_NORM_OLD = re.compile(r"^(?P<base>.*)_(?P<part>[gv])$")
+WEIGHT_NORM_NEW = re.compile(
+    r"^(?P<head>(?:.*\.)?)parametrizations\.(?P<name>\w+)\.original(?P<part>[01])$"
 )
 KINDS = {4: "lstm", 3: "gru", 1: "rnn"}
 MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -54,6 +61,7 @@ class Inference:
 
     parts: list[InferredPart]
     not_analysed: list[str]
+    recomposed: list[str] = field(default_factory=list)
 
     def assumptions(self) -> list[str]:
         """One line per assumption, naming the parts it was made for."""
@@ -63,6 +71,37 @@ class Inference:
             if names:
                 lines.append(f"{', '.join(names)}: {text}")
         return lines
+
+
+def _weight_norm(g: Tensor, v: Tensor) -> Tensor:
+    """``g * v / ||v||``, the norm over every axis where ``g`` has size 1."""
+    axes = tuple(d for d in range(v.dim()) if g.shape[d] == 1)
+    return v * (g / v.norm(dim=axes, keepdim=True))
+
+
+def recompose_weight_norm(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Recurrent weights saved under weight norm, as the plain weights they stand for."""
+    pairs: dict[str, dict[str, str]] = defaultdict(dict)
+    for key in state_dict:
+        old, new = WEIGHT_NORM_OLD.match(key), WEIGHT_NORM_NEW.match(key)
+        if new and PARAMETER.match(new["head"] + new["name"]):
+            pairs[new["head"] + new["name"]]["gv"[int(new["part"])]] = key
+        elif old and PARAMETER.match(old["base"]):
+            pairs[old["base"]][old["part"]] = key
+    result = dict(state_dict)
+    recomposed = []
+    for name, parts in pairs.items():
+        if set(parts) != {"g", "v"} or name in state_dict:
+            continue
+        g, v = state_dict[parts["g"]], state_dict[parts["v"]]
+        if g.dim() != v.dim() or any(
+            a not in (1, b) for a, b in zip(g.shape, v.shape, strict=True)
+        ):
+            continue
+        result[name] = _weight_norm(g, v)
+        del result[parts["g"]], result[parts["v"]]
+        recomposed.append(name)
+    return result, recomposed
 
 
 def _owner(prefix: str) -> str:
@@ -88,6 +127,14 @@ def _build(
         return "weight_ih and weight_hh of the first layer are not both there as matrices"
     hr = params.get(f"weight_hr{suffix}")
     hidden = hr.shape[1] if hr is not None else hh.shape[1]
+    if not (hh.is_floating_point() and ih.is_floating_point()) or hh.is_complex():
+        return f"weight_hh{suffix} is {hh.dtype}, not real floating point"
+    if hidden == 0 or ih.shape[1] == 0:
+        return (
+            f"weight_ih{suffix} {tuple(ih.shape)} and weight_hh{suffix} {tuple(hh.shape)} are empty"
+        )
+    if hh.layout != torch.strided or ih.layout != torch.strided:
+        return "the weights are sparse; save them dense (tensor.to_dense())"
     gates, remainder = divmod(hh.shape[0], hidden)
     kind = KINDS.get(gates) if remainder == 0 else None
     if kind is None or (hr is not None and kind != "lstm"):
@@ -100,7 +147,7 @@ def _build(
         if "nonlinearity" not in hint and nonlinearity is None:
             assumptions.append("nonlinearity")
     if cell:
-        module = CELLS[kind](**kwargs)
+        factory = CELLS[kind]
     else:
         layers = 1 + max(int(PARAMETER.match(k)["layer"]) for k in params)
         reverse = any(k.endswith("_reverse") for k in params)
@@ -112,10 +159,14 @@ def _build(
         kwargs |= {"num_layers": layers, "bidirectional": reverse, "batch_first": batch_first}
         if hr is not None:
             kwargs["proj_size"] = hr.shape[0]
-        module = MODULES[kind](**kwargs)
+        factory = MODULES[kind]
+    try:
+        module = factory(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as error:
+        return f"{factory.__name__}({kwargs}) cannot be built: {error}"
     try:
         module.load_state_dict(params, strict=True)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError, TypeError) as error:
         detail = str(error).splitlines()[-1].strip() if str(error) else "mismatch"
         return f"the weights do not fit {type(module).__name__}({kwargs}): {detail}"
     return InferredPart(name, module, assumptions)
@@ -132,6 +183,7 @@ def infer_recurrent(
     ``hints`` maps a module path to what is known of it beyond its weights (see ``_build``).
     """
     hints = hints or {}
+    state_dict, recomposed = recompose_weight_norm(state_dict)
     groups: dict[str, dict[str, Tensor]] = defaultdict(dict)
     others: dict[str, int] = defaultdict(int)
     for key, value in state_dict.items():
@@ -152,4 +204,4 @@ def infer_recurrent(
         f"{owner} ({count} tensor{'s' * (count > 1)}): not recurrent"
         for owner, count in others.items()
     )
-    return Inference(parts, not_analysed)
+    return Inference(parts, not_analysed, recomposed)

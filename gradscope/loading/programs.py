@@ -102,10 +102,15 @@ def load_exported(path: Path, trust: bool) -> Program:
             program = torch.export.load(str(path))
         module = program.module()
     except Exception as error:
+        reason = f"{type(error).__name__}: {first_line(error)}"
+        advice = "export it again with the PyTorch version that runs gradscope"
+        if "CUDA" in reason and not torch.cuda.is_available():
+            advice = (
+                "it was exported on a GPU, and an exported program is pinned to its device: "
+                "run gradscope with --device cuda where there is one, or export on the CPU"
+            )
         raise GradscopeError(
-            f"{path} is an exported program that cannot be loaded "
-            f"({type(error).__name__}: {first_line(error)}); export it again with the "
-            "PyTorch version that runs gradscope"
+            f"{path} is an exported program that cannot be loaded ({reason}); {advice}"
         ) from None
     args = program.example_inputs[0] if program.example_inputs else ()
     examples = tuple(a for a in args if isinstance(a, Tensor))

@@ -35,29 +35,45 @@ KWARG_KEYS = ("hyper_parameters", "hparams", "model_args", "model_kwargs")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+#: Values a state dict may hold beside tensors (``_extra_state``, version numbers).
+SCALARS = (type(None), bool, int, float, str)
+
+
 @dataclass
 class Found:
-    """The model (a module or a state dict) found in a loaded object, and where."""
+    """The model (a module or a state dict) found in a loaded object, and where.
+
+    ``others`` holds the other modules and state dicts in the same object, by key; ``known`` is
+    True when the chosen key is one that training scripts use for the model's weights.
+    """
 
     model: nn.Module | dict[str, Tensor]
     key: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     lightning: bool = False
+    others: dict[str, object] = field(default_factory=dict)
+    known: bool = True
 
 
 def is_state_dict(obj: object) -> bool:
-    """A non-empty mapping of names to tensors."""
+    """A mapping of names to tensors (beside them, at most scalars such as version numbers)."""
     return (
         isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+        and all(isinstance(k, str) for k in obj)
+        and any(isinstance(v, Tensor) for v in obj.values())
+        and all(isinstance(v, (Tensor, *SCALARS)) for v in obj.values())
     )
+
+
+def tensors_only(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
+    """The tensor entries of a state dict."""
+    return {k: v for k, v in state_dict.items() if isinstance(v, Tensor)}
 
 
 def _size(obj: object) -> int:
     if isinstance(obj, nn.Module):
         return sum(p.numel() for p in obj.parameters())
-    return sum(v.numel() for v in obj.values())
+    return sum(v.numel() for v in obj.values() if isinstance(v, Tensor))
 
 
 def _candidates(container: Mapping, path: str, depth: int) -> list[tuple[str, object]]:
@@ -102,26 +118,29 @@ def find_model(obj: object) -> Found | None:
         return None
     known = [key for key in WEIGHT_KEYS if key in found]
     key = known[0] if known else max(found, key=lambda k: _size(found[k]))
-    return Found(found[key], key, _kwargs(obj), lightning)
+    others = {k: v for k, v in found.items() if k != key}
+    return Found(found[key], key, _kwargs(obj), lightning, others, bool(known))
 
 
 def strip_wrappers(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Drop DataParallel's ``module.`` and torch.compile's ``_orig_mod.`` from every key."""
-    stripped = {}
-    removed: set[str] = set()
-    for key, value in state_dict.items():
-        new = key
-        for prefix in WRAPPER_PREFIXES:
-            while new.startswith(prefix):
-                new = new[len(prefix) :]
-                removed.add(prefix)
-            if f".{prefix}" in new:
-                new = new.replace(f".{prefix}", ".")
-                removed.add(prefix)
-        stripped[new] = value
-    if len(stripped) < len(state_dict):  # two keys collapsed into one: keep the names as saved
-        return dict(state_dict), []
-    return stripped, sorted(removed)
+    """Drop DataParallel's leading ``module.`` and torch.compile's ``_orig_mod.`` from the keys.
+
+    ``module.`` counts only in front of every key: models may name an attribute ``module``.
+    """
+    removed = []
+    keys = list(state_dict)
+    stripped = dict(state_dict)
+    if keys and all(k.startswith("module.") for k in keys):
+        stripped = {k[len("module.") :]: v for k, v in stripped.items()}
+        removed.append("module.")
+    if any(k.startswith("_orig_mod.") or "._orig_mod." in k for k in stripped):
+        renamed = {
+            k.removeprefix("_orig_mod.").replace("._orig_mod.", "."): v for k, v in stripped.items()
+        }
+        if len(renamed) == len(stripped):
+            stripped = renamed
+            removed.append("_orig_mod.")
+    return stripped, removed
 
 
 def _prefixes(keys: list[str]) -> set[str]:
@@ -134,7 +153,7 @@ def _prefixes(keys: list[str]) -> set[str]:
     return found
 
 
-def _fit(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> int:
+def fit_score(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> int:
     """How many expected keys the state dict supplies with the right shape."""
     return sum(1 for k, v in expected.items() if k in state_dict and state_dict[k].shape == v.shape)
 
@@ -157,8 +176,15 @@ def fit_prefix(
         options.append(
             ({prefix + k: v for k, v in state_dict.items()}, f"added {prefix!r} to the keys")
         )
-    best = max(
-        options,
-        key=lambda option: (_fit(option[0], expected), -abs(len(option[0]) - len(expected))),
-    )
+
+    def score(option: tuple[dict, str | None]) -> tuple[int, int, int]:
+        fitted, note = option
+        return (fit_score(fitted, expected), -abs(len(fitted) - len(expected)), -len(note or ""))
+
+    ranked = sorted(options, key=score, reverse=True)
+    best = ranked[0]
+    ties = [option[1] for option in ranked[1:] if score(option)[:2] == score(best)[:2]]
+    if ties and best[1] is not None:
+        also = ", ".join(note.removeprefix("read from the keys under ") for note in ties if note)
+        return best[0], f"{best[1]} (the keys under {also} fit too: another copy of the model?)"
     return best

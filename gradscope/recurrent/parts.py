@@ -8,6 +8,7 @@ the model. A saved program still runs as a whole for the model's input gradient.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,38 +54,76 @@ class PartRunner(nn.Module):
         return torch.stack(outputs, axis)
 
 
-def _part_settings(settings: Settings, part: InferredPart, steps: int, batch: int) -> Settings:
-    """The settings for one part: the whole probe's length; a probe file only where it fits."""
-    size = part.module.input_size
-    probe, shape = settings.probe, settings.input_shape
-    if probe not in BUILTIN_PROBES:
-        tensor = load_probe_file(Path(probe))
-        if not (tensor.is_floating_point() and tensor.shape[-1] == size):
-            probe = "gaussian"
-    if shape is not None and shape[-1] != size:
-        shape = None
-    return dataclasses.replace(settings, probe=probe, input_shape=shape, steps=steps, batch=batch)
+@dataclass
+class PartsMeasurement:
+    """The cores of every rebuilt part, and the probe length and shape they ran with."""
+
+    cores: list[RecurrentCore]
+    steps: int
+    batch: int
+    input_shape: list[int]
+    notes: list[str]
+
+
+def _fits(part: InferredPart, shape: tuple[int, ...] | None) -> bool:
+    return shape is not None and shape[-1] == part.module.input_size
 
 
 def measure_parts(
-    parts: list[InferredPart], settings: Settings, device: torch.device, steps: int, batch: int
-) -> list[RecurrentCore]:
-    """Measure every rebuilt part on its own, on probes of ``steps`` x ``batch``."""
-    cores = []
-    dtype = getattr(torch, settings.dtype)
-    for part in parts:
-        part_settings = _part_settings(settings, part, steps, batch)
-        batch_first = bool(getattr(part.module, "batch_first", settings.batch_first is not False))
-        runner = (
-            part.module if not part.name and not part.is_cell else PartRunner(part, batch_first)
+    parts: list[InferredPart], settings: Settings, device: torch.device
+) -> PartsMeasurement:
+    """Measure every rebuilt part on its own, on probes of the settings' length.
+
+    A ``--probe`` file or ``--input-shape`` drives the parts whose input size it fits; the
+    others run on a gaussian probe of the same length. One that fits no part is an error.
+    """
+    given = None
+    if settings.probe not in BUILTIN_PROBES:
+        tensor = load_probe_file(Path(settings.probe))
+        given = tuple(tensor.shape) if tensor.is_floating_point() else None
+    elif settings.input_shape is not None:
+        given = settings.input_shape
+    fitting = [part for part in parts if _fits(part, given)]
+    if given is not None and not fitting:
+        what = (
+            f"--probe {settings.probe}" if settings.probe not in BUILTIN_PROBES else "--input-shape"
         )
+        sizes = ", ".join(f"{p.name or '(model)'} {p.module.input_size}" for p in parts)
+        raise GradscopeError(
+            f"{what} of shape {given} fits none of the parts rebuilt from the weights (input "
+            f"sizes: {sizes}); give features of one of these sizes last"
+        )
+    ordered = fitting + [part for part in parts if part not in fitting]
+    cores: dict[str, list[RecurrentCore]] = {}
+    dtype = getattr(torch, settings.dtype)
+    steps, batch, shape, notes = settings.steps, settings.batch, None, []
+    for part in ordered:
+        own = part in fitting
+        part_settings = dataclasses.replace(
+            settings,
+            probe=settings.probe if own else "gaussian",
+            input_shape=settings.input_shape if own else None,
+            steps=steps,
+            batch=batch,
+            output_key=None,  # the key names an output of the whole model, not of a part
+            cells=(),
+        )
+        batch_first = bool(getattr(part.module, "batch_first", settings.batch_first is not False))
+        alone = not part.name and not part.is_cell  # a root module runs as it is
+        runner = part.module if alone else PartRunner(part, batch_first)
         runner = runner.to(device=device, dtype=dtype).eval()
         runner.requires_grad_(True)
         probe = make_probe(runner, part_settings, device)
-        run_settings = part_settings.for_steps(probe.steps, probe.batch)
+        if shape is None:
+            steps, batch, shape = probe.steps, probe.batch, list(probe.inputs.shape)
         with torch.enable_grad():
-            cores.extend(measure_recurrent(runner, probe, run_settings).cores)
-    return cores
+            measured = measure_recurrent(runner, probe, part_settings.for_steps(steps, batch))
+        cores[part.name] = [dataclasses.replace(core, name=part.name) for core in measured.cores]
+    if fitting and len(fitting) < len(parts):
+        names = ", ".join(p.name or "(model)" for p in parts if p not in fitting)
+        notes.append(f"{names}: the probe does not fit its input size; ran on a gaussian probe")
+    in_order = [core for part in parts for core in cores[part.name]]
+    return PartsMeasurement(in_order, steps, batch, shape, notes)
 
 
 def whole_input_gradient(module: nn.Module, probe: Probe) -> list[float] | None:
