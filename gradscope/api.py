@@ -47,8 +47,11 @@ def _program_probe(loaded, settings: Settings, device):
     if loaded.format != "exported-program":
         return make_probe(module, settings, device)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-    if dtype in (torch.float32, torch.float64):
+    if dtype in (torch.float32, torch.float64) and dtype != getattr(torch, settings.dtype):
         settings = dataclasses.replace(settings, dtype=str(dtype).removeprefix("torch."))
+        loaded.notes.append(
+            f"the exported program runs in its own dtype, {settings.dtype}, for the input gradient"
+        )
     example = loaded.example_inputs[0] if loaded.example_inputs else None
     first = loaded.parts[0]
     tokens = example is not None and not example.is_floating_point()
@@ -75,7 +78,15 @@ def _measure_parts(loaded, settings: Settings, device, explicit_length: bool, pr
     from gradscope.recurrent.parts import measure_parts, whole_input_gradient
 
     probe = None
-    if loaded.module is not None:
+    if loaded.module is None:
+        unused = [f"--output-key {settings.output_key}"] if settings.output_key else []
+        unused += [f"--cell {cell}" for cell in settings.cells]
+        if unused:
+            loaded.notes.append(
+                f"{', '.join(unused)} ignored: without the model's class only the rebuilt "
+                "recurrent parts run; pass --model to run the whole model"
+            )
+    else:
         pinned = _pinned_device(loaded, device) if loaded.format == "exported-program" else None
         try:
             if pinned:

@@ -554,7 +554,7 @@ def test_a_zip_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
 
     message = one_line_error(["analyze", str(path)], capsys)
 
-    assert "not a PyTorch checkpoint" in message
+    assert "zip archive with no PyTorch checkpoint" in message
 
 
 # --- what a first review found: each a reproducer -----------------------------------------------
@@ -676,6 +676,7 @@ def test_separate_weight_entries_without_a_known_key_are_all_analysed(tmp_path):
     report = gradscope.analyze(path, steps=STEPS)
 
     assert sorted({c.name for c in report.recurrent}) == ["de", "en"]
+    assert "weights from the entries 'en', 'de'" in report.model["notes"][0]
     assert report.model["not_analysed"] == ["de.out (1 tensor): not recurrent"]
 
 
@@ -751,3 +752,12 @@ def test_complex_weights_are_a_one_line_error(tmp_path, capsys):
     message = one_line_error(["analyze", str(path)], capsys)
 
     assert "complex" in message
+
+
+def test_options_for_the_whole_model_are_said_to_be_ignored_without_it(tmp_path):
+    path = tmp_path / "gru.pt"
+    torch.save(nn.GRU(3, 4).state_dict(), path)
+
+    report = gradscope.analyze(path, steps=STEPS, output_key="logits", cells=["cell"])
+
+    assert any("--output-key logits, --cell cell ignored" in n for n in report.model["notes"])

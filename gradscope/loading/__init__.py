@@ -327,6 +327,8 @@ def load_model(source: str | Path | nn.Module, **options: Any) -> LoadedModel:
     if spec is None:
         if not found.known and found.others:  # no key says which: every part of the file
             state_dict, removed = strip_wrappers(_all_weights(found))
+            keys = ", ".join(repr(k) for k in [found.key, *found.others])
+            notes = [f"weights from the entries {keys} of the checkpoint, each named by its key"]
         notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
         return _inferred(state_dict, path, fmt, notes, options)
     notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]

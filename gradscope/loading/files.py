@@ -84,7 +84,10 @@ def sniff(path: Path) -> str:
             return EXPORTED
         if "data.pkl" in inner:
             return TORCH
-        return UNKNOWN
+        raise GradscopeError(
+            f"{path} is a zip archive with no PyTorch checkpoint in it (damaged, or another kind "
+            f"of file); {READABLE}"
+        )
     if _is_safetensors(path, head):
         return SAFETENSORS
     if head[:1] == b"\x80":

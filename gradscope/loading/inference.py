@@ -36,6 +36,8 @@ CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 ASSUMPTIONS = {
     "nonlinearity": "tanh or ReLU cannot be read from the weights; assumed tanh, PyTorch's "
     "default (--nonlinearity relu to change)",
+    "cell": "weights named as PyTorch's recurrent cells name theirs; rebuilt as PyTorch's cell "
+    "(a custom cell that reuses the names computes something else: pass --model)",
     "layout": "the input layout cannot be read from the weights; assumed time-major (steps, "
     "batch, features), PyTorch's default (--batch-first to change)",
 }
@@ -148,6 +150,7 @@ def _build(
             assumptions.append("nonlinearity")
     if cell:
         factory = CELLS[kind]
+        assumptions.append("cell")
     else:
         layers = 1 + max(int(PARAMETER.match(k)["layer"]) for k in params)
         reverse = any(k.endswith("_reverse") for k in params)
@@ -168,6 +171,7 @@ def _build(
         module.load_state_dict(params, strict=True)
     except (RuntimeError, ValueError, TypeError) as error:
         detail = str(error).splitlines()[-1].strip() if str(error) else "mismatch"
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
         return f"the weights do not fit {type(module).__name__}({kwargs}): {detail}"
     return InferredPart(name, module, assumptions)
 
