@@ -100,12 +100,26 @@ def _is_recurrent(module: nn.Module) -> bool:
     )
 
 
-def first_parametrised(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The first module (in registration order) that holds parameters of its own."""
-    for name, module in model.named_modules():
-        if _is_recurrent(module) or next(module.parameters(recurse=False), None) is not None:
-            return name, module
-    return None
+def first_parametrised(
+    model: nn.Module, inside: tuple[str, ...] = ()
+) -> tuple[str, nn.Module] | None:
+    """The first module (in registration order) that holds parameters of its own.
+
+    Modules inside the custom cells ``inside`` come last: a cell's first layer may read the
+    state as well as the input.
+    """
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if _is_recurrent(module) or next(module.parameters(recurse=False), None) is not None
+    ]
+    within = [
+        entry
+        for entry in found
+        if any(entry[0] == c or entry[0].startswith(c + ".") for c in inside)
+    ]
+    ordered = [entry for entry in found if entry not in within] + within
+    return ordered[0] if ordered else None
 
 
 def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None, int | None]:
@@ -157,7 +171,7 @@ def input_layout(
         )
     chosen = inferred if batch_first is None else batch_first
     vocab, token_module, time_last = None, None, False
-    first = first_parametrised(model)
+    first = first_parametrised(model, cells)
     if first is not None and first[1] is not module:
         entry_features, vocab = _entry(*first, needs_shape=input_shape is None)
         features = entry_features or features

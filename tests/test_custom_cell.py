@@ -308,3 +308,39 @@ def test_cell_through_the_command_line(tmp_path, capsys):
     assert code in (0, 1)
     assert [(c["name"], c["cell"]) for c in report["recurrent"]] == [("cell", "custom")]
     assert report["settings"]["cells"] == ["cell"]
+
+
+class ConcatCell(nn.Module):
+    """A cell whose one Linear reads cat(x, h): its in_features is not the model's input size."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.both = nn.Linear(input_size + hidden_size, hidden_size)
+
+    def forward(self, x, h):
+        return torch.tanh(self.both(torch.cat((x, h), dim=-1)))
+
+
+class ProjectedLoop(nn.Module):
+    """The cell is registered first; the input projection that really reads x comes after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = ConcatCell(6, 5)
+        self.project = nn.Linear(4, 6)
+
+    def forward(self, x):
+        h, outputs = x.new_zeros(x.shape[0], 5), []
+        for x_t in self.project(x).unbind(1):
+            h = self.cell(x_t, h)
+            outputs.append(h)
+        return torch.stack(outputs, 1)
+
+
+def test_the_input_size_is_read_outside_the_custom_cell_first():
+    import gradscope
+
+    report = gradscope.analyze(build(ProjectedLoop), cells=["cell"], steps=STEPS)
+
+    assert report.settings["input_shape"] == [1, STEPS, 4]
+    assert report.recurrent[0].cell == "custom"
