@@ -87,13 +87,7 @@ def _measure_parts(loaded, settings: Settings, device, explicit_length: bool, pr
                 "recurrent parts run; pass --model to run the whole model"
             )
     else:
-        pinned = _pinned_device(loaded, device) if loaded.format == "exported-program" else None
         try:
-            if pinned:
-                raise GradscopeError(
-                    f"the exported program is pinned to {pinned}, where it was exported; rerun "
-                    f"with --device {pinned.split(':')[0]}"
-                )
             probe = _program_probe(loaded, settings, device)
         except GradscopeError as error:
             loaded.notes.append(f"input gradient not measured: {error}")
@@ -103,7 +97,13 @@ def _measure_parts(loaded, settings: Settings, device, explicit_length: bool, pr
     parts = measure_parts(loaded.parts, settings, device)
     loaded.notes.extend(parts.notes)
     input_grad_norm = None
-    if probe is not None:
+    pinned = _pinned_device(loaded, device) if loaded.format == "exported-program" else None
+    if pinned and probe is not None:
+        loaded.notes.append(
+            f"input gradient not measured: the exported program is pinned to {pinned}, where it "
+            f"was exported; rerun with --device {pinned.split(':')[0]}"
+        )
+    elif probe is not None:
         try:
             input_grad_norm = whole_input_gradient(loaded.module, probe)
         except GradscopeError as error:
@@ -169,11 +169,9 @@ def analyze(
             "the model has complex-valued weights; gradscope analyses real-valued models only"
         )
     if loaded.module is not None:
-        module = loaded.module.to(device=device)
-        if not loaded.fixed_dtype:
-            module = module.to(dtype=dtype)
-        if not loaded.fixed_dtype:  # an exported program fixes its mode as it fixes its dtype
-            module.eval()
+        module = loaded.module
+        if not loaded.fixed_dtype:  # an exported program is pinned to its device, dtype, mode
+            module = module.to(device=device, dtype=dtype).eval()
         for parameter in module.parameters():  # our own copy: gradients must reach every state
             parameter.requires_grad_(True)
     requested_horizon = settings.horizon
