@@ -9,9 +9,9 @@ from typing import Any
 
 from gradscope import __version__
 from gradscope.diagnosis import diagnose, with_horizons
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, first_line
 from gradscope.report import Report
-from gradscope.settings import BUILTIN_PROBES, Settings, parse_shape
+from gradscope.settings import BUILTIN_PROBES, DEFAULT_DEPTH_BATCH, Settings, parse_shape
 
 Progress = Callable[[str], None]
 
@@ -121,6 +121,30 @@ def _measure_parts(loaded, settings: Settings, device, explicit_length: bool, pr
     return parts.cores, input_grad_norm, parts.steps, parts.batch, parts.input_shape
 
 
+def _is_recurrent_model(module, settings: Settings) -> bool:
+    from gradscope.recurrent.unroll import find_recurrent
+
+    return bool(find_recurrent(module) or settings.cells)
+
+
+def _measure_depth(module, probe, settings: Settings, has_cores: bool, notes: list[str]):
+    """The depth view; beside recurrent cores, a failure is a note rather than an error."""
+    from gradscope.depth.measure import measure_depth
+
+    try:
+        return measure_depth(module, probe, settings)
+    except GradscopeError:
+        if has_cores:
+            return None
+        raise
+    except Exception as error:
+        message = f"depth view not measured ({type(error).__name__}: {first_line(error)})"
+        if has_cores:
+            notes.append(message)
+            return None
+        raise GradscopeError(f"{message}; try --depth leaves or --depth 1") from None
+
+
 def analyze(
     model_or_path: Any,
     *,
@@ -175,7 +199,10 @@ def analyze(
         for parameter in module.parameters():  # our own copy: gradients must reach every state
             parameter.requires_grad_(True)
     requested_horizon = settings.horizon
+    depth = None
     if loaded.parts is None:
+        if "batch" not in options and not _is_recurrent_model(module, settings):
+            settings = dataclasses.replace(settings, batch=DEFAULT_DEPTH_BATCH)
         probe = make_probe(module, settings, device)
         if probe.note:
             loaded.notes.append(probe.note)
@@ -184,11 +211,21 @@ def analyze(
                 f"the probe is token ids; input_grad_norm is taken at the output of "
                 f"{probe.token_module}, since ids have no gradient"
             )
-        progress(f"probing {probe.steps} steps and measuring the recurrent cores")
         run_settings = settings.for_steps(probe.steps, probe.batch)
+        cores, input_grad_norm = [], None
+        if _is_recurrent_model(module, settings):
+            progress(f"probing {probe.steps} steps and measuring the recurrent cores")
+            with torch.enable_grad():
+                measured = measure_recurrent(module, probe, run_settings)
+            cores, input_grad_norm = measured.cores, measured.input_grad_norm
+        progress("measuring the gradient through the model's blocks")
         with torch.enable_grad():
-            measured = measure_recurrent(module, probe, run_settings)
-        cores, input_grad_norm = measured.cores, measured.input_grad_norm
+            depth = _measure_depth(module, probe, run_settings, bool(cores), loaded.notes)
+        if not cores and depth is None:
+            raise GradscopeError(
+                "the model has no recurrent module and fewer than 3 blocks to follow the "
+                "gradient through; name a custom recurrent cell with --cell, or --depth leaves"
+            )
         steps, batch, shape = probe.steps, probe.batch, list(probe.inputs.shape)
     else:
         explicit_length = "steps" in options or "batch" in options
@@ -198,6 +235,7 @@ def analyze(
     settings = settings.for_steps(steps, batch)
     cores = with_horizons(cores, requested_horizon, steps)
     status, cores, findings, fixes = diagnose(cores, settings.epsilon)
+    stack, layers = depth if depth is not None else (None, [])
     settings_data = settings.to_dict() | {
         "input_shape": shape,
         "loss": "seeded unit projection of the output at the last time step",
@@ -211,6 +249,8 @@ def analyze(
         gradscope_version=__version__,
         input_grad_norm=input_grad_norm,
         recurrent=cores,
+        layers=layers,
+        depth=stack,
         findings=findings,
         fixes=fixes,
     )

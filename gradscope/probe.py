@@ -40,6 +40,7 @@ class Layout:
     vocab: int | None = None
     token_module: str | None = None
     time_last: bool = False
+    sequence: bool = True
 
     @property
     def tokens(self) -> bool:
@@ -48,15 +49,19 @@ class Layout:
 
     def shape(self, steps: int, batch: int) -> tuple[int, ...]:
         """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
+        if not self.sequence:
+            return (batch, self.features)
         sequence = (batch, steps) if self.batch_first else (steps, batch)
         return sequence if self.tokens else (*sequence, self.features)
 
-    def axes(self, ndim: int, tokens: bool = False) -> tuple[int, int | None]:
+    def axes(self, ndim: int, tokens: bool = False) -> tuple[int | None, int | None]:
         """(time axis, batch axis) of an input with ``ndim`` dimensions.
 
         Feature inputs are (batch, steps, F), (steps, batch, F) or unbatched (steps, F); token
         inputs (integer ids for an embedding) lack the feature axis.
         """
+        if not self.sequence:
+            return None, 0
         if self.time_last:
             return ndim - 1, 0
         if ndim == 2 - tokens:
@@ -69,7 +74,7 @@ class Probe:
     """The probe input (a leaf that requires grad) and how to read the model's output."""
 
     inputs: Tensor
-    time_axis: int
+    time_axis: int | None
     batch_axis: int | None
     kind: str
     seed: int
@@ -80,8 +85,8 @@ class Probe:
 
     @property
     def steps(self) -> int:
-        """Number of time steps in the probe."""
-        return self.inputs.shape[self.time_axis]
+        """Number of time steps in the probe (1 for an input without a time axis)."""
+        return 1 if self.time_axis is None else self.inputs.shape[self.time_axis]
 
     @property
     def batch(self) -> int:
@@ -165,10 +170,7 @@ def input_layout(
     elif cells:
         name, module, inferred, features, source = cells[0], None, None, None, cells[0]
     else:
-        raise GradscopeError(
-            "the model has no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell); gradscope's "
-            "recurrent analysis needs one (name a custom cell with --cell)"
-        )
+        return feedforward_layout(model, input_shape)
     chosen = inferred if batch_first is None else batch_first
     vocab, token_module, time_last = None, None, False
     first = first_parametrised(model, cells)
@@ -184,6 +186,36 @@ def input_layout(
         )
     return Layout(
         features, chosen is not False, source, chosen is None, name, vocab, token_module, time_last
+    )
+
+
+def feedforward_layout(model: nn.Module, input_shape: tuple | None = None) -> Layout:
+    """The input of a model without recurrent modules: a batch of what its first module reads.
+
+    ``nn.Linear`` first: (batch, in_features); ``nn.Embedding``: token ids (batch, steps);
+    anything else (a convolution, say) needs ``--input-shape``, whose first axis is the batch.
+    """
+    first = first_parametrised(model)
+    if first is None:
+        raise GradscopeError(
+            "the model has no module with parameters; gradscope analyses trained or initialised "
+            "networks: check the checkpoint"
+        )
+    features, vocab = _entry(*first, needs_shape=input_shape is None)
+    name = first[0] or type(first[1]).__name__
+    if features is None and vocab is None and input_shape is None:
+        raise GradscopeError(
+            f"the model starts with {name} ({type_name(first[1])}), whose input shape gradscope "
+            "cannot infer; pass --input-shape with the batch first, e.g. 16,3,32,32"
+        )
+    tokens = vocab is not None
+    return Layout(
+        features,
+        True,
+        name,
+        vocab=vocab,
+        token_module=first[0] if tokens else None,
+        sequence=tokens,
     )
 
 
@@ -247,7 +279,7 @@ def probe_for(layout: Layout, settings: Settings, device: torch.device) -> Probe
                 f"vocabulary of {layout.token_module}: save ids the embedding can look up"
             )
     tokens = not inputs.is_floating_point()
-    if not layout.time_last and inputs.dim() not in (2 - tokens, 3 - tokens):
+    if layout.sequence and not layout.time_last and inputs.dim() not in (2 - tokens, 3 - tokens):
         expected = "(batch, steps) or (steps)" if tokens else "(batch, steps, F) or (steps, F)"
         raise GradscopeError(
             f"the probe has shape {tuple(inputs.shape)}; a sequence input is shaped "
@@ -281,6 +313,13 @@ def _ids_in_range(ids: Tensor, vocab: int) -> bool:
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
     if layout.time_last or layout.tokens or layout.features is None:
+        return
+    if not layout.sequence:
+        if inputs.dim() != 2 or inputs.shape[-1] != layout.features:
+            raise GradscopeError(
+                f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "
+                f"(batch, {layout.features}): save the probe in that shape"
+            )
         return
     if inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
         expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"
@@ -340,20 +379,25 @@ def select_output(output: object, key: str | None) -> object:
     )
 
 
-def differentiable_output(output: object, key: str | None = None) -> Tensor | None:
-    """The first floating-point output tensor that depends on the input or the weights."""
+def differentiable_output(
+    output: object, key: str | None = None, traced: bool = True
+) -> Tensor | None:
+    """The first floating-point output tensor that depends on the input or the weights.
+
+    ``traced=False`` skips the ``requires_grad`` test, which torch.func transforms hide.
+    """
     chosen = select_output(output, key)
     candidates = [t for t in output_tensors(chosen) if t.is_floating_point()]
-    return next((t for t in candidates if t.requires_grad), None)
+    return next((t for t in candidates if t.requires_grad or not traced), None)
 
 
-def projection_loss(output: object, probe: Probe) -> Tensor:
-    """``sum_b <w, y_b>``: ``y`` the output at the last step, ``w`` a seeded unit vector.
+def projected_output(output: object, probe: Probe, traced: bool = True) -> Tensor:
+    """``y``, (batch, m): the output tensor the loss reads, at the last time step.
 
     ``y`` is the first floating-point tensor of the output that carries a gradient, so
     ``(predicted_ids, logits)`` or ``{"mask": ..., "logits": ...}`` outputs use the logits.
     """
-    y = differentiable_output(output, probe.output_key)
+    y = differentiable_output(output, probe.output_key, traced)
     if y is None:
         where = f"--output-key {probe.output_key}" if probe.output_key else "the model's output"
         raise GradscopeError(
@@ -361,16 +405,25 @@ def projection_loss(output: object, probe: Probe) -> Tensor:
             "gradscope needs a model that returns one (logits, states, predictions)"
         )
     batch_axis = probe.batch_axis
-    sequence = y.dim() >= probe.inputs.dim() and y.dim() > probe.time_axis
-    if sequence and y.shape[probe.time_axis] == probe.steps:
-        y = y.select(probe.time_axis, -1)
-        if batch_axis is not None and probe.time_axis < batch_axis:
+    time_axis = probe.time_axis
+    sequence = time_axis is not None and y.dim() >= probe.inputs.dim() and y.dim() > time_axis
+    if sequence and y.shape[time_axis] == probe.steps:
+        y = y.select(time_axis, -1)
+        if batch_axis is not None and time_axis < batch_axis:
             batch_axis -= 1
     if batch_axis is not None and y.dim() > batch_axis and y.shape[batch_axis] == probe.batch:
-        y = y.movedim(batch_axis, 0).reshape(probe.batch, -1)
-    else:
-        y = y.reshape(1, -1)
+        return y.movedim(batch_axis, 0).reshape(probe.batch, -1)
+    return y.reshape(1, -1)
+
+
+def loss_direction(size: int, probe: Probe, like: Tensor) -> Tensor:
+    """``w``: the seeded random unit vector the loss projects the output on."""
     generator = torch.Generator().manual_seed(probe.seed + 1)
-    direction = torch.randn(y.shape[1], generator=generator, dtype=torch.float64)
-    direction = (direction / direction.norm()).to(y)
-    return (y @ direction).sum()
+    direction = torch.randn(size, generator=generator, dtype=torch.float64)
+    return (direction / direction.norm()).to(like)
+
+
+def projection_loss(output: object, probe: Probe) -> Tensor:
+    """``sum_b <w, y_b>``: ``y`` the output at the last step, ``w`` a seeded unit vector."""
+    y = projected_output(output, probe)
+    return (y @ loss_direction(y.shape[1], probe, y)).sum()

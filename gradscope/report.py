@@ -63,6 +63,60 @@ class RecurrentCore:
 
 
 @dataclass
+class DepthLayer:
+    """One block of a deep stack, input side first: the gradient at its output and its gain.
+
+    ``grad_norm`` is ``||dL/da||`` at the block's output; ``gain`` the measured ratio of the
+    gradient at its input to that at its output (what backpropagation really did here); ``chi``
+    the mean squared singular value of its Jacobian (``||J||_F^2 / n_out``, what it does to an
+    isotropic gradient) and ``sigma_max`` its largest singular value, both estimated
+    matrix-free. A residual block (Jacobian ``I + B``) has ``branch_chi``, the gain of ``B``.
+    """
+
+    name: str
+    type: str
+    modules: list[str]
+    input_size: int
+    output_size: int
+    grad_norm: float
+    gain: float
+    chi: float
+    sigma_max: float
+    residual: bool = False
+    branch_chi: float | None = None
+    saturated: float | None = None
+    dead: float | None = None
+    activation: str | None = None
+    parent: str | None = None
+    indices: list[int] = field(default_factory=list)
+    branch_last: str | None = None
+
+
+@dataclass
+class DepthStack:
+    """The whole stack: gradient change from output to input, and the end-to-end Jacobian.
+
+    ``decades`` is ``log10(||dL/dx|| / ||dL/da_last||)`` (negative: vanishing towards the input);
+    ``spread`` the largest singular value of the input-output Jacobian over its RMS singular
+    value (1 for dynamical isometry).
+    """
+
+    blocks: int
+    input_grad_norm: float
+    output_grad_norm: float
+    decades: float
+    gain_per_block: float
+    sigma_max: float | None
+    rms_singular_value: float
+    spread: float | None
+    residual_blocks: int
+    granularity: str
+    estimator: dict[str, Any]
+    status: str = "healthy"
+    horizon: int = 0
+
+
+@dataclass
 class Finding:
     """One diagnosis: what is wrong, where, by how much, and which fixes apply."""
 
@@ -98,7 +152,8 @@ class Report:
     gradscope_version: str
     input_grad_norm: list[float] | None = None
     recurrent: list[RecurrentCore] = field(default_factory=list)
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[DepthLayer] = field(default_factory=list)
+    depth: DepthStack | None = None
     findings: list[Finding] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
@@ -128,7 +183,8 @@ class Report:
     def fails(self, fail_on: tuple[str, ...] = FAILING_STATUSES) -> bool:
         """Whether any part's status is one of ``fail_on``."""
         statuses = {core.status for core in self.recurrent} | {self.status}
-        statuses |= {layer.get("status", "healthy") for layer in self.layers}
+        if self.depth is not None:
+            statuses.add(self.depth.status)
         return bool(statuses & set(fail_on))
 
     def summary(self) -> str:

@@ -11,6 +11,13 @@ from gradscope.errors import GradscopeError
 DTYPES = ("float32", "float64")
 BUILTIN_PROBES = ("gaussian", "zeros")
 DEFAULT_EXPONENTS = 8
+#: Depth view: random probes per block for chi, power iterations for sigma_max.
+DEFAULT_CHI_PROBES = 2
+DEFAULT_POWER_ITERATIONS = 4
+#: A model without recurrent modules is probed with this batch unless told.
+DEFAULT_DEPTH_BATCH = 32
+#: ``--depth``: blocks (containers expanded, activations joined to their layer), leaves, or N.
+DEPTH_MODES = ("blocks", "leaves")
 #: The burn-in is this fraction of the steps, capped at MAX_DEFAULT_BURN_IN.
 DEFAULT_BURN_IN_FRACTION = 0.2
 MAX_DEFAULT_BURN_IN = 20
@@ -41,6 +48,9 @@ class Settings:
     device: str = "cpu"
     output_key: str | None = None
     cells: tuple[str, ...] = ()
+    depth: str = "blocks"
+    chi_probes: int = DEFAULT_CHI_PROBES
+    power_iterations: int = DEFAULT_POWER_ITERATIONS
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +75,15 @@ class Settings:
                 or (isinstance(self.spectrum_steps, int) and self.spectrum_steps > 0),
                 "--spectrum-steps must be auto, all or a positive number of steps, "
                 f"not {self.spectrum_steps!r}",
+            ),
+            (
+                self.depth in DEPTH_MODES or (self.depth.isdigit() and int(self.depth) > 0),
+                f"--depth must be blocks, leaves or a positive module depth, not {self.depth!r}",
+            ),
+            (self.chi_probes > 0, f"--chi-probes must be 1 or more, not {self.chi_probes}"),
+            (
+                self.power_iterations > 0,
+                f"--power-iterations must be 1 or more, not {self.power_iterations}",
             ),
             (
                 self.input_shape is None or all(d > 0 for d in self.input_shape),

@@ -1,0 +1,103 @@
+"""Matrix-free Jacobian gains of every block at once: chi, sigma_max, and the identity path.
+
+All blocks are treated as one function of all their inputs, ``F(x_1..x_L) = (f_1(x_1), ...,
+f_L(x_L))``, each ``f_i`` applied to the input it really saw on the probe. One batched VJP of
+``F`` then gives ``J_i^T u_i`` for every block, and one JVP gives ``J_i v_i``: the cost of a
+few forward and backward passes of the model, whatever its depth.
+
+- ``chi_i = E ||J_i^T u||^2 / n_out`` for ``u ~ N(0, I)`` (Hutchinson): the mean squared
+  singular value, what the block does to an isotropic gradient.
+- ``sigma_max`` by power iteration on ``J^T J`` (JVP then VJP), started from ``J^T u``.
+- Residual: ``tr(J) / n = E <u, J^T u> / n`` near 1 means an identity path; the branch gain is
+  ``E ||(J - I)^T u||^2 / n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+#: tr(J)/n above this marks a block with an identity path (a residual block).
+RESIDUAL_TRACE = 0.5
+
+
+@dataclass
+class Gains:
+    """One block's Jacobian gains."""
+
+    chi: float
+    sigma_max: float
+    residual: bool
+    branch_chi: float | None
+
+
+def _pull_all(pullback: Callable, cotangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """VJPs for K stacked cotangents per block: batched when the model allows, else looped."""
+    try:
+        return vmap(pullback)(cotangents)
+    except Exception:
+        count = cotangents[0].shape[0]
+        rows = [pullback(tuple(u[k] for u in cotangents)) for k in range(count)]
+        return tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
+
+
+def _unit(vectors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return tuple(v / v.norm().clamp_min(torch.finfo(v.dtype).tiny) for v in vectors)
+
+
+def block_gains(
+    functions: Sequence[Callable[[Tensor], Tensor]],
+    inputs: Sequence[Tensor],
+    probes: int,
+    iterations: int,
+    generator: torch.Generator,
+) -> list[Gains]:
+    """chi, sigma_max and the identity test for every block ``f_i`` at its input ``x_i``."""
+
+    def stacked(*xs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(f(x) for f, x in zip(functions, xs, strict=True))
+
+    outputs, pullback = vjp(stacked, *inputs)
+    cotangents = tuple(
+        torch.randn((probes, *y.shape), generator=generator, dtype=torch.float64).to(y)
+        for y in outputs
+    )
+    pulled = _pull_all(pullback, cotangents)
+    vectors = _unit([p[0] for p in pulled])
+    sigmas = [float("nan")] * len(outputs)
+    for _ in range(iterations):
+        pushed = jvp(stacked, tuple(inputs), vectors)[1]
+        sigmas = [float(w.detach().norm()) for w in pushed]
+        vectors = _unit(pullback(pushed))
+    gains = []
+    for x, y, u, g, sigma in zip(inputs, outputs, cotangents, pulled, sigmas, strict=True):
+        g = g.detach()
+        chi = float(g.pow(2).sum() / (probes * y.numel()))
+        residual, branch = False, None
+        if x.shape == y.shape:
+            trace = float((u * g).sum() / (probes * y.numel()))
+            residual = trace > RESIDUAL_TRACE
+            if residual:
+                branch = float((g - u).pow(2).sum() / (probes * y.numel()))
+        gains.append(Gains(chi, sigma, residual, branch))
+    return gains
+
+
+def largest_singular_value(
+    function: Callable[[Tensor], Tensor], x: Tensor, iterations: int, generator: torch.Generator
+) -> float:
+    """sigma_max of ``function``'s Jacobian at ``x`` (the largest over a batch), by power
+    iteration with JVPs and VJPs."""
+    y, pullback = vjp(function, x)
+    start = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y)
+    (vector,) = _unit(pullback(start))
+    sigma = float("nan")
+    for _ in range(iterations):
+        pushed = jvp(function, (x,), (vector,))[1]
+        sigma = float(pushed.detach().norm())
+        (vector,) = _unit(pullback(pushed))
+    return sigma

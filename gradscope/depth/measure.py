@@ -1,0 +1,187 @@
+"""Measure a model's deep stack on a probe: the gradient at every block, and each block's gains."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import Tensor, nn
+
+from gradscope.depth.blocks import RECTIFYING, Block, blocks_of, recording
+from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, largest_singular_value
+from gradscope.errors import GradscopeError, first_line
+from gradscope.probe import Probe, projected_output, projection_loss
+from gradscope.report import DepthLayer, DepthStack
+from gradscope.settings import Settings
+
+#: Fewer blocks than this is no stack to speak of.
+MIN_BLOCKS = 3
+#: Dead ReLU units are only counted over a batch at least this large.
+MIN_BATCH_FOR_DEAD = 8
+
+
+def pooled_norm(gradient: Tensor | None, batch: int) -> float:
+    """``sqrt(mean_b ||g_b||^2)``: the batch is the first axis when it is as long as the batch."""
+    if gradient is None:
+        return 0.0
+    flat = gradient.reshape(-1).abs()
+    scale = flat.max()
+    if not bool(torch.isfinite(scale)):
+        return float(scale)
+    if scale == 0:
+        return 0.0
+    return float((flat / scale).pow(2).sum().div(batch).sqrt() * scale)
+
+
+def saturated_fraction(module: nn.Module, y: Tensor) -> float | None:
+    """Units whose derivative is below a tenth of its largest value (sigmoid, tanh, ...)."""
+    y = y.detach()
+    if isinstance(module, nn.Sigmoid):
+        return float((y * (1 - y) < 0.025).double().mean())
+    if isinstance(module, nn.Tanh):
+        return float((1 - y * y < 0.1).double().mean())
+    if isinstance(module, nn.Softsign):
+        return float(((1 - y.abs()) ** 2 < 0.1).double().mean())
+    if isinstance(module, nn.Hardtanh):  # also ReLU6's clamp, but ReLU6 counts as rectifying
+        return float(((y <= module.min_val) | (y >= module.max_val)).double().mean())
+    if isinstance(module, nn.Hardsigmoid):
+        return float(((y <= 0) | (y >= 1)).double().mean())
+    return None
+
+
+def dead_fraction(module: nn.Module, y: Tensor, batch: int) -> float | None:
+    """Rectifier units that are zero for every example of the batch."""
+    if not isinstance(module, RECTIFYING) or batch < MIN_BATCH_FOR_DEAD or y.shape[0] != batch:
+        return None
+    return float((y.detach().reshape(batch, -1) == 0).all(dim=0).double().mean())
+
+
+def _branch_last(block: Block) -> str | None:
+    """The last module with parameters inside a one-module block (the end of its branch)."""
+    if len(block.calls) != 1:
+        return None
+    call = block.calls[0]
+    last = None
+    for name, module in call.module.named_modules():
+        if name and next(module.parameters(recurse=False), None) is not None:
+            last = name
+    return f"{call.name}.{last}" if last and call.name else last
+
+
+def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, list[Block]]:
+    with recording(model, granularity) as calls:
+        try:
+            output = model(probe.inputs)
+        except GradscopeError:
+            raise
+        except Exception as error:
+            reason = first_line(error)
+            advice = "pass --input-shape or --probe with the input it expects"
+            if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
+                advice = "the model fixes its own dtype: rerun with --dtype float32"
+            raise GradscopeError(
+                f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
+                f"({type(error).__name__}: {reason}); {advice}"
+            ) from None
+    return output, blocks_of(calls)
+
+
+def _whole_sigma(model: nn.Module, probe: Probe, settings: Settings) -> float | None:
+    """sigma_max of the input-output Jacobian, or None where forward-mode AD cannot go."""
+    if not probe.inputs.is_floating_point():
+        return None
+
+    def whole(x: Tensor) -> Tensor:
+        return projected_output(model(x), probe, traced=False)
+
+    generator = torch.Generator().manual_seed(settings.seed + 3)
+    try:
+        return largest_singular_value(
+            whole, probe.inputs.detach(), settings.power_iterations, generator
+        )
+    except Exception:
+        return None
+
+
+def measure_depth(
+    model: nn.Module, probe: Probe, settings: Settings
+) -> tuple[DepthStack, list[DepthLayer]] | None:
+    """The depth view of ``model`` on ``probe``; None when it has fewer than MIN_BLOCKS blocks."""
+    output, blocks = _forward(model, probe, settings.depth)
+    if len(blocks) < MIN_BLOCKS:
+        return None
+    loss = projection_loss(output, probe)
+    first = blocks[0].input
+    sources = [first] if first.requires_grad else []
+    grads = torch.autograd.grad(
+        loss, [*sources, *(b.output for b in blocks)], allow_unused=True, retain_graph=False
+    )
+    batch = probe.batch
+    input_grad = pooled_norm(grads[0], batch) if sources else math.nan
+    norms = [pooled_norm(g, batch) for g in grads[len(sources) :]]
+    generator = torch.Generator().manual_seed(settings.seed + 2)
+    gains = block_gains(
+        [b.function() for b in blocks],
+        [b.value for b in blocks],
+        settings.chi_probes,
+        settings.power_iterations,
+        generator,
+    )
+    layers = []
+    below = input_grad
+    for block, norm, gain in zip(blocks, norms, gains, strict=True):
+        activation = block.activation()
+        per_example = block.value.shape[0] if block.value.shape[0] == batch else 1
+        layers.append(
+            DepthLayer(
+                name=block.name,
+                type=block.type,
+                modules=list(dict.fromkeys(call.name for call in block.calls)),
+                input_size=block.value.numel() // per_example,
+                output_size=block.output.numel() // per_example,
+                grad_norm=norm,
+                gain=below / norm if norm else math.nan,
+                chi=gain.chi,
+                sigma_max=gain.sigma_max,
+                residual=gain.residual,
+                branch_chi=gain.branch_chi,
+                saturated=saturated_fraction(activation.module, activation.output)
+                if activation
+                else None,
+                dead=dead_fraction(activation.module, activation.output, batch)
+                if activation
+                else None,
+                activation=type(activation.module).__name__ if activation else None,
+                parent=block.parent,
+                indices=block.indices,
+                branch_last=_branch_last(block) if gain.residual else None,
+            )
+        )
+        below = norm
+    output_grad = norms[-1]
+    ratio = input_grad / output_grad if output_grad else math.nan
+    with torch.enable_grad():
+        sigma = _whole_sigma(model, probe, settings)
+    rms = ratio  # the loss direction is a random unit vector: E ||J^T w||^2 = ||J||_F^2 / m
+    stack = DepthStack(
+        blocks=len(layers),
+        input_grad_norm=input_grad,
+        output_grad_norm=output_grad,
+        decades=math.log10(ratio) if ratio > 0 else -math.inf if ratio == 0 else math.nan,
+        gain_per_block=ratio ** (1 / len(layers)) if ratio >= 0 else math.nan,
+        sigma_max=sigma,
+        rms_singular_value=rms,
+        spread=sigma / rms if sigma is not None and rms else None,
+        residual_blocks=sum(layer.residual for layer in layers),
+        granularity=settings.depth,
+        estimator={
+            "chi": "Hutchinson: mean ||J^T u||^2 / n_out, u ~ N(0, I), batched VJPs",
+            "chi_probes": settings.chi_probes,
+            "sigma_max": "power iteration on J^T J with JVPs and VJPs",
+            "power_iterations": settings.power_iterations,
+            "residual": f"tr(J)/n > {RESIDUAL_TRACE} from the same probes",
+            "rms_singular_value": "||dL/dx|| / ||dL/dy|| for the seeded unit loss direction",
+        },
+    )
+    return stack, layers
