@@ -15,7 +15,11 @@ from gradscope import __version__
 from gradscope.errors import GradscopeError, first_line
 from gradscope.render import FORMATS
 from gradscope.report import FAILING_STATUSES
-from gradscope.settings import parse_spectrum_steps
+from gradscope.settings import (
+    DEFAULT_CHI_PROBES,
+    DEFAULT_POWER_ITERATIONS,
+    parse_spectrum_steps,
+)
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
@@ -197,6 +201,24 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
+    depth: Annotated[
+        str,
+        typer.Option(
+            help="Block granularity of the depth view: blocks (containers expanded, "
+            "activations joined to their layer), leaves, or N levels of modules.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = "blocks",
+    chi_probes: Annotated[
+        int,
+        typer.Option(
+            help="Random probes per block for chi (Hutchinson).", rich_help_panel=ANALYSIS
+        ),
+    ] = DEFAULT_CHI_PROBES,
+    power_iterations: Annotated[
+        int,
+        typer.Option(help="Power iterations for each block's sigma_max.", rich_help_panel=ANALYSIS),
+    ] = DEFAULT_POWER_ITERATIONS,
     horizon: Annotated[
         int | None,
         typer.Option(
@@ -259,6 +281,9 @@ def analyze(
         "device": device,
         "output_key": output_key,
         "cells": tuple(cell or ()),
+        "depth": depth,
+        "chi_probes": chi_probes,
+        "power_iterations": power_iterations,
     }
     options |= {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
     from gradscope.api import analyze as run_analysis
