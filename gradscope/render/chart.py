@@ -17,11 +17,16 @@ def _bucket_means(values: list[float], columns: int) -> list[float | None]:
 
 
 def log_chart(
-    series: list[list[float]], height: int = 8, width: int = 60, x_label: str = "lag"
+    series: list[list[float]],
+    height: int = 8,
+    width: int = 60,
+    x_label: str = "lag",
+    x_ends: tuple[str, str] | None = None,
 ) -> str:
     """Scatter each series (index on x, log10 value on y) as text lines, one mark per series.
 
     Zeros and non-finite values are left out; several indices per column share their mean log.
+    The x axis reads ``{x_label} 0`` to ``{x_label} N-1`` unless ``x_ends`` names its two ends.
     """
     count = max(len(values) for values in series)
     columns = min(width, count)
@@ -43,6 +48,6 @@ def log_chart(
         for row in range(height)
     ]
     lines.append(" " * 7 + "└" + "─" * columns)
-    left, right = f"{x_label} 0", f"{x_label} {count - 1}"
+    left, right = x_ends or (f"{x_label} 0", f"{x_label} {count - 1}")
     lines.append(" " * 8 + left.ljust(max(columns - len(right), len(left) + 1)) + right)
     return "\n".join(lines)

@@ -1,4 +1,7 @@
-"""``gradscope demo`` output: the course's models side by side, and one telling chart."""
+"""``gradscope demo`` output: the course's models side by side, and the telling charts.
+
+Recurrent models and deep stacks (models without recurrent cores) get a table and a chart each.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from rich.text import Text
 
 from gradscope import __version__
 from gradscope.render.chart import MARKS, log_chart
-from gradscope.render.text import number, status_text
+from gradscope.render.text import number, probe_line, status_text
 from gradscope.report import SCHEMA_VERSION, Report
 
 #: The pair charted together: a vanilla RNN against an LSTM whose forget gate keeps more.
@@ -23,6 +26,14 @@ READING = (
     "1/epsilon. Gated cells start with their gates half open: training must first learn to "
     "keep information, which a forget/update-gate bias shortens; a vanilla RNN forgets "
     "structurally."
+)
+
+
+DEPTH_READING = (
+    "Gradients at each block's output, from the input side (block 1) to the output; the change "
+    "in decades is the input side's gradient against the output side's. Saturating sigmoids "
+    "pass at most a quarter of the gradient per block, ReLU with He init about all of it, and "
+    "an unscaled residual branch adds its gain to the identity in every block."
 )
 
 
@@ -56,6 +67,42 @@ def _chart(results: list) -> Panel:
     return Panel(Text(log_chart(series) + "\n" + legend), title=title, title_align="left")
 
 
+def _depth_table(results: list) -> Table:
+    table = Table(
+        title="gradscope demo: deep feed-forward and residual stacks", title_justify="left"
+    )
+    table.add_column("model")
+    table.add_column("what")
+    for column in ("blocks", "decades", "per block", "spread"):
+        table.add_column(column, justify="right")
+    table.add_column("verdict")
+    for demo, report in results:
+        depth = report.depth
+        table.add_row(
+            demo.name,
+            demo.description,
+            str(depth.blocks),
+            number(depth.decades, "{:+.1f}"),
+            number(depth.gain_per_block, "{:.3f}"),
+            "n/a" if depth.spread is None else number(depth.spread),
+            status_text(report.status),
+        )
+    return table
+
+
+def _depth_chart(results: list) -> Panel:
+    chosen = results[: len(MARKS)]
+    series = [[layer.grad_norm for layer in report.layers] for _, report in chosen]
+    legend = "   ".join(
+        f"{mark} {demo.name}" for mark, (demo, _) in zip(MARKS, chosen, strict=False)
+    )
+    blocks = max(len(values) for values in series)
+    ends = ("block 1 (input side)", f"block {blocks} (output side)")
+    title = "‖dL/da‖ against depth, log scale"
+    chart = log_chart(series, height=12, x_ends=ends)
+    return Panel(Text(chart + "\n" + legend), title=title, title_align="left")
+
+
 def write_demo(results: list[tuple[object, Report]], output_format: str, console: Console) -> None:
     """Write the comparison as a table and chart (text) or as a list of reports (json)."""
     if output_format == "json":
@@ -69,12 +116,20 @@ def write_demo(results: list[tuple[object, Report]], output_format: str, console
         }
         console.file.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
         return
-    first = results[0][1].settings
-    console.print(
-        f"probe {first['probe']}: {first['steps']} steps, seed {first['seed']}, "
-        f"{first['dtype']} · horizon {first['horizon']} · epsilon {first['epsilon']:g}",
-        style="dim",
-    )
-    console.print(_table(results))
-    console.print(_chart(results))
-    console.print(Text(READING, style="dim"))
+    recurrent = [(demo, report) for demo, report in results if report.recurrent]
+    deep = [(demo, report) for demo, report in results if not report.recurrent and report.layers]
+    if recurrent:
+        first = recurrent[0][1].settings
+        console.print(
+            f"probe {first['probe']}: {first['steps']} steps, seed {first['seed']}, "
+            f"{first['dtype']} · horizon {first['horizon']} · epsilon {first['epsilon']:g}",
+            style="dim",
+        )
+        console.print(_table(recurrent))
+        console.print(_chart(recurrent))
+        console.print(Text(READING, style="dim"))
+    if deep:
+        console.print(probe_line(deep[0][1]), style="dim")
+        console.print(_depth_table(deep))
+        console.print(_depth_chart(deep))
+        console.print(Text(DEPTH_READING, style="dim"))

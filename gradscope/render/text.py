@@ -1,8 +1,9 @@
-"""The terminal report: header, table of cores, gradient charts, verdict and fixes (rich)."""
+"""The terminal report: header, cores and depth stack with their charts, verdict, fixes (rich)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from rich import box
 from rich.console import Console, Group
@@ -12,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.render.chart import log_chart
-from gradscope.report import RecurrentCore, Report
+from gradscope.report import DepthLayer, DepthStack, RecurrentCore, Report
 
 STATUS_STYLE = {
     "healthy": "bold green",
@@ -23,6 +24,12 @@ STATUS_STYLE = {
 SHORT_DIRECTION = {"forward": "fwd", "reverse": "rev"}
 #: At most this many gradient charts; the rest of the cores are in the table only.
 MAX_CHARTS = 8
+#: A stack of more blocks shows the blocks at each end and evenly spaced blocks between.
+MAX_DEPTH_ROWS = 24
+DEPTH_END_ROWS = 3
+DEPTH_MIDDLE_ROWS = 8
+#: The depth chart's width: log_chart's default, which a short stack is stretched to fill.
+CHART_WIDTH = 60
 
 
 def number(value: float | None, fmt: str = "{:.3g}") -> str:
@@ -41,9 +48,32 @@ def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage for a table cell; empty where it was not measured."""
+    return "" if fraction is None else number(100 * fraction, "{:.1f}")
+
+
+def probe_line(report: Report) -> str:
+    """With which probe: its length and horizon for recurrent cores, else its input shape."""
+    settings = report.settings
+    if report.depth is not None and not report.recurrent:
+        shape = settings.get("input_shape")
+        size = "×".join(str(n) for n in shape) if shape else f"batch {settings.get('batch')}"
+        return (
+            f"probe {settings['probe']}: input {size}, seed {settings['seed']}, "
+            f"{settings['dtype']} on {settings['device']} · epsilon {settings['epsilon']:g}"
+        )
+    return (
+        f"probe {settings['probe']}: {settings['steps']} steps × batch {settings['batch']}, "
+        f"seed {settings['seed']}, {settings['dtype']} on {settings['device']} · horizon "
+        f"{settings['horizon']} steps · epsilon {settings['epsilon']:g} · burn-in "
+        f"{settings['burn_in']}"
+    )
+
+
 def header(report: Report) -> Text:
     """Two lines: what was analysed, and with which probe."""
-    model, settings = report.model, report.settings
+    model = report.model
     source = model.get("path") or "model object"
     text = Text()
     text.append(f"gradscope {report.gradscope_version}", style="bold")
@@ -52,14 +82,7 @@ def header(report: Report) -> Text:
         f"{model.get('class') or 'architecture inferred from weights'} · "
         f"{model.get('parameters', 0):,} parameters\n"
     )
-    text.append(
-        f"probe {settings['probe']}: {settings['steps']} steps × batch {settings['batch']}, "
-        f"seed {settings['seed']}, {settings['dtype']} on {settings['device']} · horizon "
-        f"{settings['horizon']} steps · epsilon {settings['epsilon']:g} · burn-in "
-        f"{settings['burn_in']}",
-        style="dim",
-    )
-    return text
+    return text.append(probe_line(report), style="dim")
 
 
 def cores_table(cores: list[RecurrentCore]) -> Table:
@@ -97,6 +120,133 @@ def gradient_chart(core: RecurrentCore) -> Panel:
     return Panel(Text(log_chart([core.grad_norm_by_lag])), title=title, title_align="left")
 
 
+def shown_blocks(count: int) -> list[int]:
+    """Which of ``count`` blocks the depth table shows, input side first.
+
+    All of them up to MAX_DEPTH_ROWS; beyond, DEPTH_END_ROWS at each end and DEPTH_MIDDLE_ROWS
+    evenly spaced between, where a run of one hidden block is shown (it takes a row either way).
+    """
+    if count <= MAX_DEPTH_ROWS:
+        return list(range(count))
+    first, last = DEPTH_END_ROWS - 1, count - DEPTH_END_ROWS
+    step = (last - first) / (DEPTH_MIDDLE_ROWS + 1)
+    shown = set(range(DEPTH_END_ROWS)) | set(range(last, count))
+    shown |= {first + round(step * k) for k in range(1, DEPTH_MIDDLE_ROWS + 1)}
+    shown |= {i for i in range(count) if i - 1 in shown and i + 1 in shown}
+    return sorted(shown)
+
+
+def _skip(layer: DepthLayer) -> str:
+    if not layer.residual:
+        return ""
+    return "✓" if layer.branch_chi is None else "✓ " + number(layer.branch_chi, "{:.3f}")
+
+
+def depth_table(layers: list[DepthLayer]) -> Table:
+    """One row per block, input side first; long stacks show their ends and a sample between.
+
+    Columns for residual blocks (skip, with the branch's χ), saturated and dead units appear only
+    where some block has them. Gaps of two (the cores table has three) leave 64 of 80 columns
+    to the text of nine columns.
+    """
+    table = Table(
+        title="Depth stack, input side first",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    columns: list[tuple[str, Callable[[DepthLayer], str]]] = [
+        ("‖dL/da‖", lambda layer: number(layer.grad_norm)),
+        ("gain", lambda layer: number(layer.gain, "{:.3f}")),
+        ("χ(J)", lambda layer: number(layer.chi)),
+        ("σ max", lambda layer: number(layer.sigma_max)),
+    ]
+    if any(layer.residual for layer in layers):
+        columns.append(("skip", _skip))
+    if any(layer.saturated is not None for layer in layers):
+        columns.append(("sat %", lambda layer: percent(layer.saturated)))
+    if any(layer.dead is not None for layer in layers):
+        columns.append(("dead %", lambda layer: percent(layer.dead)))
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("block", overflow="fold", ratio=1)
+    table.add_column("type", overflow="fold")
+    for title, _ in columns:
+        table.add_column(title, justify="right", no_wrap=True, min_width=len(title))
+    previous = -1
+    for index in shown_blocks(len(layers)):
+        if index > previous + 1:
+            table.add_row(Text("…", style="dim"), Text(f"{index - previous - 1} more", style="dim"))
+        layer = layers[index]
+        table.add_row(
+            str(index + 1), Text(layer.name), layer.type, *(cell(layer) for _, cell in columns)
+        )
+        previous = index
+    return table
+
+
+def depth_summary(depth: DepthStack) -> Table:
+    """The whole stack in one row: blocks, change from output to input, spread, status."""
+    table = Table(
+        title="Whole stack",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for column in ("blocks", "residual", "output → input", "per block", "spread"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_row(
+        str(depth.blocks),
+        str(depth.residual_blocks),
+        f"{number(depth.decades, '{:+.1f}')} decades",
+        number(depth.gain_per_block, "{:.3f}"),
+        "n/a" if depth.spread is None else number(depth.spread),
+        status_text(depth.status),
+    )
+    return table
+
+
+def depth_legend(depth: DepthStack) -> Text:
+    """What gain, χ and spread mean, the granularity, and the estimators' probe counts.
+
+    The estimators' descriptions are in the JSON; their counts are enough here.
+    """
+    counts = [
+        f"{key} {value}"
+        for key, value in depth.estimator.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+    return Text(
+        "gain: gradient in / gradient out of the block · χ(J): mean squared singular value of "
+        "its Jacobian · spread: σ max / RMS σ of the input-output Jacobian · granularity "
+        f"{depth.granularity} · matrix-free estimates: {', '.join(counts) or 'see the JSON'}",
+        style="dim",
+    )
+
+
+def depth_chart(layers: list[DepthLayer]) -> Panel:
+    """||dL/da|| against block, input side on the left, log scale; short stacks stretched."""
+    repeat = max(1, CHART_WIDTH // len(layers))
+    norms = [layer.grad_norm for layer in layers for _ in range(repeat)]
+    ends = ("block 1 (input side)", f"block {len(layers)} (output side)")
+    title = Text("depth: ‖dL/da‖ at each block's output, log scale")
+    return Panel(Text(log_chart([norms], x_ends=ends)), title=title, title_align="left")
+
+
+def _nothing_found(report: Report) -> str:
+    if report.depth is None:
+        return "Gradients survive the horizon in every core."
+    if report.recurrent:
+        return "Gradients survive the horizon in every core and the depth of the stack."
+    return "Gradients survive the depth of the stack."
+
+
 def verdict(report: Report) -> Panel:
     """The overall status and every finding."""
     lines = []
@@ -104,7 +254,7 @@ def verdict(report: Report) -> Panel:
         marker = "✖" if finding.severity == "error" else "!"
         line = Text(f"{marker} ", style=STATUS_STYLE.get(finding.kind, ""))
         lines.append(line.append(finding.message, style="default"))
-    body = Text("\n").join(lines) or Text("Gradients survive the horizon in every core.")
+    body = Text("\n").join(lines) or Text(_nothing_found(report))
     title = Text("Verdict: ").append(status_text(report.status.upper()))
     return Panel(body, title=title, title_align="left")
 
@@ -134,6 +284,13 @@ def write(report: Report, console: Console) -> None:
         console.print(gradient_chart(core))
     if len(report.recurrent) > MAX_CHARTS:
         console.print(f"(charts for the first {MAX_CHARTS} cores; the JSON has every one)")
+    if report.layers:
+        console.print(depth_table(report.layers))
+    if report.depth is not None:
+        console.print(depth_summary(report.depth))
+        console.print(depth_legend(report.depth))
+    if report.layers:
+        console.print(depth_chart(report.layers))
     console.print(verdict(report))
     for panel in fix_panels(report):
         console.print(panel)
