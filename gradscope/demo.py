@@ -1,4 +1,8 @@
-"""``gradscope demo``: the recurrent models of the course, built in process and compared."""
+"""``gradscope demo``: the models of the course, built in process and compared.
+
+Recurrent models over time, then deep stacks over depth: a sigmoid MLP with Xavier init, the
+same MLP with ReLU and He init, and residual versions with unscaled and scaled branches.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from gradscope.report import Report
 
 INPUT_SIZE = 16
 HIDDEN_SIZE = 32
+DEPTH = 50
+WIDTH = 256
 
 
 class SequenceModel(nn.Module):
@@ -52,6 +58,42 @@ def _lstm_forget_bias_1() -> nn.Module:
     return lstm
 
 
+def _mlp(activation: type[nn.Module], he: bool) -> nn.Module:
+    """DEPTH (Linear, activation) layers of WIDTH, zero bias; Xavier or He normal init."""
+    layers: list[nn.Module] = []
+    for _ in range(DEPTH):
+        linear = nn.Linear(WIDTH, WIDTH)
+        if he:
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        else:
+            nn.init.xavier_normal_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers += [linear, activation()]
+    return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """``x + alpha * W2 relu(W1 x)``, He-initialised branch."""
+
+    def __init__(self, width: int, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.inner = nn.Linear(width, width)
+        self.outer = nn.Linear(width, width)
+        nn.init.kaiming_normal_(self.inner.weight, nonlinearity="relu")
+        nn.init.normal_(self.outer.weight, 0.0, (1 / width) ** 0.5)
+        nn.init.zeros_(self.inner.bias)
+        nn.init.zeros_(self.outer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity path plus the scaled branch."""
+        return x + self.alpha * self.outer(torch.relu(self.inner(x)))
+
+
+def _residual(alpha: float) -> nn.Module:
+    return nn.Sequential(*(ResidualBlock(WIDTH, alpha) for _ in range(DEPTH)))
+
+
 @dataclass(frozen=True)
 class DemoModel:
     """One model of the comparison."""
@@ -73,6 +115,17 @@ DEMO_MODELS = (
     DemoModel("lstm-bidir", "bidirectional LSTM", lambda: _lstm(bidirectional=True)),
 )
 
+DEMO_DEEP_MODELS = (
+    DemoModel("mlp-sigmoid", f"{DEPTH}-layer sigmoid MLP, Xavier", lambda: _mlp(nn.Sigmoid, False)),
+    DemoModel("mlp-relu-he", f"{DEPTH}-layer ReLU MLP, He", lambda: _mlp(nn.ReLU, True)),
+    DemoModel("residual", f"{DEPTH} residual blocks, alpha 1", lambda: _residual(1.0)),
+    DemoModel(
+        "residual-scaled",
+        f"{DEPTH} residual blocks, alpha 1/sqrt({DEPTH})",
+        lambda: _residual(DEPTH**-0.5),
+    ),
+)
+
 
 def run_demo(
     seed: int = 0, progress: Progress | None = None, **options
@@ -85,4 +138,10 @@ def run_demo(
         torch.manual_seed(seed)
         model = SequenceModel(demo.build())
         results.append((demo, analyze(model, seed=seed, **options)))
+    deep_options = {k: v for k, v in options.items() if k not in ("steps", "horizon", "burn_in")}
+    for demo in DEMO_DEEP_MODELS:
+        if progress is not None:
+            progress(f"demo: {demo.description}")
+        torch.manual_seed(seed)
+        results.append((demo, analyze(demo.build(), seed=seed, **deep_options)))
     return results
