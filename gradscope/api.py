@@ -234,7 +234,7 @@ def analyze(
         )
     settings = settings.for_steps(steps, batch)
     cores = with_horizons(cores, requested_horizon, steps)
-    status, cores, findings, fixes = diagnose(cores, settings.epsilon)
+    status, cores, _, findings, fixes = diagnose(cores, settings.epsilon, depth=None, layers=())
     stack, layers = depth if depth is not None else (None, [])
     settings_data = settings.to_dict() | {
         "input_shape": shape,

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
-from gradscope.fixes import build_fixes, suggested_gate_bias
-from gradscope.report import STATUSES, Finding, Fix, RecurrentCore
+from gradscope.fixes import (
+    RELU_LIKE,
+    activation_clause,
+    activation_key,
+    build_fixes,
+    chi_clause,
+    chi_far_from_one,
+    dead_clause,
+    dominant_activation,
+    inactive_blocks,
+    plain_chi,
+    residual_clause,
+    residual_layers,
+    saturates,
+    saturation_clause,
+    spread_clause,
+    suggested_gate_bias,
+    wants_skips,
+)
+from gradscope.report import STATUSES, DepthLayer, DepthStack, Finding, Fix, RecurrentCore
 
 #: sigma_max this many times the spectral radius marks a strongly non-normal Jacobian.
 NON_NORMAL_RATIO = 10.0
@@ -204,6 +223,11 @@ def _non_normal_fixes(core: RecurrentCore) -> list[str]:
     return ["spectral-norm", "orthogonal-init"]
 
 
+def _by_severity(findings: list[Finding]) -> list[Finding]:
+    """Errors first, the worst kind first; otherwise in the order found."""
+    return sorted(findings, key=lambda f: (f.severity != "error", -STATUSES.index(f.kind)))
+
+
 def findings_for(cores: list[RecurrentCore], epsilon: float) -> list[Finding]:
     """Every finding on assessed cores: errors first, the worst kind first."""
     findings = []
@@ -218,17 +242,169 @@ def findings_for(cores: list[RecurrentCore], epsilon: float) -> list[Finding]:
         warning = _non_normal(core)
         if warning is not None:
             findings.append(warning)
-    return sorted(findings, key=lambda f: (f.severity != "error", -STATUSES.index(f.kind)))
+    return _by_severity(findings)
+
+
+# --- deep stacks: the same rule over depth ---------------------------------------------------
+
+
+def depth_ratio(stack: DepthStack) -> float:
+    """The gradient at the input side over the output side; 1 when neither carries any."""
+    if stack.output_grad_norm == 0:
+        return 1.0 if stack.input_grad_norm == 0 else math.inf
+    return stack.input_grad_norm / stack.output_grad_norm
+
+
+def _first_nonfinite(stack: DepthStack, layers: Sequence[DepthLayer]) -> str | None:
+    """Where NaN or Inf first shows among the numbers the verdict reads; None if nowhere.
+
+    A block's ``gain`` counts only where a gradient reached its output: with none, the gain is
+    0/0 by construction, not a sign of NaN in the model.
+    """
+    if not all(math.isfinite(x) for x in (stack.input_grad_norm, stack.output_grad_norm)):
+        return "the stack's input or output gradient"
+    for layer in layers:
+        numbers = [layer.grad_norm, layer.chi]
+        if layer.grad_norm != 0:
+            numbers.append(layer.gain)
+        if layer.branch_chi is not None:
+            numbers.append(layer.branch_chi)
+        if not all(math.isfinite(x) for x in numbers):
+            return layer.name
+    return None
+
+
+def depth_status(stack: DepthStack, layers: Sequence[DepthLayer], epsilon: float) -> str:
+    """The verdict over the stack: the input-side gradient against the output side's."""
+    if _first_nonfinite(stack, layers) is not None:
+        return "nonfinite"
+    ratio = depth_ratio(stack)
+    if ratio < epsilon:
+        return "vanishing"
+    if ratio > 1 / epsilon:
+        return "exploding"
+    return "healthy"
+
+
+def assess_depth(stack: DepthStack, layers: list[DepthLayer], epsilon: float) -> DepthStack:
+    """The stack with its status set by the verdict rule over its depth (``horizon`` = blocks)."""
+    return dataclasses.replace(
+        stack, status=depth_status(stack, layers, epsilon), horizon=stack.blocks
+    )
+
+
+def _depth_where(stack: DepthStack, layers: Sequence[DepthLayer]) -> dict:
+    return {
+        "stack": "depth",
+        "blocks": stack.blocks,
+        "first": layers[0].name if layers else None,
+        "last": layers[-1].name if layers else None,
+    }
+
+
+def _depth_rate(stack: DepthStack) -> str:
+    """``depth (50 blocks): the gradient shrinks 10^30.7 from the output to the input ...``."""
+    label = f"depth ({stack.blocks} blocks)"
+    if not math.isfinite(stack.decades):
+        return f"{label}: no gradient reaches the input side of the stack"
+    verb = "shrinks" if stack.decades < 0 else "grows"
+    return (
+        f"{label}: the gradient {verb} 10^{abs(stack.decades):.1f} from the output to the "
+        f"input (x{stack.gain_per_block:.3g} per block)"
+    )
+
+
+def _depth_error(
+    stack: DepthStack,
+    layers: Sequence[DepthLayer],
+    clauses: list[str | None],
+    fixes: list[str],
+) -> Finding:
+    """The finding behind an assessed stack's failing status; ``None`` clauses are left out."""
+    message = "; ".join(clause for clause in clauses if clause) + "."
+    kind = stack.status
+    return Finding(ERROR_IDS[kind], kind, "error", _depth_where(stack, layers), message, fixes)
+
+
+def _depth_vanishing_fixes(stack: DepthStack, layers: Sequence[DepthLayer]) -> list[str]:
+    """Skips where blocks keep their shape; then the activation, the init, normalisation."""
+    fixes = ["residual-connections"] if wants_skips(stack, layers) else []
+    activation = dominant_activation(layers)
+    if saturates(activation):
+        fixes += ["change-activation", "init-gain"]
+    elif chi_far_from_one(plain_chi(layers)):
+        fixes.append("init-gain")
+        if activation_key(activation) in (None, *RELU_LIKE):
+            fixes.append("orthogonal-init")
+    if inactive_blocks(layers):
+        fixes.append("normalization")
+    return fixes
+
+
+def _depth_vanishing(stack: DepthStack, layers: Sequence[DepthLayer]) -> Finding:
+    clauses = [_depth_rate(stack)]
+    if saturates(dominant_activation(layers)):
+        clauses.append(f"{activation_clause(layers)}: {chi_clause(stack, layers)}")
+    elif chi_far_from_one(plain_chi(layers)):
+        clauses.append(chi_clause(stack, layers))
+    clauses += [saturation_clause(layers), dead_clause(layers), spread_clause(stack)]
+    return _depth_error(stack, layers, clauses, _depth_vanishing_fixes(stack, layers))
+
+
+def _depth_exploding(stack: DepthStack, layers: Sequence[DepthLayer]) -> Finding:
+    """Residual stacks: scale the branches; plain ones: the init; clipping for both."""
+    clauses = [_depth_rate(stack)]
+    if stack.residual_blocks > 0:
+        fixes = ["scale-residual-branch", "clip-grad-norm"]
+        if residual_layers(layers):
+            clauses.append(residual_clause(layers))
+    else:
+        fixes = ["init-gain", "orthogonal-init", "clip-grad-norm"]
+        if not math.isnan(plain_chi(layers)):
+            clauses.append(chi_clause(stack, layers))
+    clauses += [spread_clause(stack), "updates will blow up without clipping"]
+    return _depth_error(stack, layers, clauses, fixes)
+
+
+def _depth_nonfinite(stack: DepthStack, layers: Sequence[DepthLayer]) -> Finding:
+    where = _first_nonfinite(stack, layers)
+    clauses = [
+        f"depth ({stack.blocks} blocks): NaN or Inf in the gradients or block gains on the "
+        f"probe, first at {where}",
+        "check the weights (and a --probe file) for NaN or Inf, then clip gradients in training",
+    ]
+    return _depth_error(stack, layers, clauses, ["clip-grad-norm"])
+
+
+def depth_findings(stack: DepthStack, layers: Sequence[DepthLayer]) -> list[Finding]:
+    """The finding behind an assessed stack's failing status (none when healthy)."""
+    if stack.status == "nonfinite":
+        return [_depth_nonfinite(stack, layers)]
+    if stack.status == "vanishing":
+        return [_depth_vanishing(stack, layers)]
+    if stack.status == "exploding":
+        return [_depth_exploding(stack, layers)]
+    return []
 
 
 def diagnose(
-    cores: list[RecurrentCore], epsilon: float
-) -> tuple[str, list[RecurrentCore], list[Finding], list[Fix]]:
-    """Overall status, assessed cores, findings and the fixes they call for.
+    cores: list[RecurrentCore],
+    epsilon: float,
+    depth: DepthStack | None = None,
+    layers: Sequence[DepthLayer] = (),
+) -> tuple[str, list[RecurrentCore], DepthStack | None, list[Finding], list[Fix]]:
+    """Overall status, assessed cores, the assessed stack, findings and the fixes they call for.
 
-    Each core is judged over its own ``horizon`` (see :func:`with_horizons`).
+    Each core is judged over its own ``horizon`` (see :func:`with_horizons`), the deep stack
+    (when measured) over its blocks; the overall status is the worst of them.
     """
     assessed = assess_cores(cores, epsilon)
     findings = findings_for(assessed, epsilon)
-    fixes = build_fixes(findings, assessed, epsilon)
-    return worst([core.status for core in assessed]), assessed, findings, fixes
+    statuses = [core.status for core in assessed]
+    stack = None
+    if depth is not None:
+        stack = assess_depth(depth, list(layers), epsilon)
+        findings = _by_severity(findings + depth_findings(stack, layers))
+        statuses.append(stack.status)
+    fixes = build_fixes(findings, assessed, epsilon, stack, layers)
+    return worst(statuses), assessed, stack, findings, fixes

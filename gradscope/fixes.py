@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
-from gradscope.report import Finding, Fix, RecurrentCore
+from gradscope.report import DepthLayer, DepthStack, Finding, Fix, RecurrentCore
 
 TITLES = {
     "clip-grad-norm": "Clip the gradient norm in the training step",
@@ -22,6 +24,9 @@ TITLES = {
     "change-activation": "Use a non-saturating activation",
     "init-gain": "Fix the initialisation scale",
 }
+
+#: Titles where a deep stack calls for the fix (the recurrent ones name W_hh).
+DEPTH_TITLES = {"orthogonal-init": "Initialise weights orthogonally"}
 
 CELL_CLASSES = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
@@ -202,6 +207,581 @@ WHAT = {
 }
 
 
+# --- deep stacks: what the numbers say about the blocks -------------------------------------
+
+#: Saturating activations by lowercase name, with their ``nn`` class.
+SATURATING = {
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "hardsigmoid": "Hardsigmoid",
+    "hardtanh": "Hardtanh",
+    "softsign": "Softsign",
+}
+#: The largest slope of an activation where it caps chi without any saturation.
+MAX_SLOPE = {"sigmoid": 0.25, "hardsigmoid": 1 / 6}
+#: Activations whose He (kaiming) gain is ReLU's; orthogonal init suits them as a linear map.
+RELU_LIKE = ("relu", "leakyrelu", "prelu", "rrelu", "relu6")
+#: Names that mean "no activation".
+LINEAR = ("linear", "identity", "none", "")
+#: Share of a block's units saturated (or dead) above which the block is called saturated.
+ACTIVITY_LIMIT = 0.1
+#: A per-block gain chi outside [1/CHI_TOLERANCE, CHI_TOLERANCE] is far from 1.
+CHI_TOLERANCE = 1.25
+#: Singular-value spread (largest over RMS) worth naming: far from dynamical isometry.
+SPREAD_LIMIT = 10.0
+#: Largest line in a snippet.
+SNIPPET_WIDTH = 76
+
+
+def activation_key(name: str | None) -> str | None:
+    """``"LeakyReLU"`` -> ``"leakyrelu"``; ``None`` for no activation."""
+    if name is None:
+        return None
+    key = name.lower().replace("_", "")
+    return None if key in LINEAR else key
+
+
+def saturates(name: str | None) -> bool:
+    """Whether an activation (by measured name) saturates: sigmoid, tanh and their kin."""
+    return activation_key(name) in SATURATING
+
+
+def dominant_activation(layers: Sequence[DepthLayer]) -> str | None:
+    """The activation most blocks use, as measured (``"Sigmoid"``); ``None`` for none."""
+    names: dict[str | None, str] = {}
+    counts: Counter[str | None] = Counter()
+    for layer in layers:
+        key = activation_key(layer.activation)
+        if key is not None:
+            names.setdefault(key, layer.activation or "")
+            counts[key] += 1
+    if not counts:
+        return None
+    return names[counts.most_common(1)[0][0]]
+
+
+def plain_chi(layers: Sequence[DepthLayer]) -> float:
+    """Geometric mean of chi over the blocks without a skip (NaN when none is measured)."""
+    values = [layer.chi for layer in layers if not layer.residual and math.isfinite(layer.chi)]
+    if not values:
+        return math.nan
+    if min(values) <= 0:
+        return 0.0
+    return math.exp(sum(math.log(value) for value in values) / len(values))
+
+
+def chi_far_from_one(chi: float) -> bool:
+    """Whether a per-block gain is far enough from 1 to be the init scale's doing."""
+    if math.isnan(chi):
+        return False
+    return chi <= 0 or abs(math.log(chi)) > math.log(CHI_TOLERANCE)
+
+
+def skip_candidates(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """Blocks without a skip that keep their shape, so ``x + f(x)`` is defined."""
+    return [
+        layer for layer in layers if not layer.residual and layer.input_size == layer.output_size
+    ]
+
+
+def wants_skips(stack: DepthStack, layers: Sequence[DepthLayer]) -> bool:
+    """At least half the blocks (and two) can take a skip: enough to carry the gradient."""
+    return len(skip_candidates(layers)) >= max(2, stack.blocks / 2)
+
+
+def saturated_blocks(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """Blocks with more than ACTIVITY_LIMIT of their units saturated."""
+    return [layer for layer in layers if (layer.saturated or 0.0) > ACTIVITY_LIMIT]
+
+
+def dead_blocks(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """Blocks with more than ACTIVITY_LIMIT of their ReLU units dead on the probe."""
+    return [layer for layer in layers if (layer.dead or 0.0) > ACTIVITY_LIMIT]
+
+
+def inactive_blocks(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """Blocks saturated or dead beyond ACTIVITY_LIMIT: the units a norm would bring back."""
+    return [
+        layer for layer in layers if max(layer.saturated or 0.0, layer.dead or 0.0) > ACTIVITY_LIMIT
+    ]
+
+
+def residual_layers(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """The blocks with a skip (Jacobian ``I + B``)."""
+    return [layer for layer in layers if layer.residual]
+
+
+def branch_gain(layers: Sequence[DepthLayer]) -> float:
+    """Mean branch gain chi_B over the residual blocks (NaN when none is measured)."""
+    values = [
+        layer.branch_chi
+        for layer in residual_layers(layers)
+        if layer.branch_chi is not None and math.isfinite(layer.branch_chi)
+    ]
+    return sum(values) / len(values) if values else math.nan
+
+
+def he_nonlinearity(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """The ``nonlinearity`` for kaiming init: ReLU's when a vanishing saturating stack switches."""
+    activation = dominant_activation(layers)
+    key = activation_key(activation)
+    if key is None:
+        return "linear"
+    if key in SATURATING:
+        if stack.status == "vanishing":
+            return "relu"
+        return "sigmoid" if "sigmoid" in key else "tanh"
+    return "leaky_relu" if key in ("leakyrelu", "prelu", "rrelu") else "relu"
+
+
+def _init_name(nonlinearity: str) -> str:
+    return {"relu": "He init", "leaky_relu": "He init", "linear": "LeCun init"}.get(
+        nonlinearity, f"kaiming init with the {nonlinearity} gain"
+    )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def activation_clause(layers: Sequence[DepthLayer]) -> str:
+    """``50 of 50 blocks use Sigmoid, whose slope is at most 0.25``."""
+    activation = dominant_activation(layers)
+    key = activation_key(activation)
+    count = sum(activation_key(layer.activation) == key for layer in layers)
+    slope = MAX_SLOPE.get(key or "")
+    why = (
+        f"whose slope is at most {slope:.3g}"
+        if slope is not None
+        else "whose slope falls towards 0 away from the origin"
+    )
+    return f"{count} of {len(layers)} blocks use {activation}, {why}"
+
+
+def chi_clause(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """``per-block gain chi = 0.667 (geometric mean) with ReLU units: ...``."""
+    chi = plain_chi(layers)
+    text = f"per-block gain chi = {chi:.3g} (geometric mean)"
+    activation = dominant_activation(layers)
+    if saturates(activation):
+        return text
+    units = f"with {activation} units" if activation else "with no activation"
+    init = _init_name(he_nonlinearity(stack, layers))
+    return f"{text} {units}: the init scale sets it, and {init} gives 1"
+
+
+def saturation_clause(layers: Sequence[DepthLayer]) -> str | None:
+    """``48 of 50 blocks saturate their Sigmoid units (mean 31%)``; None when few do."""
+    saturated = saturated_blocks(layers)
+    if not saturated:
+        return None
+    measured = [layer.saturated for layer in layers if layer.saturated is not None]
+    names = dict.fromkeys(layer.activation for layer in saturated if layer.activation)
+    units = "/".join(name for name in names if name) or "saturating"
+    return (
+        f"{len(saturated)} of {len(layers)} blocks saturate their {units} units "
+        f"(mean {_mean(measured):.0%})"
+    )
+
+
+def dead_clause(layers: Sequence[DepthLayer]) -> str | None:
+    """``12 of 50 blocks have dead ReLU units (mean 40%)``; None when few do."""
+    dead = dead_blocks(layers)
+    if not dead:
+        return None
+    measured = [layer.dead for layer in layers if layer.dead is not None]
+    names = dict.fromkeys(layer.activation for layer in dead if layer.activation)
+    units = "/".join(name for name in names if name) or "ReLU"
+    return (
+        f"{len(dead)} of {len(layers)} blocks have dead {units} units (mean {_mean(measured):.0%})"
+    )
+
+
+def spread_clause(stack: DepthStack) -> str | None:
+    """The end-to-end Jacobian's spread when it is far from isometry."""
+    spread = stack.spread
+    if spread is None or not math.isfinite(spread) or spread <= SPREAD_LIMIT:
+        return None
+    return f"the input-output Jacobian's singular values spread x{spread:.3g} (largest over RMS)"
+
+
+def residual_clause(layers: Sequence[DepthLayer]) -> str:
+    """``50 residual blocks with branch gain chi_B = 1 (mean) each grow it by ...``."""
+    residual = residual_layers(layers)
+    gain = branch_gain(layers)
+    growth = math.sqrt(1 + gain) if gain >= 0 else math.nan
+    return (
+        f"{len(residual)} residual blocks with branch gain chi_B = {gain:.3g} (mean) each grow it "
+        f"by sqrt(1 + chi_B) = {growth:.3g}: their branches are not scaled down with depth"
+    )
+
+
+def skip_clause(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """``48 of 50 blocks keep their shape (512 -> 512) and have no skip``."""
+    candidates = skip_candidates(layers)
+    sizes = dict.fromkeys(layer.output_size for layer in candidates)
+    shown = ", ".join(f"{size} -> {size}" for size in list(sizes)[:3])
+    more = ", ..." if len(sizes) > 3 else ""
+    return (
+        f"{len(candidates)} of {stack.blocks} blocks keep their shape ({shown}{more}) "
+        "and have no skip"
+    )
+
+
+# --- deep stacks: snippets ------------------------------------------------------------------
+
+
+def _literal(name: str, items: list[str], brackets: str = "[]") -> list[str]:
+    """``name = [a, b, ...]`` in lines of at most SNIPPET_WIDTH characters."""
+    opening, closing = brackets
+    head = f"{name} = {opening}"
+    line = head + ", ".join(items) + closing
+    if len(line) <= SNIPPET_WIDTH:
+        return [line]
+    lines, current = [head], "   "
+    for item in items:
+        if len(current) + len(item) + 2 > SNIPPET_WIDTH and current.strip():
+            lines.append(current)
+            current = "   "
+        current += f" {item},"
+    return [*lines, current, closing]
+
+
+def _indexed(paths: list[str]) -> tuple[str, list[int]] | None:
+    """``["blocks.0.fc2", "blocks.1.fc2"]`` -> ``("blocks.{i}.fc2", [0, 1])``.
+
+    None unless the paths differ in one part only, and that part is a child index.
+    """
+    parts = [path.split(".") for path in paths]
+    if len({len(split) for split in parts}) != 1:
+        return None
+    varying = [k for k in range(len(parts[0])) if len({split[k] for split in parts}) > 1]
+    if len(varying) != 1 or not all(split[varying[0]].isdigit() for split in parts):
+        return None
+    template = list(parts[0])
+    template[varying[0]] = "{i}"
+    return ".".join(template), [int(split[varying[0]]) for split in parts]
+
+
+def _progression(numbers: list[int]) -> str | None:
+    """``range(2, 100, 2)`` for an arithmetic progression of three or more numbers."""
+    if len(numbers) < 3:
+        return None
+    step = numbers[1] - numbers[0]
+    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(numbers)):
+        return None
+    stop = numbers[-1] + step
+    return f"range({numbers[0]}, {stop})" if step == 1 else f"range({numbers[0]}, {stop}, {step})"
+
+
+def _paths(paths: list[str]) -> list[str]:
+    """``paths = [...]``: module paths, as a comprehension when they index one container."""
+    indexed = _indexed(paths) if paths else None
+    span = _progression(indexed[1]) if indexed else None
+    if indexed and span:
+        template = indexed[0]
+        item = "str(i)" if template == "{i}" else f'f"{template}"'
+        return [f"paths = [{item} for i in {span}]"]
+    return _literal("paths", [f'"{path}"' for path in paths])
+
+
+def _block_paths(layers: Sequence[DepthLayer]) -> list[str]:
+    """Every module path of the blocks, once, in order."""
+    return list(dict.fromkeys(path for layer in layers for path in layer.modules or [layer.name]))
+
+
+#: The parametrised layers snippets re-initialise.
+LAYER_TYPES = "LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)"
+
+
+def _each_weight(call: str) -> list[str]:
+    """Loop over the Linear/Conv modules under ``paths`` and apply ``call`` to the weight."""
+    return [
+        LAYER_TYPES,
+        "for path in paths:",
+        "    for module in model.get_submodule(path).modules():",
+        "        if isinstance(module, LAYERS):",
+        f"            {call}",
+        "            if module.bias is not None:",
+        "                nn.init.zeros_(module.bias)",
+    ]
+
+
+def _kaiming(nonlinearity: str) -> str:
+    return f'nn.init.kaiming_normal_(module.weight, nonlinearity="{nonlinearity}")'
+
+
+RESIDUAL_CLASS = [
+    "class Residual(nn.Module):",
+    "    def __init__(self, *layers):",
+    "        super().__init__()",
+    "        self.branch = nn.Sequential(*layers)",
+    "",
+    "    def forward(self, x):",
+    "        return x + self.branch(x)",
+    "",
+]
+
+
+def _consecutive(layer: DepthLayer) -> bool:
+    indices = sorted(layer.indices)
+    return bool(indices) and indices == list(range(indices[0], indices[0] + len(indices)))
+
+
+def _rebuild_container(parent: str, blocks: list[DepthLayer]) -> list[str]:
+    """Rebuild a Sequential (or ModuleList) with each block's children inside a ``Residual``."""
+    spans = {min(layer.indices): len(layer.indices) for layer in blocks}
+    starts = sorted(spans)
+    sizes = set(spans.values())
+    span = _progression(starts) if len(sizes) == 1 else None
+    if span is not None:
+        wrap = [f"wrap = {{i: {sizes.pop()} for i in {span}}}"]
+    else:
+        wrap = _literal("wrap", [f"{start}: {spans[start]}" for start in starts], "{}")
+    target = module_expression(parent)
+    if parent:
+        rebuild = [
+            "if isinstance(old, nn.ModuleList):",
+            f"    {target} = nn.ModuleList(new)",
+            "else:",
+            f"    {target} = nn.Sequential(*new)",
+        ]
+    else:
+        rebuild = [f"{target} = nn.Sequential(*new)"]
+    return [
+        "# wrap: each block's first child -> its number of children.",
+        "# The children are renumbered: re-save checkpoints after.",
+        f"old = {target}",
+        *wrap,
+        "new, i = [], 0",
+        "while i < len(old):",
+        "    size = wrap.get(i, 1)",
+        "    new.append(Residual(*old[i:i + size]) if i in wrap else old[i])",
+        "    i += size",
+        *rebuild,
+    ]
+
+
+def _skip_blocks(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Wrap each shape-keeping block in ``x + f(x)``.
+
+    A block of several children of one container (``Linear`` + ``Sigmoid``) is regrouped by
+    rebuilding the container; a block that is one module is wrapped in place by its path; a
+    block of several modules elsewhere needs its skip written in ``forward()``.
+    """
+    grouped: dict[str, list[DepthLayer]] = {}
+    singles, by_hand = [], []
+    for layer in skip_candidates(layers):
+        if len(layer.modules) == 1:
+            singles.append(layer.modules[0])
+        elif layer.parent is not None and _consecutive(layer):
+            grouped.setdefault(layer.parent, []).append(layer)
+        else:
+            by_hand.append(layer)
+    lines = [
+        "# x + f(x): each block's Jacobian becomes I + df/dx, so",
+        "# the gradient reaches the input along the identity.",
+        *RESIDUAL_CLASS,
+    ]
+    for parent, blocks in grouped.items():
+        lines += _rebuild_container(parent, blocks)
+    if singles:
+        lines += [
+            *_paths(singles),
+            "for path in paths:",
+            "    model.set_submodule(path, Residual(model.get_submodule(path)))",
+        ]
+    for layer in by_hand:
+        lines += [
+            f"# {', '.join(layer.modules)}: add the skip",
+            "# in forward(): x = x + block(x)",
+        ]
+    return "\n".join(lines)
+
+
+def _change_activation(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Swap each saturating activation for ReLU and re-initialise with He init."""
+    blocks = [layer for layer in layers if saturates(layer.activation)]
+    head = layers[-1] if layers else None
+    lines = [
+        "# ReLU's slope is 1 where a unit is active; He init",
+        "# then starts every block with chi = 1 (GELU also works).",
+    ]
+    if head is not None and head in blocks and head.input_size != head.output_size:
+        blocks.remove(head)
+        lines.append(f"# {head.name} keeps its {head.activation}: it shapes the output")
+    keys = dict.fromkeys(activation_key(layer.activation) or "" for layer in blocks)
+    classes = [f"nn.{SATURATING[key]}" for key in keys if key in SATURATING]
+    classes = classes or ["nn.Sigmoid", "nn.Tanh"]
+    lines += [
+        f"SATURATING = ({', '.join(classes)},)",
+        LAYER_TYPES,
+        *_paths(_block_paths(blocks)),
+        "for path in paths:",
+        "    block = model.get_submodule(path)",
+        "    for name, module in list(block.named_modules()):",
+        '        full = f"{path}.{name}" if name else path',
+        "        if isinstance(module, SATURATING):",
+        "            model.set_submodule(full, nn.ReLU())",
+        "        elif isinstance(module, LAYERS):",
+        f"            {_kaiming('relu')}",
+        "            if module.bias is not None:",
+        "                nn.init.zeros_(module.bias)",
+    ]
+    return "\n".join(lines)
+
+
+def _plain_paths(layers: Sequence[DepthLayer]) -> list[str]:
+    return _paths(_block_paths([layer for layer in layers if not layer.residual]))
+
+
+def _init_gain(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """kaiming_normal_ with the gain of the activation the blocks have (or switch to)."""
+    nonlinearity = he_nonlinearity(stack, layers)
+    chi = plain_chi(layers)
+    return "\n".join(
+        [
+            f"# {_init_name(nonlinearity)}: weight variance gain^2 / fan_in,",
+            f"# so each block starts with chi near 1 (measured: {chi:.3g}).",
+            *_plain_paths(layers),
+            *_each_weight(_kaiming(nonlinearity)),
+        ]
+    )
+
+
+def _orthogonal_stack(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Orthogonal weights with the activation's gain: every singular value starts equal."""
+    nonlinearity = he_nonlinearity(stack, layers)
+    return "\n".join(
+        [
+            "# every singular value of each weight starts at the",
+            f"# {nonlinearity} gain, so the stack is closer to isometry.",
+            f'gain = nn.init.calculate_gain("{nonlinearity}")',
+            *_plain_paths(layers),
+            *_each_weight("nn.init.orthogonal_(module.weight, gain=gain)"),
+        ]
+    )
+
+
+def _normalization(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """A norm right after each Linear/Conv of the saturated (or dead) blocks."""
+    blocks = inactive_blocks(layers)
+    where = ["off the flat tails"] if saturated_blocks(layers) else []
+    where += ["out of the dead zone"] if dead_blocks(layers) else []
+    return "\n".join(
+        [
+            "# LayerNorm after each Linear (BatchNorm after a Conv),",
+            "# just before the activation: pre-activations stay",
+            f"# centred, {' and '.join(where)}.",
+            "NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,",
+            "         nn.Conv3d: nn.BatchNorm3d}",
+            *_paths(_block_paths(blocks)),
+            "for path in paths:",
+            "    block = model.get_submodule(path)",
+            "    for name, module in list(block.named_modules()):",
+            '        full = f"{path}.{name}" if name else path',
+            "        if isinstance(module, nn.Linear):",
+            "            norm = nn.LayerNorm(module.out_features)",
+            "        elif type(module) in NORMS:",
+            "            norm = NORMS[type(module)](module.out_channels)",
+            "        else:",
+            "            continue",
+            "        model.set_submodule(full, nn.Sequential(module, norm))",
+        ]
+    )
+
+
+def _scale_branches(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Scale each branch's last layer by 1/sqrt(depth x chi_B), or zero it (SkipInit)."""
+    residual = residual_layers(layers)
+    depth = len(residual) or stack.residual_blocks
+    gain = branch_gain(layers)
+    if math.isnan(gain) or gain <= 0 or abs(gain - 1) < 0.1:
+        scale, why = f"1 / {depth} ** 0.5", f"1/sqrt({depth})"
+    else:
+        scale, why = f"1 / ({depth} * {gain:.3g}) ** 0.5", f"1/sqrt({depth} x chi_B {gain:.3g})"
+    lines = [
+        f"# {depth} residual blocks: a branch scaled by {why} makes",
+        "# the product of sqrt(1 + chi_B) over depth about e^0.5.",
+        "# zero_init = True starts each block as the identity",
+        "# (SkipInit / Fixup) and lets training grow the branch.",
+        f"scale = {scale}",
+        "zero_init = False",
+    ]
+    known = [layer.branch_last for layer in residual if layer.branch_last]
+    if known:
+        lines += [
+            *_paths(known),
+            "with torch.no_grad():",
+            "    for path in paths:",
+            "        layer = model.get_submodule(path)",
+            '        for param in (layer.weight, getattr(layer, "bias", None)):',
+            "            if param is None:",
+            "                continue",
+            "            if zero_init:",
+            "                param.zero_()",
+            "            else:",
+            "                param.mul_(scale)",
+        ]
+    unknown = [layer.name for layer in residual if not layer.branch_last]
+    if unknown:
+        more = ", ..." if len(unknown) > 3 else ""
+        lines += [
+            f"# {', '.join(unknown[:3])}{more}: no last layer found;",
+            "# in their forward(), return x + scale * branch(x)",
+        ]
+    return "\n".join(lines)
+
+
+DEPTH_SNIPPETS: dict[str, Callable[[DepthStack, Sequence[DepthLayer]], str]] = {
+    "clip-grad-norm": lambda stack, layers: _clip([], 0.0),
+    "residual-connections": _skip_blocks,
+    "change-activation": _change_activation,
+    "init-gain": _init_gain,
+    "orthogonal-init": _orthogonal_stack,
+    "normalization": _normalization,
+    "scale-residual-branch": _scale_branches,
+}
+
+DEPTH_WHAT = {
+    "clip-grad-norm": WHAT["clip-grad-norm"],
+    "residual-connections": "A skip around each block makes its Jacobian I + df/dx, so the "
+    "gradient is not left to the product of the blocks' gains.",
+    "change-activation": "ReLU (or GELU) has slope 1 where active; with He init each block "
+    "starts with chi near 1.",
+    "init-gain": "Initialising each weight with the activation's gain (He init for ReLU) "
+    "starts each block with chi near 1.",
+    "orthogonal-init": "Orthogonal weights start with every singular value equal, closer to "
+    "dynamical isometry than Gaussian ones.",
+    "normalization": "A norm before each activation keeps pre-activations centred and scaled, "
+    "where the activation's slope is large.",
+    "scale-residual-branch": "A branch scaled by 1/sqrt(depth) (or zero at the start) keeps "
+    "the product of sqrt(1 + chi_B) over all blocks bounded.",
+}
+
+
+def _depth_evidence(fix_id: str, stack: DepthStack, layers: Sequence[DepthLayer]) -> str | None:
+    """The measurement behind a depth fix, beyond the rate."""
+    if fix_id == "residual-connections":
+        return skip_clause(stack, layers)
+    if fix_id == "change-activation":
+        return f"{activation_clause(layers)}: {chi_clause(stack, layers)}"
+    switching = saturates(dominant_activation(layers)) and stack.status == "vanishing"
+    if fix_id == "init-gain" and switching:
+        return f"{chi_clause(stack, layers)}; with ReLU in their place, He init gives 1"
+    if fix_id in ("init-gain", "orthogonal-init"):
+        clauses = [chi_clause(stack, layers)]
+        if fix_id == "orthogonal-init":
+            clauses.append(spread_clause(stack))
+        return "; ".join(clause for clause in clauses if clause)
+    if fix_id == "normalization":
+        clauses = [saturation_clause(layers), dead_clause(layers)]
+        return "; ".join(clause for clause in clauses if clause)
+    if fix_id == "scale-residual-branch":
+        return residual_clause(layers)
+    return None
+
+
 def _why(fix_id: str, findings: list[Finding]) -> str:
     reasons = [
         re.sub(r"\s*\(lambda_1.*", "", f.message).rstrip(".;")
@@ -211,23 +791,54 @@ def _why(fix_id: str, findings: list[Finding]) -> str:
     return "; ".join(dict.fromkeys(reasons))
 
 
-def build_fixes(findings: list[Finding], cores: list[RecurrentCore], epsilon: float) -> list[Fix]:
-    """One fix per id the findings call for, in order of first mention."""
+def _depth_why(
+    fix_id: str, findings: list[Finding], stack: DepthStack, layers: Sequence[DepthLayer]
+) -> str:
+    """The stack finding's rate, then the measurement that calls for this fix."""
+    rates = [f.message.split(";")[0].rstrip(".") for f in findings if fix_id in f.fixes]
+    evidence = _depth_evidence(fix_id, stack, layers)
+    return "; ".join(dict.fromkeys([*rates, *([evidence] if evidence else [])]))
+
+
+def build_fixes(
+    findings: list[Finding],
+    cores: list[RecurrentCore],
+    epsilon: float,
+    depth: DepthStack | None = None,
+    layers: Sequence[DepthLayer] = (),
+) -> list[Fix]:
+    """One fix per id the findings call for, in order of first mention.
+
+    A finding about a core (``where["module"]``) gets the recurrent snippet, one about the deep
+    stack (``where["stack"]``) the snippet for its blocks; a fix both call for gets both.
+    """
     fixes = []
     ids = dict.fromkeys(fix_id for finding in findings for fix_id in finding.fixes)
     by_where = {(c.name, c.layer, c.direction): c for c in cores}
     for fix_id in ids:
-        involved = [
-            by_where[(f.where["module"], f.where["layer"], f.where["direction"])]
-            for f in findings
-            if fix_id in f.fixes
-        ]
+        calling = [f for f in findings if fix_id in f.fixes]
+        on_cores = [f for f in calling if "module" in f.where]
+        on_stack = [f for f in calling if "stack" in f.where] if depth is not None else []
+        whys, whats, snippets = [], [], []
+        if on_cores:
+            involved = [
+                by_where[(f.where["module"], f.where["layer"], f.where["direction"])]
+                for f in on_cores
+            ]
+            whys.append(_why(fix_id, on_cores))
+            whats.append(WHAT[fix_id])
+            snippets.append(SNIPPETS[fix_id](involved, epsilon))
+        if on_stack and depth is not None:
+            whys.append(_depth_why(fix_id, on_stack, depth, layers))
+            whats.append(DEPTH_WHAT[fix_id])
+            snippets.append(DEPTH_SNIPPETS[fix_id](depth, layers))
+        title = DEPTH_TITLES.get(fix_id, TITLES[fix_id]) if on_stack else TITLES[fix_id]
         fixes.append(
             Fix(
                 id=fix_id,
-                title=TITLES[fix_id],
-                detail=f"Why: {_why(fix_id, findings)}. {WHAT[fix_id]}",
-                snippet=SNIPPETS[fix_id](involved, epsilon),
+                title=title,
+                detail=f"Why: {'; '.join(whys)}. {' '.join(dict.fromkeys(whats))}",
+                snippet="\n\n".join(dict.fromkeys(snippets)),
             )
         )
     return fixes

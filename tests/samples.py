@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradscope.report import RecurrentCore
+from gradscope.report import DepthLayer, DepthStack, RecurrentCore
 
 #: The keys DESIGN.md promises in the JSON report, at the top and for each recurrent core.
 TOP_KEYS = {
@@ -90,3 +90,93 @@ def core(
         weights=weights if cell.startswith("rnn") else None,
     )
     return RecurrentCore(**(defaults | fields))
+
+
+def mlp_layers(
+    blocks: int = 50,
+    decades: float = -30.7,
+    activation: str | None = "Sigmoid",
+    chi: float | None = None,
+    width: int = 512,
+    parent: str = "",
+    **fields,
+) -> list[DepthLayer]:
+    """``nn.Sequential(Linear, activation, Linear, activation, ...)`` as the depth view sees it.
+
+    Each block is a Linear and its activation (children ``2i`` and ``2i + 1`` of ``parent``;
+    child ``i`` alone without an activation), passing back ``10 ** (decades / blocks)`` of the
+    gradient; the output gradient is 1.
+    """
+    gain = 10 ** (decades / blocks)
+    prefix = f"{parent}." if parent else ""
+    layers = []
+    children = 2 if activation else 1
+    for index in range(blocks):
+        indices = list(range(children * index, children * (index + 1)))
+        paths = [f"{prefix}{child}" for child in indices]
+        block = dict(
+            name="+".join(paths),
+            type="Linear" + (f"+{activation}" if activation else ""),
+            modules=paths,
+            input_size=width,
+            output_size=width,
+            grad_norm=gain ** (blocks - 1 - index),
+            gain=gain,
+            chi=gain**2 if chi is None else chi,
+            sigma_max=2.0 * gain,
+            activation=activation,
+            parent=parent,
+            indices=indices,
+        )
+        layers.append(DepthLayer(**(block | fields)))
+    return layers
+
+
+def resnet_layers(
+    blocks: int = 50, alpha: float = 1.0, width: int = 512, parent: str = "blocks", **fields
+) -> list[DepthLayer]:
+    """Blocks ``x + alpha * fc2(relu(fc1(x)))``, one module each: sqrt(1 + alpha^2) per block."""
+    gain = math.sqrt(1 + alpha**2)
+    layers = []
+    for index in range(blocks):
+        name = f"{parent}.{index}"
+        block = dict(
+            name=name,
+            type="Block",
+            modules=[name],
+            input_size=width,
+            output_size=width,
+            grad_norm=gain ** (blocks - 1 - index),
+            gain=gain,
+            chi=1 + alpha**2,
+            sigma_max=1 + 2.9 * alpha,
+            residual=True,
+            branch_chi=alpha**2,
+            parent=parent,
+            indices=[index],
+            branch_last=f"{name}.fc2",
+        )
+        layers.append(DepthLayer(**(block | fields)))
+    return layers
+
+
+def depth_stack(layers: list[DepthLayer], spread: float | None = None, **fields) -> DepthStack:
+    """The stack summary that ``layers`` imply (or the end gradients given), as measured."""
+    output_grad_norm = fields.pop("output_grad_norm", layers[-1].grad_norm)
+    input_grad_norm = fields.pop("input_grad_norm", layers[0].grad_norm * layers[0].gain)
+    ratio = input_grad_norm / output_grad_norm if output_grad_norm else math.nan
+    decades = math.log10(ratio) if ratio > 0 else -math.inf if ratio == 0 else math.nan
+    defaults = dict(
+        blocks=len(layers),
+        input_grad_norm=input_grad_norm,
+        output_grad_norm=output_grad_norm,
+        decades=decades,
+        gain_per_block=ratio ** (1 / len(layers)),
+        sigma_max=None,
+        rms_singular_value=ratio,
+        spread=spread,
+        residual_blocks=sum(layer.residual for layer in layers),
+        granularity="blocks",
+        estimator={"chi_probes": 8, "power_iterations": 3},
+    )
+    return DepthStack(**(defaults | fields))

@@ -14,8 +14,17 @@ from samples import CORE_KEYS, MODEL, SETTINGS, TOP_KEYS, core
 
 
 def report_of(*cores) -> Report:
-    status, assessed, findings, fixes = diagnose(list(cores), 1e-3)
-    return Report(status, SETTINGS, MODEL, "0.1.0", [1.0] * 100, assessed, [], findings, fixes)
+    status, assessed, _, findings, fixes = diagnose(list(cores), 1e-3)
+    return Report(
+        status=status,
+        settings=SETTINGS,
+        model=MODEL,
+        gradscope_version="0.1.0",
+        input_grad_norm=[1.0] * 100,
+        recurrent=assessed,
+        findings=findings,
+        fixes=fixes,
+    )
 
 
 def test_json_has_the_contract_keys_in_order_and_nulls_for_non_finite():
