@@ -234,8 +234,10 @@ def analyze(
         )
     settings = settings.for_steps(steps, batch)
     cores = with_horizons(cores, requested_horizon, steps)
-    status, cores, _, findings, fixes = diagnose(cores, settings.epsilon, depth=None, layers=())
     stack, layers = depth if depth is not None else (None, [])
+    status, cores, stack, findings, fixes = diagnose(
+        cores, settings.epsilon, depth=stack, layers=layers
+    )
     settings_data = settings.to_dict() | {
         "input_shape": shape,
         "loss": "seeded unit projection of the output at the last time step",

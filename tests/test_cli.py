@@ -28,6 +28,7 @@ from samples import CORE_KEYS, TOP_KEYS
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DEMO_NAMES = ["rnn", "rnn-gain-3", "lstm", "lstm-forget-1", "gru", "lstm-2-layer", "lstm-bidir"]
+DEEP_DEMO_NAMES = ["mlp-sigmoid", "mlp-relu-he", "residual", "residual-scaled"]
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -468,10 +469,16 @@ def test_demo_json(cached_demo, capsys):
     captured = capsys.readouterr()
     assert code == 0
     data = json.loads(captured.out)
-    assert [entry["name"] for entry in data["demo"]] == DEMO_NAMES
+    assert [entry["name"] for entry in data["demo"]] == DEMO_NAMES + DEEP_DEMO_NAMES
     statuses = {entry["name"]: entry["report"]["status"] for entry in data["demo"]}
     assert statuses["rnn"] == "vanishing"
     assert statuses["rnn-gain-3"] == "exploding"
+    assert [statuses[name] for name in DEEP_DEMO_NAMES] == [
+        "vanishing",
+        "healthy",
+        "exploding",
+        "healthy",
+    ]
     cores = {entry["name"]: len(entry["report"]["recurrent"]) for entry in data["demo"]}
     assert cores["lstm-2-layer"] == 2 and cores["lstm-bidir"] == 2 and cores["gru"] == 1
     for entry in data["demo"]:

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-import depth_samples
 import pytest
 from rich.console import Console
 
@@ -26,6 +25,7 @@ from gradscope.render.demo import write_demo
 from gradscope.render.text import MAX_DEPTH_ROWS, shown_blocks
 from gradscope.report import Report
 
+import depth_samples
 from samples import MODEL, SETTINGS, core
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,8 @@ def _branch_last(block: Block) -> str | None:
 
 
 def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, list[Block]]:
-    with recording(model, granularity) as calls:
+    with recording(model, granularity) as calls, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the model's own warnings were said in its first run
         try:
             output = model(probe.inputs)
         except GradscopeError:
@@ -78,6 +80,8 @@ def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, 
         except Exception as error:
             reason = first_line(error)
             advice = "pass --input-shape or --probe with the input it expects"
+            if probe.time_axis is None:
+                advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
             if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
                 advice = "the model fixes its own dtype: rerun with --dtype float32"
             raise GradscopeError(
