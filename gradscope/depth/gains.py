@@ -70,10 +70,11 @@ def block_gains(
     pulled = _pull_all(pullback, cotangents)
     vectors = _unit([p[0] for p in pulled])
     sigmas = [float("nan")] * len(outputs)
-    for _ in range(iterations):
+    for step in range(iterations):
         pushed = jvp(stacked, tuple(inputs), vectors)[1]
         sigmas = [float(w.detach().norm()) for w in pushed]
-        vectors = _unit(pullback(pushed))
+        if step < iterations - 1:  # the last pull would only start another iteration
+            vectors = _unit(pullback(pushed))
     gains = []
     for x, y, u, g, sigma in zip(inputs, outputs, cotangents, pulled, sigmas, strict=True):
         g = g.detach()
@@ -97,8 +98,9 @@ def largest_singular_value(
     start = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y)
     (vector,) = _unit(pullback(start))
     sigma = float("nan")
-    for _ in range(iterations):
+    for step in range(iterations):
         pushed = jvp(function, (x,), (vector,))[1]
         sigma = float(pushed.detach().norm())
-        (vector,) = _unit(pullback(pushed))
+        if step < iterations - 1:
+            (vector,) = _unit(pullback(pushed))
     return sigma

@@ -72,7 +72,7 @@ def _branch_last(block: Block) -> str | None:
 
 def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, list[Block]]:
     with recording(model, granularity) as calls, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the model's own warnings were said in its first run
+        warnings.simplefilter("ignore")  # torch warnings would break the one-line stderr
         try:
             output = model(probe.inputs)
         except GradscopeError:
