@@ -122,8 +122,9 @@ def measure_depth(
         loss, [*sources, *(b.output for b in blocks)], allow_unused=True, retain_graph=False
     )
     batch = probe.batch
-    input_grad = pooled_norm(grads[0], batch) if sources else math.nan
     norms = [pooled_norm(g, batch) for g in grads[len(sources) :]]
+    # an input that carries no gradient (ids): the stack starts at the first block's output
+    input_grad = pooled_norm(grads[0], batch) if sources else norms[0]
     generator = torch.Generator().manual_seed(settings.seed + 2)
     gains = block_gains(
         [b.function() for b in blocks],
