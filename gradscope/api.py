@@ -142,7 +142,8 @@ def _measure_depth(module, probe, settings: Settings, has_cores: bool, notes: li
         if has_cores:
             notes.append(message)
             return None
-        raise GradscopeError(f"{message}; try --depth leaves or --depth 1") from None
+        other = "--depth blocks" if settings.depth == "leaves" else "--depth leaves"
+        raise GradscopeError(f"{message}; try {other}") from None
 
 
 def analyze(
@@ -238,12 +239,18 @@ def analyze(
     status, cores, stack, findings, fixes = diagnose(
         cores, settings.epsilon, depth=stack, layers=layers
     )
-    settings_data = settings.to_dict() | {
-        "input_shape": shape,
-        "loss": "seeded unit projection of the output at the last time step",
-        "device": str(device),
-        "spectrum_samples": {core.label: core.jacobian["samples"] for core in cores},
-    }
+    over_time = {} if cores else dict.fromkeys(("steps", "horizon", "burn_in"))
+    settings_data = (
+        settings.to_dict()
+        | over_time
+        | {
+            "input_shape": shape,
+            "loss": "seeded unit projection of the output"
+            + (" at the last time step" if cores else ""),
+            "device": str(device),
+            "spectrum_samples": {core.label: core.jacobian["samples"] for core in cores},
+        }
+    )
     return Report(
         status=status,
         settings=settings_data,

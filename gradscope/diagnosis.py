@@ -23,6 +23,7 @@ from gradscope.fixes import (
     saturation_clause,
     spread_clause,
     suggested_gate_bias,
+    unseen_clause,
     wants_skips,
 )
 from gradscope.report import STATUSES, DepthLayer, DepthStack, Finding, Fix, RecurrentCore
@@ -347,7 +348,12 @@ def _depth_vanishing(stack: DepthStack, layers: Sequence[DepthLayer]) -> Finding
         clauses.append(f"{activation_clause(layers)}: {chi_clause(stack, layers)}")
     elif chi_far_from_one(plain_chi(layers)):
         clauses.append(chi_clause(stack, layers))
-    clauses += [saturation_clause(layers), dead_clause(layers), spread_clause(stack)]
+    clauses += [
+        saturation_clause(layers),
+        dead_clause(layers),
+        unseen_clause(layers),
+        spread_clause(stack),
+    ]
     return _depth_error(stack, layers, clauses, _depth_vanishing_fixes(stack, layers))
 
 

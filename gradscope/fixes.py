@@ -279,9 +279,13 @@ def chi_far_from_one(chi: float) -> bool:
 
 def skip_candidates(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
     """Blocks without a skip that keep their shape, so ``x + f(x)`` is defined."""
-    return [
-        layer for layer in layers if not layer.residual and layer.input_size == layer.output_size
-    ]
+    return [layer for layer in layers if not layer.residual and _keeps_shape(layer)]
+
+
+def _keeps_shape(layer: DepthLayer) -> bool:
+    if layer.same_shape is not None:
+        return layer.same_shape
+    return layer.input_size == layer.output_size
 
 
 def wants_skips(stack: DepthStack, layers: Sequence[DepthLayer]) -> bool:
@@ -325,8 +329,8 @@ def he_nonlinearity(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     """The ``nonlinearity`` for kaiming init: ReLU's when a vanishing saturating stack switches."""
     activation = dominant_activation(layers)
     key = activation_key(activation)
-    if key is None:
-        return "linear"
+    if key is None:  # none seen: a functional F.relu between blocks is the usual reason
+        return "relu" if unseen_clause(layers) else "linear"
     if key in SATURATING:
         if stack.status == "vanishing":
             return "relu"
@@ -368,6 +372,23 @@ def chi_clause(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     units = f"with {activation} units" if activation else "with no activation"
     init = _init_name(he_nonlinearity(stack, layers))
     return f"{text} {units}: the init scale sets it, and {init} gives 1"
+
+
+def unseen_blocks(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """Blocks whose output is not what the next block reads: unseen work sits between."""
+    return [layer for layer in layers if not layer.chained]
+
+
+def unseen_clause(layers: Sequence[DepthLayer]) -> str | None:
+    """``12 of 30 blocks are followed by work the depth view does not see (...)``."""
+    unseen = unseen_blocks(layers)
+    if len(unseen) < max(2, len(layers) / 2):
+        return None
+    return (
+        f"{len(unseen)} of {len(layers)} blocks are followed by work the depth view does not "
+        "see (a functional activation such as F.relu, or a skip in forward()): their chi "
+        "covers the modules only, their gain all of it"
+    )
 
 
 def saturation_clause(layers: Sequence[DepthLayer]) -> str | None:
@@ -571,13 +592,18 @@ def _skip_blocks(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     """
     grouped: dict[str, list[DepthLayer]] = {}
     singles, by_hand = [], []
-    for layer in skip_candidates(layers):
-        if len(layer.modules) == 1:
-            singles.append(layer.modules[0])
-        elif layer.parent is not None and _consecutive(layer):
+    candidates = skip_candidates(layers)
+    for layer in candidates:
+        if len(layer.modules) > 1 and layer.parent is not None and _consecutive(layer):
             grouped.setdefault(layer.parent, []).append(layer)
+    for layer in candidates:
+        if len(layer.modules) > 1:
+            if layer.parent not in grouped or not _consecutive(layer):
+                by_hand.append(layer)
+        elif layer.parent in grouped and layer.indices:  # renumbered with its container
+            grouped[layer.parent].append(layer)
         else:
-            by_hand.append(layer)
+            singles.append(layer.modules[0])
     lines = [
         "# x + f(x): each block's Jacobian becomes I + df/dx, so",
         "# the gradient reaches the input along the identity.",

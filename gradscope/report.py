@@ -71,6 +71,8 @@ class DepthLayer:
     the mean squared singular value of its Jacobian (``||J||_F^2 / n_out``, what it does to an
     isotropic gradient) and ``sigma_max`` its largest singular value, both estimated
     matrix-free. A residual block (Jacobian ``I + B``) has ``branch_chi``, the gain of ``B``.
+    ``chained`` is False when what the next block reads is not this block's output: work the
+    depth view does not see (a functional ``F.relu``, a skip added in ``forward``) sits between.
     """
 
     name: str
@@ -90,6 +92,8 @@ class DepthLayer:
     parent: str | None = None
     indices: list[int] = field(default_factory=list)
     branch_last: str | None = None
+    same_shape: bool | None = None
+    chained: bool = True
 
 
 @dataclass

@@ -269,3 +269,97 @@ def test_a_cnn_needs_its_input_shape_and_runs_in_eval_mode():
 def test_a_wrong_input_shape_names_the_model_error():
     with pytest.raises(GradscopeError, match=r"forward failed.*--input-shape"):
         gradscope.analyze(mlp(nn.ReLU, he, depth=4, width=8), input_shape=(2, 9))
+
+
+# --- what a review found: each a reproducer -----------------------------------------------------
+
+
+class Scaled(nn.Module):
+    """Work between modules: a multiplication, then a stand-alone in-place ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.l3(self.l2(self.act(self.l1(x) * 3)))
+
+
+def test_an_in_place_activation_is_measured_on_the_input_it_saw():
+    model = Scaled().double()
+    report = gradscope.analyze(model, batch=6)
+
+    act = next(layer for layer in report.layers if layer.name == "act")
+    assert act.chi == pytest.approx(0.5, abs=0.25)  # half the units pass, slope 1
+    assert [layer.name for layer in report.layers] == ["l1", "act", "l2", "l3"]
+    assert not report.layers[0].chained  # the * 3 is unseen work
+
+
+def test_a_norm_or_activation_alone_is_not_a_residual_block():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.LayerNorm(16), nn.Dropout(0.1), *[nn.Linear(16, 16) for _ in range(4)])
+    report = gradscope.analyze(model.double(), depth="leaves")
+
+    assert report.depth.residual_blocks == 0
+
+
+def test_functional_activations_are_said_and_he_init_is_prescribed():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(64, 64) for _ in range(30))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+            return x
+
+    torch.manual_seed(8)
+    report = gradscope.analyze(Functional().double())
+
+    assert report.status == "vanishing"
+    assert "does not see" in report.findings[0].message
+    init = next(fix for fix in report.fixes if fix.id == "init-gain")
+    assert 'nonlinearity="relu"' in init.snippet
+
+
+def test_a_flatten_is_no_place_for_a_skip_and_the_cnn_snippet_runs():
+    torch.manual_seed(9)
+    layers = [m for _ in range(12) for m in (nn.Conv2d(4, 4, 3, padding=1), nn.Sigmoid())]
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), *layers, nn.Flatten(), nn.Linear(64, 3))
+    report = gradscope.analyze(model.double(), input_shape=(4, 2, 4, 4))
+    flatten = next(layer for layer in report.layers if layer.type == "Flatten")
+    assert flatten.same_shape is False
+
+    fix = next(fix for fix in report.fixes if fix.id == "residual-connections")
+    namespace = {"nn": nn, "torch": torch, "model": model}
+    exec(fix.snippet, namespace)  # a root Sequential is rebuilt: read the new model back
+    model = namespace["model"]
+    assert model(torch.randn(4, 2, 4, 4, dtype=torch.float64)).shape == (4, 3)
+    assert sum(type(m).__name__ == "Residual" for m in model.modules()) == 12
+
+
+def test_a_transformer_encoder_is_opened_into_its_layers():
+    torch.manual_seed(10)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoder(layer, 3), nn.Linear(16, 4))
+    report = gradscope.analyze(model.double(), input_shape=(2, 5, 8))
+
+    names = [layer.name for layer in report.layers]
+    assert names == ["0", "1.layers.0", "1.layers.1", "1.layers.2", "2"]
+    assert report.depth.residual_blocks == 3
+
+
+def test_a_depth_only_report_has_no_time_settings(capsys):
+    import json
+
+    from gradscope.cli import main
+
+    path = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / "mlp.pt"
+    torch.save(mlp(nn.ReLU, he, depth=4, width=8), path)
+    main(["analyze", str(path), "-f", "json", "--exit-zero"])
+
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["steps"] is None and settings["horizon"] is None
+    assert settings["loss"] == "seeded unit projection of the output"

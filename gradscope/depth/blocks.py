@@ -1,7 +1,8 @@
 """The blocks of a deep stack, in the order the model runs them, and what each saw on the probe.
 
 Granularity ``blocks`` (the default) expands the root and every container (``nn.Sequential``,
-``nn.ModuleList``, ``nn.ModuleDict``) and keeps every other module whole, so a ResNet's
+``nn.ModuleList``, ``nn.ModuleDict``), and every module that holds a stack of layers in one
+(``nn.TransformerEncoder``), and keeps every other module whole, so a ResNet's
 ``BasicBlock`` is one block; an activation, normalisation or dropout that reads the output of
 the module just before it joins that module's block (``Linear`` + ``Sigmoid``). ``leaves``
 expands everything down to modules without children; an integer N expands every module down to
@@ -45,6 +46,18 @@ NORMS = (
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
     nn.RMSNorm,
+)
+#: Modules whose weights mix features: only a block with one can hold a residual branch.
+WEIGHTED = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.MultiheadAttention,
 )
 #: Modules that join the block of the module whose output they read.
 FOLLOWERS = (*ACTIVATIONS, *NORMS, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
@@ -104,11 +117,18 @@ class Block:
         modules = [call.module for call in self.calls]
 
         def apply(x: Tensor) -> Tensor:
+            x = x.clone()  # an in-place first module must not write into the input
             for module in modules:
                 x = module(x)
             return x
 
         return apply
+
+    def has_weights(self) -> bool:
+        """Whether a weight matrix or kernel acts in the block (not only norms, activations)."""
+        return any(
+            isinstance(sub, WEIGHTED) for call in self.calls for sub in call.module.modules()
+        )
 
     def activation(self) -> Call | None:
         """The last activation call in the block, if any."""
@@ -124,9 +144,11 @@ def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
         if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
             return
         children = list(module.named_children())
+        holds_stack = any(isinstance(child, CONTAINERS) and len(child) > 1 for _, child in children)
         expand = bool(children) and (
             level == 0
             or isinstance(module, CONTAINERS)
+            or holds_stack
             or granularity == "leaves"
             or (limit is not None and level < limit)
         )
@@ -145,14 +167,19 @@ def recording(model: nn.Module, granularity: str) -> Iterator[list[Call]]:
     """Record every call of a unit that maps one tensor to one tensor, in execution order."""
     calls: list[Call] = []
     handles = []
+    copies: dict[int, Tensor] = {}
     for name, module in units(model, granularity):
 
+        def before(module: nn.Module, args: tuple) -> None:
+            if len(args) == 1 and isinstance(args[0], Tensor) and args[0].is_floating_point():
+                copies[id(module)] = args[0].detach().clone()  # before an in-place change
+
         def hook(module: nn.Module, args: tuple, output: object, name: str = name) -> None:
-            tensors = len(args) == 1 and isinstance(args[0], Tensor) and isinstance(output, Tensor)
-            if tensors and args[0].is_floating_point() and output.is_floating_point():
-                value = args[0].detach().clone()
+            value = copies.pop(id(module), None)
+            if value is not None and isinstance(output, Tensor) and output.is_floating_point():
                 calls.append(Call(name, module, args[0], output, value))
 
+        handles.append(module.register_forward_pre_hook(before))
         handles.append(module.register_forward_hook(hook))
     try:
         yield calls

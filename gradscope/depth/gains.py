@@ -56,8 +56,15 @@ def block_gains(
     probes: int,
     iterations: int,
     generator: torch.Generator,
+    weighted: Sequence[bool] | None = None,
 ) -> list[Gains]:
-    """chi, sigma_max and the identity test for every block ``f_i`` at its input ``x_i``."""
+    """chi, sigma_max and the identity test for every block ``f_i`` at its input ``x_i``.
+
+    Only blocks marked ``weighted`` (a weight matrix acts in them) can be residual: a norm or
+    an activation alone is near the identity without an identity path. sigma_max is NaN where
+    forward-mode AD cannot go (some fused attention kernels).
+    """
+    weighted = [True] * len(functions) if weighted is None else weighted
 
     def stacked(*xs: Tensor) -> tuple[Tensor, ...]:
         return tuple(f(x) for f, x in zip(functions, xs, strict=True))
@@ -70,17 +77,21 @@ def block_gains(
     pulled = _pull_all(pullback, cotangents)
     vectors = _unit([p[0] for p in pulled])
     sigmas = [float("nan")] * len(outputs)
-    for step in range(iterations):
-        pushed = jvp(stacked, tuple(inputs), vectors)[1]
-        sigmas = [float(w.detach().norm()) for w in pushed]
-        if step < iterations - 1:  # the last pull would only start another iteration
-            vectors = _unit(pullback(pushed))
+    try:
+        for step in range(iterations):
+            pushed = jvp(stacked, tuple(inputs), vectors)[1]
+            sigmas = [float(w.detach().norm()) for w in pushed]
+            if step < iterations - 1:  # the last pull would only start another iteration
+                vectors = _unit(pullback(pushed))
+    except (RuntimeError, NotImplementedError):
+        sigmas = [float("nan")] * len(outputs)
     gains = []
-    for x, y, u, g, sigma in zip(inputs, outputs, cotangents, pulled, sigmas, strict=True):
+    rows = zip(inputs, outputs, cotangents, pulled, sigmas, weighted, strict=True)
+    for x, y, u, g, sigma, may_skip in rows:
         g = g.detach()
         chi = float(g.pow(2).sum() / (probes * y.numel()))
         residual, branch = False, None
-        if x.shape == y.shape:
+        if x.shape == y.shape and may_skip:
             trace = float((u * g).sum() / (probes * y.numel()))
             residual = trace > RESIDUAL_TRACE
             if residual:
@@ -89,18 +100,38 @@ def block_gains(
     return gains
 
 
+def whole_gains(
+    function: Callable[[Tensor], Tensor],
+    x: Tensor,
+    probes: int,
+    iterations: int,
+    generator: torch.Generator,
+) -> tuple[float, float]:
+    """(sigma_max, RMS singular value) of ``function``'s Jacobian at ``x`` (per example).
+
+    The RMS is ``sqrt(E ||J^T u||^2 / n_out)`` over ``probes`` random ``u``; sigma_max (the
+    largest over the batch) comes from power iteration, NaN where forward-mode AD cannot go.
+    """
+    y, pullback = vjp(function, x)
+    cotangents = torch.randn((probes, *y.shape), generator=generator, dtype=torch.float64).to(y)
+    (pulled,) = _pull_all(lambda u: pullback(u[0]), (cotangents,))
+    pulled = pulled.detach()
+    rms = float((pulled.pow(2).sum() / (probes * y.numel())).sqrt())
+    (vector,) = _unit([pulled[0]])
+    sigma = float("nan")
+    try:
+        for step in range(iterations):
+            pushed = jvp(function, (x,), (vector,))[1]
+            sigma = float(pushed.detach().norm())
+            if step < iterations - 1:
+                (vector,) = _unit(pullback(pushed))
+    except (RuntimeError, NotImplementedError):
+        sigma = float("nan")
+    return sigma, rms
+
+
 def largest_singular_value(
     function: Callable[[Tensor], Tensor], x: Tensor, iterations: int, generator: torch.Generator
 ) -> float:
-    """sigma_max of ``function``'s Jacobian at ``x`` (the largest over a batch), by power
-    iteration with JVPs and VJPs."""
-    y, pullback = vjp(function, x)
-    start = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y)
-    (vector,) = _unit(pullback(start))
-    sigma = float("nan")
-    for step in range(iterations):
-        pushed = jvp(function, (x,), (vector,))[1]
-        sigma = float(pushed.detach().norm())
-        if step < iterations - 1:
-            (vector,) = _unit(pullback(pushed))
-    return sigma
+    """sigma_max of ``function``'s Jacobian at ``x`` (the largest over a batch)."""
+    return whole_gains(function, x, 1, iterations, generator)[0]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.depth.blocks import RECTIFYING, Block, blocks_of, recording
-from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, largest_singular_value
+from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
 from gradscope.errors import GradscopeError, first_line
 from gradscope.probe import Probe, projected_output, projection_loss
 from gradscope.report import DepthLayer, DepthStack
@@ -70,9 +70,10 @@ def _branch_last(block: Block) -> str | None:
     return f"{call.name}.{last}" if last and call.name else last
 
 
-def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, list[Block]]:
-    with recording(model, granularity) as calls, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch warnings would break the one-line stderr
+def _forward(
+    model: nn.Module, probe: Probe, granularity: str, given_shape: bool = False
+) -> tuple[object, list[Block]]:
+    with recording(model, granularity) as calls:
         try:
             output = model(probe.inputs)
         except GradscopeError:
@@ -80,7 +81,9 @@ def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, 
         except Exception as error:
             reason = first_line(error)
             advice = "pass --input-shape or --probe with the input it expects"
-            if probe.time_axis is None:
+            if given_shape:
+                advice = "check --input-shape: the batch comes first, then the model's input"
+            elif probe.time_axis is None:
                 advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
             if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
                 advice = "the model fixes its own dtype: rerun with --dtype float32"
@@ -91,28 +94,37 @@ def _forward(model: nn.Module, probe: Probe, granularity: str) -> tuple[object, 
     return output, blocks_of(calls)
 
 
-def _whole_sigma(model: nn.Module, probe: Probe, settings: Settings) -> float | None:
-    """sigma_max of the input-output Jacobian, or None where forward-mode AD cannot go."""
+def _whole_gains(model: nn.Module, probe: Probe, settings: Settings) -> tuple[float | None, float]:
+    """(sigma_max, RMS singular value) of the input-output Jacobian; NaN RMS for token ids."""
     if not probe.inputs.is_floating_point():
-        return None
+        return None, math.nan
 
     def whole(x: Tensor) -> Tensor:
         return projected_output(model(x), probe, traced=False)
 
     generator = torch.Generator().manual_seed(settings.seed + 3)
     try:
-        return largest_singular_value(
-            whole, probe.inputs.detach(), settings.power_iterations, generator
+        sigma, rms = whole_gains(
+            whole, probe.inputs.detach(), settings.chi_probes, settings.power_iterations, generator
         )
     except Exception:
-        return None
+        return None, math.nan
+    return (None if math.isnan(sigma) else sigma), rms
 
 
 def measure_depth(
     model: nn.Module, probe: Probe, settings: Settings
 ) -> tuple[DepthStack, list[DepthLayer]] | None:
     """The depth view of ``model`` on ``probe``; None when it has fewer than MIN_BLOCKS blocks."""
-    output, blocks = _forward(model, probe, settings.depth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warnings would break the one-line stderr
+        return _measure(model, probe, settings)
+
+
+def _measure(
+    model: nn.Module, probe: Probe, settings: Settings
+) -> tuple[DepthStack, list[DepthLayer]] | None:
+    output, blocks = _forward(model, probe, settings.depth, settings.input_shape is not None)
     if len(blocks) < MIN_BLOCKS:
         return None
     loss = projection_loss(output, probe)
@@ -132,10 +144,12 @@ def measure_depth(
         settings.chi_probes,
         settings.power_iterations,
         generator,
+        [b.has_weights() for b in blocks],
     )
     layers = []
     below = input_grad
-    for block, norm, gain in zip(blocks, norms, gains, strict=True):
+    following = [*(b.input for b in blocks[1:]), None]
+    for block, norm, gain, after in zip(blocks, norms, gains, following, strict=True):
         activation = block.activation()
         per_example = block.value.shape[0] if block.value.shape[0] == batch else 1
         layers.append(
@@ -161,14 +175,15 @@ def measure_depth(
                 parent=block.parent,
                 indices=block.indices,
                 branch_last=_branch_last(block) if gain.residual else None,
+                same_shape=block.value.shape == block.output.shape,
+                chained=after is None or after is block.output,
             )
         )
         below = norm
     output_grad = norms[-1]
     ratio = input_grad / output_grad if output_grad else math.nan
     with torch.enable_grad():
-        sigma = _whole_sigma(model, probe, settings)
-    rms = ratio  # the loss direction is a random unit vector: E ||J^T w||^2 = ||J||_F^2 / m
+        sigma, rms = _whole_gains(model, probe, settings)
     stack = DepthStack(
         blocks=len(layers),
         input_grad_norm=input_grad,
@@ -177,7 +192,7 @@ def measure_depth(
         gain_per_block=ratio ** (1 / len(layers)) if ratio >= 0 else math.nan,
         sigma_max=sigma,
         rms_singular_value=rms,
-        spread=sigma / rms if sigma is not None and rms else None,
+        spread=sigma / rms if sigma is not None and rms and math.isfinite(rms) else None,
         residual_blocks=sum(layer.residual for layer in layers),
         granularity=settings.depth,
         estimator={
@@ -186,7 +201,7 @@ def measure_depth(
             "sigma_max": "power iteration on J^T J with JVPs and VJPs",
             "power_iterations": settings.power_iterations,
             "residual": f"tr(J)/n > {RESIDUAL_TRACE} from the same probes",
-            "rms_singular_value": "||dL/dx|| / ||dL/dy|| for the seeded unit loss direction",
+            "rms_singular_value": "sqrt(E ||J^T u||^2 / n_out) through the whole model",
         },
     )
     return stack, layers
