@@ -1,5 +1,7 @@
 """Check that ``--device cuda`` gives the CPU's numbers: every demo model, and saved programs.
 
+The deep demo stacks compare their block gradients, chi and sigma_max too.
+
 Run on a machine with a CUDA GPU: ``python benchmarks/check_cuda.py``. Each model is analysed in
 float64 on the CPU and on the GPU with the same probe; exponents, horizons, spectra and gradient
 norms must agree to ``--rtol``. Exits 1 on a mismatch, 2 when no GPU is there.
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.demo import DEMO_MODELS, SequenceModel
+from gradscope.demo import DEMO_DEEP_MODELS, DEMO_MODELS, SequenceModel
 
 
 def close(a: float | None, b: float | None, rtol: float) -> bool:
@@ -41,6 +43,10 @@ def worst_difference(cpu: gradscope.Report, gpu: gradscope.Report) -> float:
         pairs.append((a.memory_horizon, b.memory_horizon))
         for key in ("spectral_radius", "sigma_max"):
             pairs.append((a.jacobian[key]["median"], b.jacobian[key]["median"]))
+    if len(cpu.layers) != len(gpu.layers):
+        return math.inf
+    for a, b in zip(cpu.layers, gpu.layers, strict=True):
+        pairs += [(a.grad_norm, b.grad_norm), (a.chi, b.chi), (a.sigma_max, b.sigma_max)]
     if cpu.input_grad_norm is not None and gpu.input_grad_norm is not None:
         pairs += list(zip(cpu.input_grad_norm, gpu.input_grad_norm, strict=True))
     worst = 0.0
@@ -94,6 +100,9 @@ def main() -> int:
         for demo in DEMO_MODELS:
             torch.manual_seed(0)
             cases[demo.name] = (SequenceModel(demo.build()), {"steps": args.steps})
+        for demo in DEMO_DEEP_MODELS:
+            torch.manual_seed(0)
+            cases[demo.name] = (demo.build(), {})
         cases.update(saved_programs(Path(folder)))
         for name, (model, options) in cases.items():
             start = time.perf_counter()

@@ -104,8 +104,9 @@ def _whole_gains(model: nn.Module, probe: Probe, settings: Settings) -> tuple[fl
 
     generator = torch.Generator().manual_seed(settings.seed + 3)
     try:
+        # one probe: each example of the batch draws its own, which averages them
         sigma, rms = whole_gains(
-            whole, probe.inputs.detach(), settings.chi_probes, settings.power_iterations, generator
+            whole, probe.inputs.detach(), 1, settings.power_iterations, generator
         )
     except Exception:
         return None, math.nan
@@ -201,7 +202,8 @@ def _measure(
             "sigma_max": "power iteration on J^T J with JVPs and VJPs",
             "power_iterations": settings.power_iterations,
             "residual": f"tr(J)/n > {RESIDUAL_TRACE} from the same probes",
-            "rms_singular_value": "sqrt(E ||J^T u||^2 / n_out) through the whole model",
+            "rms_singular_value": "sqrt(E ||J^T u||^2 / n_out) through the whole model, one "
+            "random u per example",
         },
     )
     return stack, layers
