@@ -287,8 +287,9 @@ class Scaled(nn.Module):
 
 
 def test_an_in_place_activation_is_measured_on_the_input_it_saw():
+    torch.manual_seed(11)
     model = Scaled().double()
-    report = gradscope.analyze(model, batch=6)
+    report = gradscope.analyze(model, batch=64)
 
     act = next(layer for layer in report.layers if layer.name == "act")
     assert act.chi == pytest.approx(0.5, abs=0.25)  # half the units pass, slope 1
