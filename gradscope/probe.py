@@ -8,6 +8,7 @@ norm gradscope reports is a norm of the gradient of that loss.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, first_line
 from gradscope.recurrent.cells import RECURRENT_CELLS, RECURRENT_MODULES
 from gradscope.settings import BUILTIN_PROBES, Settings
 
@@ -427,3 +428,30 @@ def projection_loss(output: object, probe: Probe) -> Tensor:
     """``sum_b <w, y_b>``: ``y`` the output at the last step, ``w`` a seeded unit vector."""
     y = projected_output(output, probe)
     return (y @ loss_direction(y.shape[1], probe, y)).sum()
+
+
+def run_model(model: nn.Module, probe: Probe, given_shape: bool = False) -> object:
+    """``model(probe.inputs)``; a failure is a one-line error with the model's own reason and
+    the option to change."""
+    try:
+        return model(probe.inputs)
+    except GradscopeError:
+        raise
+    except Exception as error:
+        reason = first_line(error)
+        advice = "pass --input-shape or --probe with the input it expects"
+        if given_shape:
+            advice = "check --input-shape: the batch comes first, then the model's input"
+        elif probe.time_axis is None:
+            advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
+        if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
+            advice = "the model fixes its own dtype: rerun with --dtype float32"
+        elif isinstance(error, TypeError) and "required positional argument" in reason:
+            advice = (
+                "gradscope drives forward with one input tensor: wrap the model in a module "
+                "whose forward(x) supplies the other inputs, and analyse that"
+            )
+        raise GradscopeError(
+            f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
+            f"({type(error).__name__}: {reason}); {advice}"
+        ) from None

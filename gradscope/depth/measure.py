@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import warnings
 
 import torch
@@ -11,8 +10,7 @@ from torch import Tensor, nn
 
 from gradscope.depth.blocks import RECTIFYING, Block, blocks_of, recording
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
-from gradscope.errors import GradscopeError, first_line
-from gradscope.probe import Probe, projected_output, projection_loss
+from gradscope.probe import Probe, projected_output, projection_loss, run_model
 from gradscope.report import DepthLayer, DepthStack
 from gradscope.settings import Settings
 
@@ -74,23 +72,7 @@ def _forward(
     model: nn.Module, probe: Probe, granularity: str, given_shape: bool = False
 ) -> tuple[object, list[Block]]:
     with recording(model, granularity) as calls:
-        try:
-            output = model(probe.inputs)
-        except GradscopeError:
-            raise
-        except Exception as error:
-            reason = first_line(error)
-            advice = "pass --input-shape or --probe with the input it expects"
-            if given_shape:
-                advice = "check --input-shape: the batch comes first, then the model's input"
-            elif probe.time_axis is None:
-                advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
-            if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
-                advice = "the model fixes its own dtype: rerun with --dtype float32"
-            raise GradscopeError(
-                f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
-                f"({type(error).__name__}: {reason}); {advice}"
-            ) from None
+        output = run_model(model, probe, given_shape)
     return output, blocks_of(calls)
 
 

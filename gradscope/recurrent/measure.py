@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.diagnosis import memory_horizon
-from gradscope.errors import GradscopeError, first_line
-from gradscope.probe import Probe, projection_loss
+from gradscope.errors import GradscopeError
+from gradscope.probe import Probe, projection_loss, run_model
 from gradscope.recurrent.cells import (
     CellSpec,
     CellWeights,
@@ -50,24 +49,7 @@ def run_probe(
     ``cells`` are the module paths of custom cells, stepped as recurrent cores too.
     """
     with unrolled(model, cells) as recorder:
-        try:
-            output = model(probe.inputs)
-        except GradscopeError:
-            raise
-        except Exception as error:
-            reason = first_line(error)
-            advice = "pass --input-shape or --probe with the input it expects"
-            if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
-                advice = "the model fixes its own dtype: rerun with --dtype float32"
-            elif isinstance(error, TypeError) and "required positional argument" in reason:
-                advice = (
-                    "gradscope drives forward with one input tensor: wrap the model in a module "
-                    "whose forward(x) supplies the other inputs, and analyse that"
-                )
-            raise GradscopeError(
-                f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
-                f"({type(error).__name__}: {reason}); {advice}"
-            ) from None
+        output = run_model(model, probe)
     if not recorder.traces:
         raise GradscopeError(
             "no recurrent module (nn.RNN, nn.LSTM, nn.GRU or a cell) ran on the probe; "
