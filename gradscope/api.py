@@ -202,7 +202,8 @@ def analyze(
     requested_horizon = settings.horizon
     depth = None
     if loaded.parts is None:
-        if "batch" not in options and not _is_recurrent_model(module, settings):
+        recurrent = _is_recurrent_model(module, settings)
+        if "batch" not in options and not recurrent:
             settings = dataclasses.replace(settings, batch=DEFAULT_DEPTH_BATCH)
         probe = make_probe(module, settings, device)
         if probe.note:
@@ -214,7 +215,7 @@ def analyze(
             )
         run_settings = settings.for_steps(probe.steps, probe.batch)
         cores, input_grad_norm = [], None
-        if _is_recurrent_model(module, settings):
+        if recurrent:
             progress(f"probing {probe.steps} steps and measuring the recurrent cores")
             with torch.enable_grad():
                 measured = measure_recurrent(module, probe, run_settings)

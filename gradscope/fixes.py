@@ -391,31 +391,30 @@ def unseen_clause(layers: Sequence[DepthLayer]) -> str | None:
     )
 
 
+def _activity_clause(
+    layers: Sequence[DepthLayer], flagged: list[DepthLayer], field: str, what: str, default: str
+) -> str | None:
+    """``N of M blocks <what> their <activation> units (mean P%)``; None when none is flagged."""
+    if not flagged:
+        return None
+    measured = [getattr(layer, field) for layer in layers if getattr(layer, field) is not None]
+    names = dict.fromkeys(layer.activation for layer in flagged if layer.activation)
+    units = "/".join(name for name in names if name) or default
+    return (
+        f"{len(flagged)} of {len(layers)} blocks {what} {units} units (mean {_mean(measured):.0%})"
+    )
+
+
 def saturation_clause(layers: Sequence[DepthLayer]) -> str | None:
     """``48 of 50 blocks saturate their Sigmoid units (mean 31%)``; None when few do."""
-    saturated = saturated_blocks(layers)
-    if not saturated:
-        return None
-    measured = [layer.saturated for layer in layers if layer.saturated is not None]
-    names = dict.fromkeys(layer.activation for layer in saturated if layer.activation)
-    units = "/".join(name for name in names if name) or "saturating"
-    return (
-        f"{len(saturated)} of {len(layers)} blocks saturate their {units} units "
-        f"(mean {_mean(measured):.0%})"
+    return _activity_clause(
+        layers, saturated_blocks(layers), "saturated", "saturate their", "saturating"
     )
 
 
 def dead_clause(layers: Sequence[DepthLayer]) -> str | None:
     """``12 of 50 blocks have dead ReLU units (mean 40%)``; None when few do."""
-    dead = dead_blocks(layers)
-    if not dead:
-        return None
-    measured = [layer.dead for layer in layers if layer.dead is not None]
-    names = dict.fromkeys(layer.activation for layer in dead if layer.activation)
-    units = "/".join(name for name in names if name) or "ReLU"
-    return (
-        f"{len(dead)} of {len(layers)} blocks have dead {units} units (mean {_mean(measured):.0%})"
-    )
+    return _activity_clause(layers, dead_blocks(layers), "dead", "have dead", "ReLU")
 
 
 def spread_clause(stack: DepthStack) -> str | None:

@@ -81,6 +81,16 @@ def rnn_with_recurrence(weight_hh: Tensor, nonlinearity: str = "tanh") -> nn.RNN
     return rnn
 
 
+def copy_cell_weights(custom: nn.Module, cell: nn.Module) -> nn.Module:
+    """Copy a built-in cell's weights into a custom cell's ``input`` and ``recurrent`` Linears."""
+    with torch.no_grad():
+        custom.input.weight.copy_(cell.weight_ih)
+        custom.input.bias.copy_(cell.bias_ih)
+        custom.recurrent.weight.copy_(cell.weight_hh)
+        custom.recurrent.bias.copy_(cell.bias_hh)
+    return custom
+
+
 class TanhCell(nn.Module):
     """A custom cell that reimplements ``nn.RNNCell``: ``h' = tanh(W x + b_ih + U h + b_hh)``."""
 
@@ -96,12 +106,7 @@ class TanhCell(nn.Module):
 
     def load_from(self, cell: nn.RNNCell) -> TanhCell:
         """Take the weights of a built-in cell."""
-        with torch.no_grad():
-            self.input.weight.copy_(cell.weight_ih)
-            self.input.bias.copy_(cell.bias_ih)
-            self.recurrent.weight.copy_(cell.weight_hh)
-            self.recurrent.bias.copy_(cell.bias_hh)
-        return self
+        return copy_cell_weights(self, cell)
 
 
 class PairLSTMCell(nn.Module):
@@ -124,12 +129,7 @@ class PairLSTMCell(nn.Module):
 
     def load_from(self, cell: nn.LSTMCell) -> PairLSTMCell:
         """Take the weights of a built-in cell."""
-        with torch.no_grad():
-            self.input.weight.copy_(cell.weight_ih)
-            self.input.bias.copy_(cell.bias_ih)
-            self.recurrent.weight.copy_(cell.weight_hh)
-            self.recurrent.bias.copy_(cell.bias_hh)
-        return self
+        return copy_cell_weights(self, cell)
 
 
 class GatedNormCell(nn.Module):

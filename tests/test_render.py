@@ -18,7 +18,6 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from gradscope.diagnosis import diagnose
 from gradscope.render import write
 from gradscope.render.chart import log_chart
 from gradscope.render.demo import write_demo
@@ -26,7 +25,7 @@ from gradscope.render.text import MAX_DEPTH_ROWS, shown_blocks
 from gradscope.report import Report
 
 import depth_samples
-from samples import MODEL, SETTINGS, core
+from samples import core, report_of
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -39,20 +38,6 @@ def rendered(report: Report, output_format: str = "text") -> str:
     buffer = io.StringIO()
     write(report, output_format, plain_console(buffer))
     return buffer.getvalue()
-
-
-def report_of(*cores) -> Report:
-    status, assessed, _, findings, fixes = diagnose(list(cores), 1e-3)
-    return Report(
-        status=status,
-        settings=SETTINGS,
-        model=MODEL,
-        gradscope_version="0.1.0",
-        input_grad_norm=[1.0] * 100,
-        recurrent=assessed,
-        findings=findings,
-        fixes=fixes,
-    )
 
 
 def check_golden(name: str, text: str) -> None:

@@ -7,24 +7,9 @@ import math
 
 import pytest
 
-from gradscope import GradientHealthError, Report
-from gradscope.diagnosis import diagnose
+from gradscope import GradientHealthError
 
-from samples import CORE_KEYS, MODEL, SETTINGS, TOP_KEYS, core
-
-
-def report_of(*cores) -> Report:
-    status, assessed, _, findings, fixes = diagnose(list(cores), 1e-3)
-    return Report(
-        status=status,
-        settings=SETTINGS,
-        model=MODEL,
-        gradscope_version="0.1.0",
-        input_grad_norm=[1.0] * 100,
-        recurrent=assessed,
-        findings=findings,
-        fixes=fixes,
-    )
+from samples import CORE_KEYS, TOP_KEYS, core, report_of
 
 
 def test_json_has_the_contract_keys_in_order_and_nulls_for_non_finite():

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError, first_line
 from gradscope.loading.inference import InferredPart
-from gradscope.probe import Probe, load_probe_file, make_probe, projection_loss
+from gradscope.probe import Probe, load_probe_file, make_probe, projection_loss, run_model
 from gradscope.recurrent.measure import measure_recurrent, pooled_norms
 from gradscope.report import RecurrentCore
 from gradscope.settings import BUILTIN_PROBES, Settings
@@ -133,17 +133,15 @@ def whole_input_gradient(module: nn.Module, probe: Probe) -> list[float] | None:
     """
     if not probe.inputs.requires_grad:
         return None
-    try:  # cuDNN's RNN backward refuses eval mode; the program runs in eval mode
-        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-            loss = projection_loss(module(probe.inputs), probe)
+    # cuDNN's RNN backward refuses eval mode; the program runs in eval mode
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+        loss = projection_loss(run_model(module, probe), probe)
+        try:
             (grad,) = torch.autograd.grad(loss, [probe.inputs])
-    except GradscopeError:
-        raise
-    except Exception as error:
-        raise GradscopeError(
-            f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
-            f"({type(error).__name__}: {first_line(error)}); pass --input-shape or --probe with "
-            "the input it expects"
-        ) from None
+        except RuntimeError as error:
+            raise GradscopeError(
+                f"the model's backward failed ({first_line(error)}); its input gradient needs "
+                "a model that backpropagates to its input"
+            ) from None
     per_step = grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
     return pooled_norms(per_step)

@@ -142,15 +142,10 @@ def _skip(layer: DepthLayer) -> str:
     return "✓" if layer.branch_chi is None else "✓ " + number(layer.branch_chi, "{:.3f}")
 
 
-def depth_table(layers: list[DepthLayer]) -> Table:
-    """One row per block, input side first; long stacks show their ends and a sample between.
-
-    Columns for residual blocks (skip, with the branch's χ), saturated and dead units appear only
-    where some block has them. Gaps of two (the cores table has three) leave 64 of 80 columns
-    to the text of nine columns.
-    """
-    table = Table(
-        title="Depth stack, input side first",
+def _depth_frame(title: str) -> Table:
+    """A borderless table with gaps of two, as the depth tables use."""
+    return Table(
+        title=title,
         title_justify="left",
         title_style="bold",
         box=box.SIMPLE_HEAD,
@@ -158,6 +153,16 @@ def depth_table(layers: list[DepthLayer]) -> Table:
         pad_edge=False,
         padding=(0, 1, 0, 0),
     )
+
+
+def depth_table(layers: list[DepthLayer]) -> Table:
+    """One row per block, input side first; long stacks show their ends and a sample between.
+
+    Columns for residual blocks (skip, with the branch's χ), saturated and dead units appear only
+    where some block has them. Gaps of two (the cores table has three) leave 64 of 80 columns
+    to the text of nine columns.
+    """
+    table = _depth_frame("Depth stack, input side first")
     columns: list[tuple[str, Callable[[DepthLayer], str]]] = [
         ("‖dL/da‖", lambda layer: number(layer.grad_norm)),
         ("gain", lambda layer: number(layer.gain, "{:.3f}")),
@@ -189,15 +194,7 @@ def depth_table(layers: list[DepthLayer]) -> Table:
 
 def depth_summary(depth: DepthStack) -> Table:
     """The whole stack in one row: blocks, change from output to input, spread, status."""
-    table = Table(
-        title="Whole stack",
-        title_justify="left",
-        title_style="bold",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-        padding=(0, 1, 0, 0),
-    )
+    table = _depth_frame("Whole stack")
     for column in ("blocks", "residual", "output → input", "per block", "spread"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
