@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from gradscope import __version__
-from gradscope.diagnosis import diagnose, with_horizons
+from gradscope.diagnosis import diagnose
+from gradscope.diagnosis.verdict import with_horizons
 from gradscope.errors import GradscopeError, first_line
+from gradscope.fixes import build_fixes
 from gradscope.report import Report
 from gradscope.settings import BUILTIN_PROBES, DEFAULT_DEPTH_BATCH, Settings, parse_shape
 
@@ -122,9 +124,9 @@ def _measure_parts(loaded, settings: Settings, device, explicit_length: bool, pr
 
 
 def _is_recurrent_model(module, settings: Settings) -> bool:
-    from gradscope.recurrent.unroll import find_recurrent
+    from gradscope.taxonomy import recurrent_modules
 
-    return bool(find_recurrent(module) or settings.cells)
+    return bool(recurrent_modules(module, scripted=False) or settings.cells)
 
 
 def _measure_depth(module, probe, settings: Settings, has_cores: bool, notes: list[str]):
@@ -237,8 +239,13 @@ def analyze(
     settings = settings.for_steps(steps, batch)
     cores = with_horizons(cores, requested_horizon, steps)
     stack, layers = depth if depth is not None else (None, [])
-    status, cores, stack, findings, fixes = diagnose(
-        cores, settings.epsilon, depth=stack, layers=layers
+    diagnosis = diagnose(cores, settings.epsilon, stack, layers)
+    fixes = build_fixes(diagnosis, settings.epsilon)
+    status, cores, stack, findings = (
+        diagnosis.status,
+        diagnosis.cores,
+        diagnosis.stack,
+        diagnosis.findings,
     )
     over_time = {} if cores else dict.fromkeys(("steps", "horizon", "burn_in"))
     settings_data = (

@@ -17,12 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError, first_line
-from gradscope.recurrent.cells import RECURRENT_CELLS, RECURRENT_MODULES
 from gradscope.settings import BUILTIN_PROBES, Settings
-
-#: PyTorch's recurrent module and cell class names (also TorchScript's ``original_name``).
-RECURRENT_NAMES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
-CONVOLUTIONS = ("Conv1d", "Conv2d", "Conv3d")
+from gradscope.taxonomy import CONVOLUTIONS, is_recurrent, recurrent_modules, type_name
 
 
 @dataclass(frozen=True)
@@ -95,17 +91,6 @@ class Probe:
         return 1 if self.batch_axis is None else self.inputs.shape[self.batch_axis]
 
 
-def type_name(module: nn.Module) -> str:
-    """The class name of a module, or of the module a TorchScript submodule was scripted from."""
-    return getattr(module, "original_name", None) or type(module).__name__
-
-
-def _is_recurrent(module: nn.Module) -> bool:
-    return isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS) or (
-        isinstance(module, torch.jit.ScriptModule) and type_name(module) in RECURRENT_NAMES
-    )
-
-
 def first_parametrised(
     model: nn.Module, inside: tuple[str, ...] = ()
 ) -> tuple[str, nn.Module] | None:
@@ -117,7 +102,7 @@ def first_parametrised(
     found = [
         (name, module)
         for name, module in model.named_modules()
-        if _is_recurrent(module) or next(module.parameters(recurse=False), None) is not None
+        if is_recurrent(module) or next(module.parameters(recurse=False), None) is not None
     ]
     within = [
         entry
@@ -137,7 +122,7 @@ def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None,
         return module.in_features, None
     if kind == "LayerNorm" or isinstance(module, nn.LayerNorm):
         return module.normalized_shape[-1], None
-    if _is_recurrent(module):
+    if is_recurrent(module):
         return module.input_size, None
     if kind in CONVOLUTIONS and needs_shape:
         channels = module.in_channels
@@ -163,7 +148,7 @@ def input_layout(
     ``batch_first``, or the one ``batch_first`` sets; cells (PyTorch's or custom ones named in
     ``cells``) loop in the user's code, so their sequences are assumed batch-first unless told.
     """
-    recurrent = [(n, m) for n, m in model.named_modules() if _is_recurrent(m)]
+    recurrent = recurrent_modules(model)
     if recurrent:
         name, module = recurrent[0]
         inferred, features = getattr(module, "batch_first", None), module.input_size

@@ -6,12 +6,62 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 SCHEMA_VERSION = 1
-#: Statuses from best to worst; the overall status is the worst of the parts.
-STATUSES = ("healthy", "vanishing", "exploding", "nonfinite")
+#: Field metadata of data kept for the code and left out of the JSON report.
+INTERNAL = {"json": False}
+
+
+class Word(str, Enum):
+    """A closed set of words the report uses: compares, formats and serialises as its text."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(Word):
+    """A verdict, from best to worst; the overall status is the worst of the parts."""
+
+    HEALTHY = "healthy"
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+    NONFINITE = "nonfinite"
+
+    @property
+    def rank(self) -> int:
+        """0 for healthy up to 3 for nonfinite."""
+        return STATUSES.index(self)
+
+
+#: Statuses from best to worst, as text.
+STATUSES = tuple(status.value for status in Status)
 FAILING_STATUSES = STATUSES[1:]
+
+
+class Severity(Word):
+    """How much a finding weighs: an error decides the status, a warning only informs."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class FixId(Word):
+    """The stable ids of the fixes gradscope knows."""
+
+    CLIP_GRAD_NORM = "clip-grad-norm"
+    USE_LSTM = "use-lstm"
+    USE_GRU = "use-gru"
+    FORGET_GATE_BIAS = "forget-gate-bias"
+    UPDATE_GATE_BIAS = "update-gate-bias"
+    ORTHOGONAL_INIT = "orthogonal-init"
+    SPECTRAL_NORM = "spectral-norm"
+    RESIDUAL_CONNECTIONS = "residual-connections"
+    SCALE_RESIDUAL_BRANCH = "scale-residual-branch"
+    NORMALIZATION = "normalization"
+    CHANGE_ACTIVATION = "change-activation"
+    INIT_GAIN = "init-gain"
 
 
 @dataclass
@@ -120,6 +170,19 @@ class DepthStack:
     horizon: int = 0
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What a finding rests on, as data: the part it is about and the deciding measurement.
+
+    ``part`` is ``"core"`` (``key`` = (module, layer, direction)) or ``"stack"``; ``reason``
+    states the measurement in one clause, which a fix quotes as its "why".
+    """
+
+    part: str
+    key: tuple[str, int, str] | None
+    reason: str
+
+
 @dataclass
 class Finding:
     """One diagnosis: what is wrong, where, by how much, and which fixes apply."""
@@ -130,6 +193,7 @@ class Finding:
     where: dict[str, Any]
     message: str
     fixes: list[str] = field(default_factory=list)
+    evidence: Evidence | None = field(default=None, metadata=INTERNAL)
 
 
 @dataclass
@@ -164,10 +228,9 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract as a dict; non-finite numbers become ``None``."""
-        data = dataclasses.asdict(self)
+        data = to_data(self)
         order = ["schema_version", "gradscope_version", "status", "settings", "model"]
-        ordered = {key: data.pop(key) for key in order} | data
-        return _finite_or_none(ordered)
+        return {key: data.pop(key) for key in order} | data
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON text (schema_version 1)."""
@@ -180,7 +243,7 @@ class Report:
 
         def badness(core: RecurrentCore) -> tuple[int, float]:
             tau = core.memory_horizon
-            return STATUSES.index(core.status), -(math.inf if tau is None else tau)
+            return Status(core.status).rank, -(math.inf if tau is None else tau)
 
         return max(self.recurrent, key=badness)
 
@@ -201,15 +264,25 @@ class Report:
 
     def assert_healthy(self) -> None:
         """Raise :class:`GradientHealthError` with the diagnosis unless every part is healthy."""
-        if self.status != "healthy":
+        if self.status != Status.HEALTHY:
             raise GradientHealthError(self.summary())
 
 
-def _finite_or_none(value: Any) -> Any:
+def to_data(value: Any) -> Any:
+    """Plain JSON data: dataclasses as dicts (without INTERNAL fields, keys renamed by a field's
+    ``json`` metadata), words as text, tuples as lists, non-finite numbers as ``None``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            item.metadata.get("json", item.name): to_data(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if item.metadata.get("json", True) is not False
+        }
+    if isinstance(value, Word):
+        return value.value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
+        return {key: to_data(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
+        return [to_data(item) for item in value]
     return value

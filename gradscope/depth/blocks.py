@@ -17,50 +17,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from gradscope.recurrent.cells import RECURRENT_CELLS, RECURRENT_MODULES
-
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid)
-RECTIFYING = (nn.ReLU, nn.ReLU6)
-ACTIVATIONS = (
-    *SATURATING,
-    *RECTIFYING,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.Softplus,
-    nn.Hardswish,
-)
-NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.RMSNorm,
-)
-#: Modules whose weights mix features: only a block with one can hold a residual branch.
-WEIGHTED = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.MultiheadAttention,
-)
-#: Modules that join the block of the module whose output they read.
-FOLLOWERS = (*ACTIVATIONS, *NORMS, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+from gradscope import taxonomy
+from gradscope.taxonomy import classes, is_builtin_recurrent
 
 
 @dataclass
@@ -127,12 +85,21 @@ class Block:
     def has_weights(self) -> bool:
         """Whether a weight matrix or kernel acts in the block (not only norms, activations)."""
         return any(
-            isinstance(sub, WEIGHTED) for call in self.calls for sub in call.module.modules()
+            isinstance(sub, classes(taxonomy.WEIGHTED))
+            for call in self.calls
+            for sub in call.module.modules()
         )
 
     def activation(self) -> Call | None:
         """The last activation call in the block, if any."""
-        return next((c for c in reversed(self.calls) if isinstance(c.module, ACTIVATIONS)), None)
+        return next(
+            (
+                c
+                for c in reversed(self.calls)
+                if isinstance(c.module, classes(taxonomy.ACTIVATIONS))
+            ),
+            None,
+        )
 
 
 def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
@@ -141,13 +108,14 @@ def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
     found: list[tuple[str, nn.Module]] = []
 
     def visit(name: str, module: nn.Module, level: int) -> None:
-        if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
+        if is_builtin_recurrent(module):
             return
+        containers = classes(taxonomy.CONTAINERS)
         children = list(module.named_children())
-        holds_stack = any(isinstance(child, CONTAINERS) and len(child) > 1 for _, child in children)
+        holds_stack = any(isinstance(child, containers) and len(child) > 1 for _, child in children)
         expand = bool(children) and (
             level == 0
-            or isinstance(module, CONTAINERS)
+            or isinstance(module, containers)
             or holds_stack
             or granularity == "leaves"
             or (limit is not None and level < limit)
@@ -200,7 +168,7 @@ def blocks_of(calls: list[Call]) -> list[Block]:
         previous = blocks[-1] if blocks else None
         joins = (
             previous is not None
-            and isinstance(call.module, FOLLOWERS)
+            and isinstance(call.module, classes(taxonomy.FOLLOWERS))
             and call.input is previous.output
         )
         if joins:

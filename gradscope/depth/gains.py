@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from gradscope.numerics import power_iteration
+
 #: tr(J)/n above this marks a block with an identity path (a residual block).
 RESIDUAL_TRACE = 0.5
 
@@ -45,10 +47,6 @@ def _pull_all(pullback: Callable, cotangents: tuple[Tensor, ...]) -> tuple[Tenso
         count = cotangents[0].shape[0]
         rows = [pullback(tuple(u[k] for u in cotangents)) for k in range(count)]
         return tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
-
-
-def _unit(vectors: Sequence[Tensor]) -> tuple[Tensor, ...]:
-    return tuple(v / v.norm().clamp_min(torch.finfo(v.dtype).tiny) for v in vectors)
 
 
 def block_gains(
@@ -76,16 +74,12 @@ def block_gains(
         for y in outputs
     )
     pulled = _pull_all(pullback, cotangents)
-    vectors = _unit([p[0] for p in pulled])
-    sigmas = [float("nan")] * len(outputs)
-    try:
-        for step in range(iterations):
-            pushed = jvp(stacked, tuple(inputs), vectors)[1]
-            sigmas = [float(w.detach().norm()) for w in pushed]
-            if step < iterations - 1:  # the last pull would only start another iteration
-                vectors = _unit(pullback(pushed))
-    except (RuntimeError, NotImplementedError):
-        sigmas = [float("nan")] * len(outputs)
+    sigmas = power_iteration(
+        lambda vectors: jvp(stacked, tuple(inputs), vectors)[1],
+        pullback,
+        tuple(p[0] for p in pulled),
+        iterations,
+    )
     gains = []
     rows = zip(inputs, outputs, cotangents, pulled, sigmas, weighted, strict=True)
     for x, y, u, g, sigma, may_skip in rows:
@@ -118,21 +112,17 @@ def whole_gains(
     (pulled,) = _pull_all(lambda u: pullback(u[0]), (cotangents,))
     pulled = pulled.detach()
     rms = float((pulled.pow(2).sum() / (probes * y.numel())).sqrt())
-    (vector,) = _unit([pulled[0]])
-    sigma = float("nan")
-    try:
-        for step in range(iterations):
-            pushed = jvp(function, (x,), (vector,))[1]
-            sigma = float(pushed.detach().norm())
-            if step < iterations - 1:
-                (vector,) = _unit(pullback(pushed))
-    except (RuntimeError, NotImplementedError):
-        sigma = float("nan")
+    (sigma,) = power_iteration(
+        lambda vectors: (jvp(function, (x,), vectors)[1],),
+        lambda pushed: pullback(pushed[0]),
+        (pulled[0],),
+        iterations,
+    )
     return sigma, rms
 
 
-def largest_singular_value(
+def jacobian_sigma_max(
     function: Callable[[Tensor], Tensor], x: Tensor, iterations: int, generator: torch.Generator
 ) -> float:
-    """sigma_max of ``function``'s Jacobian at ``x`` (the largest over a batch)."""
+    """sigma_max of ``function``'s Jacobian at ``x`` (the largest over a batch), matrix-free."""
     return whole_gains(function, x, 1, iterations, generator)[0]

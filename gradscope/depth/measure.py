@@ -8,29 +8,18 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from gradscope.depth.blocks import RECTIFYING, Block, blocks_of, recording
+from gradscope.depth.blocks import Block, blocks_of, recording
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
+from gradscope.numerics import pooled_norm
 from gradscope.probe import Probe, projected_output, projection_loss, run_model
 from gradscope.report import DepthLayer, DepthStack
 from gradscope.settings import Settings
+from gradscope.taxonomy import RECTIFYING, classes
 
 #: Fewer blocks than this is no stack to speak of.
 MIN_BLOCKS = 3
 #: Dead ReLU units are only counted over a batch at least this large.
 MIN_BATCH_FOR_DEAD = 8
-
-
-def pooled_norm(gradient: Tensor | None, batch: int) -> float:
-    """``sqrt(mean_b ||g_b||^2)``: the batch is the first axis when it is as long as the batch."""
-    if gradient is None:
-        return 0.0
-    flat = gradient.reshape(-1).abs()
-    scale = flat.max()
-    if not bool(torch.isfinite(scale)):
-        return float(scale)
-    if scale == 0:
-        return 0.0
-    return float((flat / scale).pow(2).sum().div(batch).sqrt() * scale)
 
 
 def saturated_fraction(module: nn.Module, y: Tensor) -> float | None:
@@ -51,7 +40,11 @@ def saturated_fraction(module: nn.Module, y: Tensor) -> float | None:
 
 def dead_fraction(module: nn.Module, y: Tensor, batch: int) -> float | None:
     """Rectifier units that are zero for every example of the batch."""
-    if not isinstance(module, RECTIFYING) or batch < MIN_BATCH_FOR_DEAD or y.shape[0] != batch:
+    if (
+        not isinstance(module, classes(RECTIFYING))
+        or batch < MIN_BATCH_FOR_DEAD
+        or y.shape[0] != batch
+    ):
         return None
     return float((y.detach().reshape(batch, -1) == 0).all(dim=0).double().mean())
 

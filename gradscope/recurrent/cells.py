@@ -17,9 +17,6 @@ from torch.nn import functional as F
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
-RECURRENT_MODULES = (nn.RNN, nn.LSTM, nn.GRU)
-RECURRENT_CELLS = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
-
 
 @dataclass(frozen=True)
 class CellSpec:

@@ -1,4 +1,4 @@
-"""Jacobians of a state map along a trajectory: spectra and Lyapunov exponents.
+"""Jacobians of a state map along a trajectory, and its Lyapunov exponents.
 
 ``step(s, u)`` is a pure state map (see :mod:`gradscope.recurrent.cells`); a trajectory is the
 stack of states before each step, shaped (steps, batch, n), with the drives (steps, batch, G).
@@ -31,16 +31,6 @@ def state_jacobians(step: StepFunction, states: Tensor, drives: Tensor) -> Tenso
             for i in range(0, len(states), chunk)
         ]
     )
-
-
-def spectral_radius(jacobians: Tensor) -> Tensor:
-    """Largest eigenvalue modulus of each matrix in a (..., n, n) stack."""
-    return torch.linalg.eigvals(jacobians).abs().amax(dim=-1)
-
-
-def largest_singular_value(jacobians: Tensor) -> Tensor:
-    """Largest singular value (spectral norm) of each matrix in a (..., n, n) stack."""
-    return torch.linalg.matrix_norm(jacobians, ord=2)
 
 
 def tangent_map(step: StepFunction) -> Callable[[Tensor, Tensor, Tensor], Tensor]:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gradscope.diagnosis import memory_horizon
 from gradscope.errors import GradscopeError
+from gradscope.numerics import largest_singular_value, median_and_max, pooled_norms, spectral_radius
 from gradscope.probe import Probe, projection_loss, run_model
 from gradscope.recurrent.cells import (
     CellSpec,
@@ -19,15 +19,11 @@ from gradscope.recurrent.cells import (
     gate_values,
     step_function,
 )
-from gradscope.recurrent.dynamics import (
-    largest_singular_value,
-    lyapunov_exponents,
-    spectral_radius,
-    state_jacobians,
-)
+from gradscope.recurrent.dynamics import lyapunov_exponents, state_jacobians
 from gradscope.recurrent.unroll import Trace, unrolled
 from gradscope.report import RecurrentCore
 from gradscope.settings import Settings, spectrum_sample_count
+from gradscope.theory import memory_horizon
 
 #: The Pascanu et al. bound on sigma_max(W_hh) is 1/gamma, gamma = max |activation'| = 1.
 PASCANU_GAMMA = {"rnn_tanh": 1.0, "rnn_relu": 1.0}
@@ -75,23 +71,14 @@ def check_layout(traces: dict[tuple, Trace], probe: Probe) -> None:
         )
 
 
-def pooled_norms(per_step: Tensor) -> list[float]:
-    """``sqrt(mean_b ||g_b||^2)`` for each step of a (steps, batch, ...) tensor.
-
-    Scaled by each step's largest entry first, so that norms up to the dtype's maximum do not
-    overflow when squared.
-    """
-    flat = per_step.reshape(per_step.shape[0], -1)
-    scale = flat.abs().amax(dim=-1, keepdim=True)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    rms = (flat / safe).pow(2).sum(-1).div(per_step.shape[1]).sqrt()
-    return (rms * scale.squeeze(-1)).tolist()
+def per_step_norms(per_step: Tensor) -> list[float]:
+    """``sqrt(mean_b ||g_b||^2)`` for each step of a (steps, batch, ...) tensor."""
+    return pooled_norms(per_step, per_step.shape[1])
 
 
 def _summary(values: Tensor) -> dict[str, float]:
-    if values.numel() == 0 or not bool(torch.isfinite(values).all()):
-        return {"median": math.nan, "max": math.nan}
-    return {"median": float(values.quantile(0.5)), "max": float(values.max())}
+    median, largest = median_and_max(values)
+    return {"median": median, "max": largest}
 
 
 def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int) -> Tensor:
@@ -161,7 +148,7 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
     norms = [
         norm
         for call in trace.calls
-        for norm in pooled_norms(
+        for norm in per_step_norms(
             torch.stack([_or_zeros(next(grads), state) for state in call.states])
         )
     ]
@@ -237,5 +224,5 @@ def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> Rec
     if input_grad is not None:
         per_step = input_grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
         # for token ids, the gradient at their embedding: ||dL/de_t||
-        input_grad_norm = pooled_norms(per_step)
+        input_grad_norm = per_step_norms(per_step)
     return RecurrentMeasurement(cores, input_grad_norm)

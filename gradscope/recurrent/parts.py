@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from gradscope.errors import GradscopeError, first_line
 from gradscope.loading.inference import InferredPart
 from gradscope.probe import Probe, load_probe_file, make_probe, projection_loss, run_model
-from gradscope.recurrent.measure import measure_recurrent, pooled_norms
+from gradscope.recurrent.measure import measure_recurrent, per_step_norms
 from gradscope.report import RecurrentCore
 from gradscope.settings import BUILTIN_PROBES, Settings
 
@@ -144,4 +144,4 @@ def whole_input_gradient(module: nn.Module, probe: Probe) -> list[float] | None:
                 "a model that backpropagates to its input"
             ) from None
     per_step = grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
-    return pooled_norms(per_step)
+    return per_step_norms(per_step)

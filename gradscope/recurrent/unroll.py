@@ -22,8 +22,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from gradscope.errors import GradscopeError
 from gradscope.recurrent.cells import (
-    RECURRENT_CELLS,
-    RECURRENT_MODULES,
     CellSpec,
     CellWeights,
     input_drive,
@@ -32,6 +30,13 @@ from gradscope.recurrent.cells import (
     step_function,
 )
 from gradscope.recurrent.custom import CustomCell, StateLayout
+from gradscope.taxonomy import (
+    RECURRENT,
+    classes,
+    is_builtin_recurrent,
+    is_recurrent_cell,
+    recurrent_modules,
+)
 
 
 @dataclass(frozen=True)
@@ -300,18 +305,9 @@ def _unrolled_custom_forward(
     return forward
 
 
-def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every PyTorch recurrent module and cell in ``model``, with its module path ("" for root)."""
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
-            found.append((name, module))
-    return found
-
-
 def cores_of(name: str, module: nn.Module) -> dict[tuple[int, int], Core]:
     """The cores of a recurrent module or cell, keyed by (layer, direction index)."""
-    if isinstance(module, RECURRENT_CELLS):
+    if is_recurrent_cell(module):
         spec = CellSpec(module_kind(module), module.input_size, module.hidden_size)
         weights = layer_weights(module, None, reverse=False)
         return {(0, 0): Core(name, 0, "forward", spec, weights, is_cell=True)}
@@ -344,7 +340,7 @@ def custom_cells(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]
                 f"--cell {name}: the model has no module of that name; {hint}"
                 f"its modules are: {_first_few(paths)}"
             )
-        if isinstance(module, RECURRENT_MODULES + RECURRENT_CELLS):
+        if is_builtin_recurrent(module):
             raise GradscopeError(
                 f"--cell {name} is a {type(module).__name__}, which gradscope analyses without "
                 "--cell: drop the option"
@@ -380,14 +376,14 @@ def unrolled(model: nn.Module, cells: Sequence[str] = ()) -> Iterator[Recorder]:
     custom = custom_cells(model, cells)
     recorder = Recorder()
     handlers: dict[int, Callable] = {}
-    for name, module in find_recurrent(model):
+    for name, module in recurrent_modules(model, scripted=False):
         if _within(name, custom):
             continue
         recorder.module_cores[name] = cores_of(name, module)
-        is_cell = isinstance(module, RECURRENT_CELLS)
+        is_cell = is_recurrent_cell(module)
         make = _unrolled_cell_forward if is_cell else _unrolled_module_forward
         handlers[id(module)] = make(name, module, recorder)
-    originals = {cls: cls.__dict__["forward"] for cls in RECURRENT_MODULES + RECURRENT_CELLS}
+    originals = {cls: cls.__dict__["forward"] for cls in classes(RECURRENT)}
     overridden: list[tuple[nn.Module, Callable | None]] = []
     try:
         for cls, original in originals.items():

@@ -1,0 +1,57 @@
+"""From numbers to a verdict and findings: pure rules over report data, no torch.
+
+:func:`diagnose` judges every core over its distance and the stack over its depth
+(:mod:`~gradscope.diagnosis.verdict`), then words what the numbers say
+(:mod:`~gradscope.diagnosis.recurrent`, :mod:`~gradscope.diagnosis.depth`) with the thresholds
+and predicates of :mod:`~gradscope.diagnosis.rules`. Fixes are chosen here by id; their advice
+lives in :mod:`gradscope.fixes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gradscope.diagnosis.depth import depth_findings
+from gradscope.diagnosis.recurrent import core_findings
+from gradscope.diagnosis.verdict import assess_cores, assess_depth, worst
+from gradscope.report import DepthLayer, DepthStack, Finding, RecurrentCore, Severity, Status
+
+__all__ = ["Diagnosis", "diagnose"]
+
+
+@dataclass
+class Diagnosis:
+    """The judged cores and stack, the overall status, and the findings, errors first."""
+
+    status: Status
+    cores: list[RecurrentCore]
+    stack: DepthStack | None
+    layers: list[DepthLayer] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def by_severity(findings: list[Finding]) -> list[Finding]:
+    """Errors first, the worst kind first; otherwise in the order found."""
+    return sorted(findings, key=lambda f: (f.severity != Severity.ERROR, -Status(f.kind).rank))
+
+
+def diagnose(
+    cores: list[RecurrentCore],
+    epsilon: float,
+    stack: DepthStack | None = None,
+    layers: Sequence[DepthLayer] = (),
+) -> Diagnosis:
+    """Judge each core over its own ``horizon`` and the stack (when measured) over its blocks.
+
+    The overall status is the worst of them.
+    """
+    judged = assess_cores(cores, epsilon)
+    findings = core_findings(judged, epsilon)
+    statuses = [core.status for core in judged]
+    judged_stack = None
+    if stack is not None:
+        judged_stack = assess_depth(stack, list(layers), epsilon)
+        findings += depth_findings(judged_stack, layers)
+        statuses.append(judged_stack.status)
+    return Diagnosis(worst(statuses), judged, judged_stack, list(layers), by_severity(findings))

@@ -1,0 +1,65 @@
+"""The fixes gradscope knows (stable ids), each with a snippet fitted to the model at hand.
+
+Diagnosis chooses fixes by id; the advice for each id lives in one registry per view:
+:data:`~gradscope.fixes.recurrent.OVER_TIME` for recurrent cores and
+:data:`~gradscope.fixes.depth.OVER_DEPTH` for a deep stack.
+"""
+
+from __future__ import annotations
+
+from gradscope.diagnosis import Diagnosis
+from gradscope.fixes.depth import OVER_DEPTH
+from gradscope.fixes.recurrent import OVER_TIME
+from gradscope.report import Finding, Fix, FixId
+
+__all__ = ["OVER_DEPTH", "OVER_TIME", "build_fixes"]
+
+
+def _reasons(findings: list[Finding]) -> list[str]:
+    """The deciding measurement of each finding, as diagnosis stated it."""
+    reasons = []
+    for finding in findings:
+        if finding.evidence is None:
+            raise ValueError(f"finding {finding.id} carries no evidence for its fixes")
+        reasons.append(finding.evidence.reason)
+    return reasons
+
+
+def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
+    """One fix per id the findings call for, in order of first mention.
+
+    A finding about a core gets the recurrent advice, one about the deep stack the advice for
+    its blocks; a fix both call for gets both.
+    """
+    findings = diagnosis.findings
+    by_key = {(c.name, c.layer, c.direction): c for c in diagnosis.cores}
+    fixes = []
+    for fix_id in dict.fromkeys(fix_id for finding in findings for fix_id in finding.fixes):
+        calling = [f for f in findings if fix_id in f.fixes and f.evidence is not None]
+        on_cores = [f for f in calling if f.evidence.part == "core"]
+        on_stack = [f for f in calling if f.evidence.part == "stack"]
+        stack = diagnosis.stack if on_stack else None
+        whys, whats, snippets = [], [], []
+        if on_cores:
+            advice = OVER_TIME[FixId(fix_id)]
+            involved = [by_key[f.evidence.key] for f in on_cores]
+            whys.append("; ".join(dict.fromkeys(_reasons(on_cores))))
+            whats.append(advice.what)
+            snippets.append(advice.snippet(involved, epsilon))
+        if stack is not None:
+            advice = OVER_DEPTH[FixId(fix_id)]
+            evidence = advice.evidence(stack, diagnosis.layers) if advice.evidence else None
+            reasons = [*_reasons(on_stack), *([evidence] if evidence else [])]
+            whys.append("; ".join(dict.fromkeys(reasons)))
+            whats.append(advice.what)
+            snippets.append(advice.snippet(stack, diagnosis.layers))
+        title = (OVER_DEPTH if stack is not None else OVER_TIME)[FixId(fix_id)].title
+        fixes.append(
+            Fix(
+                id=FixId(fix_id),
+                title=title,
+                detail=f"Why: {'; '.join(whys)}. {' '.join(dict.fromkeys(whats))}",
+                snippet="\n\n".join(dict.fromkeys(snippets)),
+            )
+        )
+    return fixes

@@ -1,0 +1,423 @@
+"""Fixes for deep stacks: code fitted to the measured blocks' module paths, and the evidence
+that calls for each."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+
+from gradscope.diagnosis.clauses import (
+    activation_clause,
+    chi_clause,
+    dead_clause,
+    init_name,
+    residual_clause,
+    saturation_clause,
+    skip_clause,
+    spread_clause,
+)
+from gradscope.diagnosis.rules import (
+    branch_gain,
+    dead_blocks,
+    dominant_activation,
+    he_nonlinearity,
+    inactive_blocks,
+    plain_chi,
+    residual_layers,
+    saturated_blocks,
+    skip_candidates,
+)
+from gradscope.fixes.recurrent import OVER_TIME, clip_snippet, module_expression
+from gradscope.fixes.registry import Advice
+from gradscope.report import DepthLayer, DepthStack, FixId, Status
+from gradscope.taxonomy import SATURATING_KEYS, activation_key, saturates
+
+#: Largest line in a snippet.
+SNIPPET_WIDTH = 76
+
+
+def _literal(name: str, items: list[str], brackets: str = "[]") -> list[str]:
+    """``name = [a, b, ...]`` in lines of at most SNIPPET_WIDTH characters."""
+    opening, closing = brackets
+    head = f"{name} = {opening}"
+    line = head + ", ".join(items) + closing
+    if len(line) <= SNIPPET_WIDTH:
+        return [line]
+    lines, current = [head], "   "
+    for item in items:
+        if len(current) + len(item) + 2 > SNIPPET_WIDTH and current.strip():
+            lines.append(current)
+            current = "   "
+        current += f" {item},"
+    return [*lines, current, closing]
+
+
+def _indexed(paths: list[str]) -> tuple[str, list[int]] | None:
+    """``["blocks.0.fc2", "blocks.1.fc2"]`` -> ``("blocks.{i}.fc2", [0, 1])``.
+
+    None unless the paths differ in one part only, and that part is a child index.
+    """
+    parts = [path.split(".") for path in paths]
+    if len({len(split) for split in parts}) != 1:
+        return None
+    varying = [k for k in range(len(parts[0])) if len({split[k] for split in parts}) > 1]
+    if len(varying) != 1 or not all(split[varying[0]].isdigit() for split in parts):
+        return None
+    template = list(parts[0])
+    template[varying[0]] = "{i}"
+    return ".".join(template), [int(split[varying[0]]) for split in parts]
+
+
+def _progression(numbers: list[int]) -> str | None:
+    """``range(2, 100, 2)`` for an arithmetic progression of three or more numbers."""
+    if len(numbers) < 3:
+        return None
+    step = numbers[1] - numbers[0]
+    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(numbers)):
+        return None
+    stop = numbers[-1] + step
+    return f"range({numbers[0]}, {stop})" if step == 1 else f"range({numbers[0]}, {stop}, {step})"
+
+
+def _paths(paths: list[str]) -> list[str]:
+    """``paths = [...]``: module paths, as a comprehension when they index one container."""
+    indexed = _indexed(paths) if paths else None
+    span = _progression(indexed[1]) if indexed else None
+    if indexed and span:
+        template = indexed[0]
+        item = "str(i)" if template == "{i}" else f'f"{template}"'
+        return [f"paths = [{item} for i in {span}]"]
+    return _literal("paths", [f'"{path}"' for path in paths])
+
+
+def _block_paths(layers: Sequence[DepthLayer]) -> list[str]:
+    """Every module path of the blocks, once, in order."""
+    return list(dict.fromkeys(path for layer in layers for path in layer.modules or [layer.name]))
+
+
+#: The parametrised layers snippets re-initialise.
+LAYER_TYPES = "LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)"
+
+
+def _each_weight(call: str) -> list[str]:
+    """Loop over the Linear/Conv modules under ``paths`` and apply ``call`` to the weight."""
+    return [
+        LAYER_TYPES,
+        "for path in paths:",
+        "    for module in model.get_submodule(path).modules():",
+        "        if isinstance(module, LAYERS):",
+        f"            {call}",
+        "            if module.bias is not None:",
+        "                nn.init.zeros_(module.bias)",
+    ]
+
+
+def _kaiming(nonlinearity: str) -> str:
+    return f'nn.init.kaiming_normal_(module.weight, nonlinearity="{nonlinearity}")'
+
+
+RESIDUAL_CLASS = [
+    "class Residual(nn.Module):",
+    "    def __init__(self, *layers):",
+    "        super().__init__()",
+    "        self.branch = nn.Sequential(*layers)",
+    "",
+    "    def forward(self, x):",
+    "        return x + self.branch(x)",
+    "",
+]
+
+
+def _consecutive(layer: DepthLayer) -> bool:
+    indices = sorted(layer.indices)
+    return bool(indices) and indices == list(range(indices[0], indices[0] + len(indices)))
+
+
+def _rebuild_container(parent: str, blocks: list[DepthLayer]) -> list[str]:
+    """Rebuild a Sequential (or ModuleList) with each block's children inside a ``Residual``."""
+    spans = {min(layer.indices): len(layer.indices) for layer in blocks}
+    starts = sorted(spans)
+    sizes = set(spans.values())
+    span = _progression(starts) if len(sizes) == 1 else None
+    if span is not None:
+        wrap = [f"wrap = {{i: {sizes.pop()} for i in {span}}}"]
+    else:
+        wrap = _literal("wrap", [f"{start}: {spans[start]}" for start in starts], "{}")
+    target = module_expression(parent)
+    if parent:
+        rebuild = [
+            "if isinstance(old, nn.ModuleList):",
+            f"    {target} = nn.ModuleList(new)",
+            "else:",
+            f"    {target} = nn.Sequential(*new)",
+        ]
+    else:
+        rebuild = [f"{target} = nn.Sequential(*new)"]
+    return [
+        "# wrap: each block's first child -> its number of children.",
+        "# The children are renumbered: re-save checkpoints after.",
+        f"old = {target}",
+        *wrap,
+        "new, i = [], 0",
+        "while i < len(old):",
+        "    size = wrap.get(i, 1)",
+        "    new.append(Residual(*old[i:i + size]) if i in wrap else old[i])",
+        "    i += size",
+        *rebuild,
+    ]
+
+
+def _skip_blocks(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Wrap each shape-keeping block in ``x + f(x)``.
+
+    A block of several children of one container (``Linear`` + ``Sigmoid``) is regrouped by
+    rebuilding the container; a block that is one module is wrapped in place by its path; a
+    block of several modules elsewhere needs its skip written in ``forward()``.
+    """
+    grouped: dict[str, list[DepthLayer]] = {}
+    singles, by_hand = [], []
+    candidates = skip_candidates(layers)
+    for layer in candidates:
+        if len(layer.modules) > 1 and layer.parent is not None and _consecutive(layer):
+            grouped.setdefault(layer.parent, []).append(layer)
+    for layer in candidates:
+        if len(layer.modules) > 1:
+            if layer.parent not in grouped or not _consecutive(layer):
+                by_hand.append(layer)
+        elif layer.parent in grouped and layer.indices:  # renumbered with its container
+            grouped[layer.parent].append(layer)
+        else:
+            singles.append(layer.modules[0])
+    lines = [
+        "# x + f(x): each block's Jacobian becomes I + df/dx, so",
+        "# the gradient reaches the input along the identity.",
+        *RESIDUAL_CLASS,
+    ]
+    for parent, blocks in grouped.items():
+        lines += _rebuild_container(parent, blocks)
+    if singles:
+        lines += [
+            *_paths(singles),
+            "for path in paths:",
+            "    model.set_submodule(path, Residual(model.get_submodule(path)))",
+        ]
+    for layer in by_hand:
+        lines += [
+            f"# {', '.join(layer.modules)}: add the skip",
+            "# in forward(): x = x + block(x)",
+        ]
+    return "\n".join(lines)
+
+
+def _change_activation(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Swap each saturating activation for ReLU and re-initialise with He init."""
+    blocks = [layer for layer in layers if saturates(layer.activation)]
+    head = layers[-1] if layers else None
+    lines = [
+        "# ReLU's slope is 1 where a unit is active; He init",
+        "# then starts every block with chi = 1 (GELU also works).",
+    ]
+    if head is not None and head in blocks and head.input_size != head.output_size:
+        blocks.remove(head)
+        lines.append(f"# {head.name} keeps its {head.activation}: it shapes the output")
+    keys = dict.fromkeys(activation_key(layer.activation) or "" for layer in blocks)
+    classes = [f"nn.{SATURATING_KEYS[key]}" for key in keys if key in SATURATING_KEYS]
+    classes = classes or ["nn.Sigmoid", "nn.Tanh"]
+    lines += [
+        f"SATURATING = ({', '.join(classes)},)",
+        LAYER_TYPES,
+        *_paths(_block_paths(blocks)),
+        "for path in paths:",
+        "    block = model.get_submodule(path)",
+        "    for name, module in list(block.named_modules()):",
+        '        full = f"{path}.{name}" if name else path',
+        "        if isinstance(module, SATURATING):",
+        "            model.set_submodule(full, nn.ReLU())",
+        "        elif isinstance(module, LAYERS):",
+        f"            {_kaiming('relu')}",
+        "            if module.bias is not None:",
+        "                nn.init.zeros_(module.bias)",
+    ]
+    return "\n".join(lines)
+
+
+def _plain_paths(layers: Sequence[DepthLayer]) -> list[str]:
+    return _paths(_block_paths([layer for layer in layers if not layer.residual]))
+
+
+def _init_gain(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """kaiming_normal_ with the gain of the activation the blocks have (or switch to)."""
+    nonlinearity = he_nonlinearity(stack, layers)
+    chi = plain_chi(layers)
+    return "\n".join(
+        [
+            f"# {init_name(nonlinearity)}: weight variance gain^2 / fan_in,",
+            f"# so each block starts with chi near 1 (measured: {chi:.3g}).",
+            *_plain_paths(layers),
+            *_each_weight(_kaiming(nonlinearity)),
+        ]
+    )
+
+
+def _orthogonal_stack(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Orthogonal weights with the activation's gain: every singular value starts equal."""
+    nonlinearity = he_nonlinearity(stack, layers)
+    return "\n".join(
+        [
+            "# every singular value of each weight starts at the",
+            f"# {nonlinearity} gain, so the stack is closer to isometry.",
+            f'gain = nn.init.calculate_gain("{nonlinearity}")',
+            *_plain_paths(layers),
+            *_each_weight("nn.init.orthogonal_(module.weight, gain=gain)"),
+        ]
+    )
+
+
+def _normalization(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """A norm right after each Linear/Conv of the saturated (or dead) blocks."""
+    blocks = inactive_blocks(layers)
+    where = ["off the flat tails"] if saturated_blocks(layers) else []
+    where += ["out of the dead zone"] if dead_blocks(layers) else []
+    return "\n".join(
+        [
+            "# LayerNorm after each Linear (BatchNorm after a Conv),",
+            "# just before the activation: pre-activations stay",
+            f"# centred, {' and '.join(where)}.",
+            "NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,",
+            "         nn.Conv3d: nn.BatchNorm3d}",
+            *_paths(_block_paths(blocks)),
+            "for path in paths:",
+            "    block = model.get_submodule(path)",
+            "    for name, module in list(block.named_modules()):",
+            '        full = f"{path}.{name}" if name else path',
+            "        if isinstance(module, nn.Linear):",
+            "            norm = nn.LayerNorm(module.out_features)",
+            "        elif type(module) in NORMS:",
+            "            norm = NORMS[type(module)](module.out_channels)",
+            "        else:",
+            "            continue",
+            "        model.set_submodule(full, nn.Sequential(module, norm))",
+        ]
+    )
+
+
+def _scale_branches(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """Scale each branch's last layer by 1/sqrt(depth x chi_B), or zero it (SkipInit)."""
+    residual = residual_layers(layers)
+    depth = len(residual) or stack.residual_blocks
+    gain = branch_gain(layers)
+    if math.isnan(gain) or gain <= 0 or abs(gain - 1) < 0.1:
+        scale, why = f"1 / {depth} ** 0.5", f"1/sqrt({depth})"
+    else:
+        scale, why = f"1 / ({depth} * {gain:.3g}) ** 0.5", f"1/sqrt({depth} x chi_B {gain:.3g})"
+    lines = [
+        f"# {depth} residual blocks: a branch scaled by {why} makes",
+        "# the product of sqrt(1 + chi_B) over depth about e^0.5.",
+        "# zero_init = True starts each block as the identity",
+        "# (SkipInit / Fixup) and lets training grow the branch.",
+        f"scale = {scale}",
+        "zero_init = False",
+    ]
+    known = [layer.branch_last for layer in residual if layer.branch_last]
+    if known:
+        lines += [
+            *_paths(known),
+            "with torch.no_grad():",
+            "    for path in paths:",
+            "        layer = model.get_submodule(path)",
+            '        for param in (layer.weight, getattr(layer, "bias", None)):',
+            "            if param is None:",
+            "                continue",
+            "            if zero_init:",
+            "                param.zero_()",
+            "            else:",
+            "                param.mul_(scale)",
+        ]
+    unknown = [layer.name for layer in residual if not layer.branch_last]
+    if unknown:
+        more = ", ..." if len(unknown) > 3 else ""
+        lines += [
+            f"# {', '.join(unknown[:3])}{more}: no last layer found;",
+            "# in their forward(), return x + scale * branch(x)",
+        ]
+    return "\n".join(lines)
+
+
+def _skip_evidence(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    return skip_clause(stack, layers)
+
+
+def _activation_evidence(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    return f"{activation_clause(layers)}: {chi_clause(stack, layers)}"
+
+
+def _init_evidence(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    """The per-block gain; when a vanishing saturating stack switches to ReLU, what He gives."""
+    if saturates(dominant_activation(layers)) and stack.status == Status.VANISHING:
+        return f"{chi_clause(stack, layers)}; with ReLU in their place, He init gives 1"
+    return chi_clause(stack, layers)
+
+
+def _orthogonal_evidence(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    clauses = [chi_clause(stack, layers), spread_clause(stack)]
+    return "; ".join(clause for clause in clauses if clause)
+
+
+def _activity_evidence(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    clauses = [saturation_clause(layers), dead_clause(layers)]
+    return "; ".join(clause for clause in clauses if clause)
+
+
+def _residual_evidence(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
+    return residual_clause(layers)
+
+
+#: Each fix as it applies to a deep stack.
+OVER_DEPTH = {
+    FixId.CLIP_GRAD_NORM: dataclasses.replace(
+        OVER_TIME[FixId.CLIP_GRAD_NORM], snippet=lambda stack, layers: clip_snippet([], 0.0)
+    ),
+    FixId.RESIDUAL_CONNECTIONS: Advice(
+        "Add residual (skip) connections",
+        "A skip around each block makes its Jacobian I + df/dx, so the gradient is not left to "
+        "the product of the blocks' gains.",
+        _skip_blocks,
+        _skip_evidence,
+    ),
+    FixId.CHANGE_ACTIVATION: Advice(
+        "Use a non-saturating activation",
+        "ReLU (or GELU) has slope 1 where active; with He init each block starts with chi near 1.",
+        _change_activation,
+        _activation_evidence,
+    ),
+    FixId.INIT_GAIN: Advice(
+        "Fix the initialisation scale",
+        "Initialising each weight with the activation's gain (He init for ReLU) starts each "
+        "block with chi near 1.",
+        _init_gain,
+        _init_evidence,
+    ),
+    FixId.ORTHOGONAL_INIT: Advice(
+        "Initialise weights orthogonally",
+        "Orthogonal weights start with every singular value equal, closer to dynamical "
+        "isometry than Gaussian ones.",
+        _orthogonal_stack,
+        _orthogonal_evidence,
+    ),
+    FixId.NORMALIZATION: Advice(
+        "Add LayerNorm or BatchNorm",
+        "A norm before each activation keeps pre-activations centred and scaled, where the "
+        "activation's slope is large.",
+        _normalization,
+        _activity_evidence,
+    ),
+    FixId.SCALE_RESIDUAL_BRANCH: Advice(
+        "Scale down each residual branch",
+        "A branch scaled by 1/sqrt(depth) (or zero at the start) keeps the product of "
+        "sqrt(1 + chi_B) over all blocks bounded.",
+        _scale_branches,
+        _residual_evidence,
+    ),
+}
