@@ -17,8 +17,8 @@ from torch import nn
 
 import gradscope
 from gradscope.depth.measure import measure_depth
+from gradscope.options import AnalysisOptions
 from gradscope.probe import make_probe
-from gradscope.settings import Settings
 
 
 def build(depth: int, width: int) -> nn.Sequential:
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     model = build(args.depth, args.width)
-    settings = Settings(batch=args.batch)
+    settings = AnalysisOptions(batch=args.batch)
     probe = make_probe(model, settings, torch.device("cpu"))
     x = probe.inputs.detach()
 

@@ -6,20 +6,16 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from gradscope import __version__
 from gradscope.errors import GradscopeError, first_line
+from gradscope.options import DEFAULTS, AnalysisOptions, LoadOptions
 from gradscope.render import FORMATS
 from gradscope.report import FAILING_STATUSES
-from gradscope.settings import (
-    DEFAULT_CHI_PROBES,
-    DEFAULT_POWER_ITERATIONS,
-    parse_spectrum_steps,
-)
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
@@ -37,6 +33,22 @@ app = typer.Typer(
 ANALYSIS = "Analysis"
 OUTPUT = "Output and exit codes"
 LOADING = "Loading"
+
+
+class _Debug:
+    """Whether ``--debug`` was given: main() shows a traceback for internal errors then."""
+
+    requested = False
+
+
+def _remember_debug(value: bool) -> bool:
+    _Debug.requested = _Debug.requested or value
+    return value
+
+
+DEBUG_OPTION = typer.Option(
+    help="Show tracebacks of internal errors.", callback=_remember_debug, rich_help_panel=OUTPUT
+)
 
 
 def _version(value: bool) -> None:
@@ -137,14 +149,14 @@ def analyze(
     ] = None,
     device: Annotated[
         str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.", rich_help_panel=LOADING)
-    ] = "cpu",
+    ] = DEFAULTS.device,
     probe: Annotated[
         str,
         typer.Option(
             help="gaussian, zeros, or a tensor file (.pt/.npy) shaped as the input.",
             rich_help_panel=ANALYSIS,
         ),
-    ] = "gaussian",
+    ] = DEFAULTS.probe,
     steps: Annotated[
         int | None,
         typer.Option(
@@ -163,10 +175,10 @@ def analyze(
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of probe, loss and frames.", rich_help_panel=ANALYSIS)
-    ] = 0,
+    ] = DEFAULTS.seed,
     dtype: Annotated[
         str, typer.Option(help="float64 or float32.", rich_help_panel=ANALYSIS)
-    ] = "float64",
+    ] = DEFAULTS.dtype,
     input_shape: Annotated[
         str | None,
         typer.Option(
@@ -208,17 +220,17 @@ def analyze(
             "activations joined to their layer), leaves, or N levels of modules.",
             rich_help_panel=ANALYSIS,
         ),
-    ] = "blocks",
+    ] = DEFAULTS.depth,
     chi_probes: Annotated[
         int,
         typer.Option(
             help="Random probes per block for chi (Hutchinson).", rich_help_panel=ANALYSIS
         ),
-    ] = DEFAULT_CHI_PROBES,
+    ] = DEFAULTS.chi_probes,
     power_iterations: Annotated[
         int,
         typer.Option(help="Power iterations for each block's sigma_max.", rich_help_panel=ANALYSIS),
-    ] = DEFAULT_POWER_ITERATIONS,
+    ] = DEFAULTS.power_iterations,
     horizon: Annotated[
         int | None,
         typer.Option(
@@ -233,7 +245,7 @@ def analyze(
             help="Verdict tolerance: a change by 1/epsilon within L fails.",
             rich_help_panel=ANALYSIS,
         ),
-    ] = 1e-3,
+    ] = DEFAULTS.epsilon,
     burn_in: Annotated[
         int | None,
         typer.Option(
@@ -243,13 +255,13 @@ def analyze(
     ] = None,
     exponents: Annotated[
         int, typer.Option(help="How many Lyapunov exponents.", rich_help_panel=ANALYSIS)
-    ] = 8,
+    ] = DEFAULTS.exponents,
     spectrum_steps: Annotated[
         str,
         typer.Option(
             help="Steps with full Jacobian spectra: auto, all or N.", rich_help_panel=ANALYSIS
         ),
-    ] = "auto",
+    ] = str(DEFAULTS.spectrum_steps),
     output_format: Annotated[
         str, typer.Option("--format", "-f", help="text or json.", rich_help_panel=OUTPUT)
     ] = "text",
@@ -260,46 +272,44 @@ def analyze(
     exit_zero: Annotated[
         bool, typer.Option(help="Always exit 0 after a report.", rich_help_panel=OUTPUT)
     ] = False,
-    debug: Annotated[
-        bool, typer.Option(help="Show tracebacks of internal errors.", rich_help_panel=OUTPUT)
-    ] = False,
+    debug: Annotated[bool, DEBUG_OPTION] = False,
 ) -> int:
     """Analyse CHECKPOINT: gradient norms over time, Jacobian spectra, Lyapunov exponents."""
     failing = parse_fail_on(fail_on)
     check_format(output_format)
-    options: dict[str, Any] = {
-        "seed": seed,
-        "dtype": dtype,
-        "probe": probe,
-        "input_shape": input_shape,
-        "batch_first": batch_first,
-        "horizon": horizon,
-        "epsilon": epsilon,
-        "burn_in": burn_in,
-        "exponents": exponents,
-        "spectrum_steps": parse_spectrum_steps(spectrum_steps),
-        "device": device,
-        "output_key": output_key,
-        "cells": tuple(cell or ()),
-        "depth": depth,
-        "chi_probes": chi_probes,
-        "power_iterations": power_iterations,
-    }
-    options |= {k: v for k, v in (("steps", steps), ("batch", batch)) if v is not None}
-    from gradscope.api import analyze as run_analysis
+    load_options = LoadOptions(
+        model=model,
+        model_args=model_args,
+        trust=trust,
+        allow_globals=tuple(allow_global or ()),
+        nonlinearity=nonlinearity,
+        batch_first=batch_first,
+    )
+    options = AnalysisOptions(
+        steps=steps,
+        batch=batch,
+        seed=seed,
+        dtype=dtype,
+        probe=probe,
+        input_shape=input_shape,
+        batch_first=batch_first,
+        horizon=horizon,
+        epsilon=epsilon,
+        burn_in=burn_in,
+        exponents=exponents,
+        spectrum_steps=spectrum_steps,
+        device=device,
+        output_key=output_key,
+        cells=tuple(cell or ()),
+        depth=depth,
+        chi_probes=chi_probes,
+        power_iterations=power_iterations,
+    )
+    from gradscope.pipeline import run
     from gradscope.render import write
 
     with progress_on_stderr() as progress:
-        report = run_analysis(
-            checkpoint,
-            model=model,
-            model_args=model_args,
-            trust=trust,
-            allow_globals=tuple(allow_global or ()),
-            nonlinearity=nonlinearity,
-            progress=progress,
-            **options,
-        )
+        report = run(checkpoint, load_options, options, progress)
     write(report, output_format, stdout_console())
     return 0 if exit_zero or not report.fails(failing) else 1
 
@@ -309,7 +319,7 @@ def demo(
     output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
     steps: Annotated[int, typer.Option(help="Probe length T.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the models and the probe.")] = 0,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks of internal errors.")] = False,
+    debug: Annotated[bool, DEBUG_OPTION] = False,
 ) -> int:
     """Compare the course's recurrent models: vanilla RNN, LSTM, GRU, deep and bidirectional."""
     check_format(output_format)
@@ -322,13 +332,10 @@ def demo(
     return 0
 
 
-def _debug_requested(argv: Sequence[str]) -> bool:
-    return "--debug" in argv
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to exit code 0, 1 or 2."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _Debug.requested = False
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="gradscope", standalone_mode=False)
@@ -355,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gradscope: interrupted", file=sys.stderr)
         return 2
     except Exception as error:
-        if _debug_requested(args):
+        if _Debug.requested:
             traceback.print_exc()
         print(
             f"gradscope: internal error: {type(error).__name__}: {first_line(error)} "

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError, first_line
-from gradscope.settings import BUILTIN_PROBES, Settings
+from gradscope.options import AnalysisOptions
 from gradscope.taxonomy import CONVOLUTIONS, is_recurrent, recurrent_modules, type_name
 
 
@@ -227,17 +227,32 @@ def load_probe_file(path: Path) -> Tensor:
     return loaded
 
 
-def make_probe(model: nn.Module, settings: Settings, device: torch.device) -> Probe:
+def given_probe(options: AnalysisOptions) -> Tensor | None:
+    """The probe the user gave (a tensor file or a tensor), on the CPU; None for built-ins."""
+    if options.probe_kind == "file":
+        return load_probe_file(Path(options.probe))
+    if options.probe_kind == "tensor":
+        try:
+            return torch.as_tensor(options.probe).detach().cpu()
+        except Exception as error:
+            raise GradscopeError(
+                f"the probe is a {type(options.probe).__name__}, not a tensor "
+                f"({first_line(error)}); pass a tensor shaped as the model's input"
+            ) from None
+    return None
+
+
+def make_probe(model: nn.Module, settings: AnalysisOptions, device: torch.device) -> Probe:
     """Build the probe input the settings ask for, shaped for ``model``."""
     layout = input_layout(model, settings.batch_first, settings.input_shape, settings.cells)
     return probe_for(layout, settings, device)
 
 
-def probe_for(layout: Layout, settings: Settings, device: torch.device) -> Probe:
+def probe_for(layout: Layout, settings: AnalysisOptions, device: torch.device) -> Probe:
     """Build the probe input the settings ask for, in ``layout``."""
     dtype = getattr(torch, settings.dtype)
     generator = torch.Generator().manual_seed(settings.seed)
-    if settings.probe in BUILTIN_PROBES:
+    if settings.builtin_probe:
         shape = settings.input_shape or layout.shape(settings.steps, settings.batch)
         if layout.tokens:
             high = layout.vocab if settings.probe == "gaussian" else 1
@@ -251,17 +266,18 @@ def probe_for(layout: Layout, settings: Settings, device: torch.device) -> Probe
             raise GradscopeError(
                 "--input-shape and a --probe file both set the input shape: drop --input-shape"
             )
-        inputs = load_probe_file(Path(settings.probe))
+        inputs = given_probe(settings)
+        name = settings.probe if settings.probe_kind == "file" else "(a tensor)"
         if inputs.is_floating_point():
             inputs = inputs.to(dtype)
-            _check_probe_shape(inputs, layout, settings.probe)
+            _check_probe_shape(inputs, layout, name)
         elif (
             layout.tokens
             and inputs.numel()
             and not 0 <= int(inputs.min()) <= int(inputs.max()) < layout.vocab
         ):
             raise GradscopeError(
-                f"--probe {settings.probe} holds token ids outside [0, {layout.vocab}), the "
+                f"--probe {name} holds token ids outside [0, {layout.vocab}), the "
                 f"vocabulary of {layout.token_module}: save ids the embedding can look up"
             )
     tokens = not inputs.is_floating_point()
@@ -273,7 +289,7 @@ def probe_for(layout: Layout, settings: Settings, device: torch.device) -> Probe
         )
     time_axis, batch_axis = layout.axes(inputs.dim(), tokens)
     inputs = inputs.to(device).requires_grad_(not tokens)
-    kind = settings.probe if settings.probe in BUILTIN_PROBES else "file"
+    kind = settings.probe_kind
     note = None
     if layout.assumed:
         note = (
@@ -291,10 +307,6 @@ def probe_for(layout: Layout, settings: Settings, device: torch.device) -> Probe
         layout.token_module,
         settings.output_key,
     )
-
-
-def _ids_in_range(ids: Tensor, vocab: int) -> bool:
-    return ids.numel() == 0 or (int(ids.min()) >= 0 and int(ids.max()) < vocab)
 
 
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:

@@ -171,6 +171,15 @@ class DepthStack:
 
 
 @dataclass(frozen=True)
+class Note:
+    """Something a reader of the report should know, from the stage that found it: an
+    assumption made, an option ignored, a part not measured."""
+
+    stage: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Evidence:
     """What a finding rests on, as data: the part it is about and the deciding measurement.
 

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from gradscope.depth.blocks import Block, blocks_of, recording
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
 from gradscope.numerics import pooled_norm
+from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe, projected_output, projection_loss, run_model
 from gradscope.report import DepthLayer, DepthStack
-from gradscope.settings import Settings
 from gradscope.taxonomy import RECTIFYING, classes
 
 #: Fewer blocks than this is no stack to speak of.
@@ -69,7 +69,9 @@ def _forward(
     return output, blocks_of(calls)
 
 
-def _whole_gains(model: nn.Module, probe: Probe, settings: Settings) -> tuple[float | None, float]:
+def _whole_gains(
+    model: nn.Module, probe: Probe, settings: AnalysisOptions
+) -> tuple[float | None, float]:
     """(sigma_max, RMS singular value) of the input-output Jacobian; NaN RMS for token ids."""
     if not probe.inputs.is_floating_point():
         return None, math.nan
@@ -89,7 +91,7 @@ def _whole_gains(model: nn.Module, probe: Probe, settings: Settings) -> tuple[fl
 
 
 def measure_depth(
-    model: nn.Module, probe: Probe, settings: Settings
+    model: nn.Module, probe: Probe, settings: AnalysisOptions
 ) -> tuple[DepthStack, list[DepthLayer]] | None:
     """The depth view of ``model`` on ``probe``; None when it has fewer than MIN_BLOCKS blocks."""
     with warnings.catch_warnings():
@@ -98,7 +100,7 @@ def measure_depth(
 
 
 def _measure(
-    model: nn.Module, probe: Probe, settings: Settings
+    model: nn.Module, probe: Probe, settings: AnalysisOptions
 ) -> tuple[DepthStack, list[DepthLayer]] | None:
     output, blocks = _forward(model, probe, settings.depth, settings.input_shape is not None)
     if len(blocks) < MIN_BLOCKS:

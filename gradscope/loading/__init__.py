@@ -40,6 +40,7 @@ from gradscope.loading.weights import (
     strip_wrappers,
     tensors_only,
 )
+from gradscope.options import LoadOptions
 
 __all__ = ["LoadedModel", "import_class", "load_model", "parse_model_args", "resolve_device"]
 
@@ -48,6 +49,7 @@ METADATA_CLASS_KEYS = ("model_class", "class", "model")
 METADATA_ARGS_KEYS = ("model_args", "model_kwargs", "kwargs", "config")
 #: ``package.module:Class``: the only shape of class name taken from a file.
 CLASS_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+NO_OPTIONS = LoadOptions()
 
 
 @dataclass
@@ -70,8 +72,8 @@ class LoadedModel:
     parameters: int = 0
     class_name: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """The report's ``model`` object."""
+    def describe(self, later_notes: list[str] = ()) -> dict[str, Any]:
+        """The report's ``model`` object, with notes from the stages after loading."""
         name = self.class_name
         if name is None and self.module is not None:
             name = getattr(self.module, "original_name", None) or type(self.module).__qualname__
@@ -83,7 +85,7 @@ class LoadedModel:
             or sum(p.numel() for p in (self.module.parameters() if self.module else [])),
             "architecture": "inferred from weights" if self.parts is not None else "module",
             "not_analysed": self.not_analysed,
-            "notes": self.notes,
+            "notes": [*self.notes, *later_notes],
         }
 
 
@@ -104,18 +106,6 @@ def resolve_device(name: str) -> torch.device:
     if not available.get(device.type, False):
         raise GradscopeError(f"--device {name}: no such device on this machine; use --device cpu")
     return device
-
-
-@dataclass
-class LoadOptions:
-    """How to read a file: the class, its arguments, trust, and assumptions for inference."""
-
-    model: str | None = None
-    model_args: str | Mapping | None = None
-    trust: bool = False
-    allow_globals: tuple[str, ...] = ()
-    nonlinearity: str | None = None
-    batch_first: bool | None = None
 
 
 def _metadata_class(metadata: Mapping[str, str]) -> tuple[str | None, dict]:
@@ -273,12 +263,8 @@ def _nothing_found(path: Path, obj: object) -> GradscopeError:
     )
 
 
-def load_model(source: str | Path | nn.Module, **options: Any) -> LoadedModel:
-    """Load a checkpoint file (or copy a module object) into a :class:`LoadedModel`.
-
-    ``options`` are the fields of :class:`LoadOptions`.
-    """
-    options = LoadOptions(**options)
+def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS) -> LoadedModel:
+    """Load a checkpoint file (or copy a module object) into a :class:`LoadedModel`."""
     if isinstance(source, torch.jit.ScriptModule):
         return _from_program(script_program(source), files.TORCHSCRIPT, None, options)
     if isinstance(source, nn.Module):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError
 from gradscope.numerics import largest_singular_value, median_and_max, pooled_norms, spectral_radius
+from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe, projection_loss, run_model
 from gradscope.recurrent.cells import (
     CellSpec,
@@ -22,8 +23,37 @@ from gradscope.recurrent.cells import (
 from gradscope.recurrent.dynamics import lyapunov_exponents, state_jacobians
 from gradscope.recurrent.unroll import Trace, unrolled
 from gradscope.report import RecurrentCore
-from gradscope.settings import Settings, spectrum_sample_count
 from gradscope.theory import memory_horizon
+
+#: ``auto`` spectra: every step while states have at most this many dimensions ...
+ALL_SPECTRA_UP_TO = 128
+
+
+#: ... otherwise an eigendecomposition budget worth this many steps at that size ...
+SPECTRA_BUDGET_STEPS = 100
+
+
+#: ... but never fewer than this many spectra.
+MIN_SPECTRA = 2
+
+
+def spectrum_sample_count(setting: int | str, steps: int, batch: int, state_size: int) -> int:
+    """How many (step, batch element) Jacobians get a full eigendecomposition.
+
+    ``all``: every one. ``N``: N evenly spaced steps, every batch element. ``auto``: every step
+    while the state has at most ALL_SPECTRA_UP_TO dimensions, else as many as cost about
+    SPECTRA_BUDGET_STEPS eigendecompositions of that size (eig is cubic in the state size).
+    """
+    total = steps * batch
+    if setting == "all":
+        return total
+    if isinstance(setting, int):
+        return min(steps, setting) * batch
+    budget = max(MIN_SPECTRA, int(SPECTRA_BUDGET_STEPS * (ALL_SPECTRA_UP_TO / state_size) ** 3))
+    if state_size <= ALL_SPECTRA_UP_TO:
+        budget = max(budget, steps)
+    return min(total, budget)
+
 
 #: The Pascanu et al. bound on sigma_max(W_hh) is 1/gamma, gamma = max |activation'| = 1.
 PASCANU_GAMMA = {"rnn_tanh": 1.0, "rnn_relu": 1.0}
@@ -90,7 +120,9 @@ def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int
     return torch.linspace(0, steps * batch - 1, count).round().long().unique()
 
 
-def _jacobian_summary(step: Callable, states: Tensor, drives: Tensor, settings: Settings) -> dict:
+def _jacobian_summary(
+    step: Callable, states: Tensor, drives: Tensor, settings: AnalysisOptions
+) -> dict:
     steps, batch, n = states.shape
     chosen = spectrum_samples(settings.spectrum_steps, steps, batch, n).to(states.device)
     jacobians = state_jacobians(
@@ -139,7 +171,9 @@ def _or_zeros(grad: Tensor | None, state: Tensor) -> Tensor:
     return torch.zeros_like(state) if grad is None else grad
 
 
-def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -> RecurrentCore:
+def measure_core(
+    trace: Trace, grads: list[Tensor | None], settings: AnalysisOptions
+) -> RecurrentCore:
     """All measurements of one core from its trace and the gradients at its states."""
     core, spec = trace.core, trace.core.spec
     states, drives = trace.trajectory()
@@ -191,7 +225,9 @@ def measure_core(trace: Trace, grads: list[Tensor | None], settings: Settings) -
     )
 
 
-def measure_recurrent(model: nn.Module, probe: Probe, settings: Settings) -> RecurrentMeasurement:
+def measure_recurrent(
+    model: nn.Module, probe: Probe, settings: AnalysisOptions
+) -> RecurrentMeasurement:
     """Run the probe once, backpropagate once, and measure every recurrent core."""
     embedded: list[Tensor] = []
     hook = None

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError, first_line
 from gradscope.loading.inference import InferredPart
-from gradscope.probe import Probe, load_probe_file, make_probe, projection_loss, run_model
+from gradscope.options import AnalysisOptions
+from gradscope.probe import Probe, given_probe, make_probe, projection_loss, run_model
 from gradscope.recurrent.measure import measure_recurrent, per_step_norms
 from gradscope.report import RecurrentCore
-from gradscope.settings import BUILTIN_PROBES, Settings
 
 
 class PartRunner(nn.Module):
@@ -70,7 +69,7 @@ def _fits(part: InferredPart, shape: tuple[int, ...] | None) -> bool:
 
 
 def measure_parts(
-    parts: list[InferredPart], settings: Settings, device: torch.device
+    parts: list[InferredPart], settings: AnalysisOptions, device: torch.device
 ) -> PartsMeasurement:
     """Measure every rebuilt part on its own, on probes of the settings' length.
 
@@ -78,15 +77,17 @@ def measure_parts(
     others run on a gaussian probe of the same length. One that fits no part is an error.
     """
     given = None
-    if settings.probe not in BUILTIN_PROBES:
-        tensor = load_probe_file(Path(settings.probe))
+    if not settings.builtin_probe:
+        tensor = given_probe(settings)
         given = tuple(tensor.shape) if tensor.is_floating_point() else None
     elif settings.input_shape is not None:
         given = settings.input_shape
     fitting = [part for part in parts if _fits(part, given)]
     if given is not None and not fitting:
         what = (
-            f"--probe {settings.probe}" if settings.probe not in BUILTIN_PROBES else "--input-shape"
+            "--input-shape"
+            if settings.builtin_probe
+            else f"--probe {settings.probe if settings.probe_kind == 'file' else '(a tensor)'}"
         )
         sizes = ", ".join(f"{p.name or '(model)'} {p.module.input_size}" for p in parts)
         raise GradscopeError(

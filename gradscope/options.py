@@ -1,0 +1,220 @@
+"""What the user asked for, typed and checked once: how to load a model, and how to analyse it.
+
+Both are frozen dataclasses whose ``None`` fields mean "derive it" (from the model, the probe
+or the file). They accept what a user has at hand (``input_shape="8,100,32"``, ``cells="rnn"``,
+``probe=tensor``) and keep it in one form; a bad value raises :class:`GradscopeError` with the
+flag's name. Plain data: no torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradscope.errors import GradscopeError
+
+DTYPES = ("float32", "float64")
+BUILTIN_PROBES = ("gaussian", "zeros")
+NONLINEARITIES = ("tanh", "relu")
+#: ``--depth``: blocks (containers expanded, activations joined to their layer), leaves, or N.
+GRANULARITIES = ("blocks", "leaves")
+#: Probe length and batch when neither the user nor the model says otherwise.
+DEFAULT_STEPS = 100
+DEFAULT_BATCH = 1
+#: A model without recurrent modules is probed with this batch unless told.
+DEFAULT_DEPTH_BATCH = 32
+#: The burn-in is this fraction of the steps, capped at MAX_DEFAULT_BURN_IN.
+DEFAULT_BURN_IN_FRACTION = 0.2
+MAX_DEFAULT_BURN_IN = 20
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a file: the class, its arguments, trust, and assumptions for inference."""
+
+    model: str | None = None
+    model_args: str | Mapping | None = None
+    trust: bool = False
+    allow_globals: tuple[str, ...] = ()
+    nonlinearity: str | None = None
+    batch_first: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allow_globals, str):
+            object.__setattr__(self, "allow_globals", (self.allow_globals,))
+        else:
+            object.__setattr__(self, "allow_globals", tuple(self.allow_globals))
+        if self.nonlinearity not in (None, *NONLINEARITIES):
+            raise GradscopeError(f"--nonlinearity must be tanh or relu, not {self.nonlinearity!r}")
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What to probe with and how to judge it. ``None`` means "derive from the probe".
+
+    ``probe`` is ``gaussian``, ``zeros``, the path of a tensor file, or a tensor (or array)
+    shaped as the model's input. ``horizon`` is the distance L the model must learn across
+    (by default each core's own length); ``depth`` the granularity of the depth view.
+    """
+
+    steps: int | None = None
+    batch: int | None = None
+    seed: int = 0
+    dtype: str = "float64"
+    probe: Any = "gaussian"
+    input_shape: tuple[int, ...] | None = None
+    batch_first: bool | None = None
+    horizon: int | None = None
+    epsilon: float = 1e-3
+    burn_in: int | None = None
+    exponents: int = 8
+    spectrum_steps: int | str = "auto"
+    device: str = "cpu"
+    output_key: str | None = None
+    cells: tuple[str, ...] = ()
+    depth: str = "blocks"
+    chi_probes: int = 2
+    power_iterations: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.input_shape, str):
+            object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
+        elif self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        if isinstance(self.cells, str):
+            object.__setattr__(self, "cells", (self.cells,))
+        else:
+            object.__setattr__(self, "cells", tuple(self.cells))
+        if isinstance(self.spectrum_steps, str):
+            object.__setattr__(self, "spectrum_steps", parse_spectrum_steps(self.spectrum_steps))
+        if isinstance(self.probe, Path):
+            object.__setattr__(self, "probe", str(self.probe))
+        for ok, message in self._checks():
+            if not ok:
+                raise GradscopeError(message)
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
+            (
+                self.steps is None or self.steps > 0,
+                f"--steps must be a positive number of time steps, not {self.steps}",
+            ),
+            (
+                self.batch is None or self.batch > 0,
+                f"--batch must be a positive batch size, not {self.batch}",
+            ),
+            (self.dtype in DTYPES, f"--dtype must be float32 or float64, not {self.dtype!r}"),
+            (
+                0 < self.epsilon < 1 and math.isfinite(self.epsilon),
+                f"--epsilon must lie strictly between 0 and 1 (e.g. 1e-3), not {self.epsilon}",
+            ),
+            (
+                self.horizon is None or self.horizon > 0,
+                f"--horizon must be a positive number of steps, not {self.horizon}",
+            ),
+            (
+                self.burn_in is None or self.burn_in >= 0,
+                f"--burn-in must be 0 or more steps, not {self.burn_in}",
+            ),
+            (self.exponents > 0, f"--exponents must be 1 or more, not {self.exponents}"),
+            (
+                self.spectrum_steps in ("auto", "all")
+                or (isinstance(self.spectrum_steps, int) and self.spectrum_steps > 0),
+                "--spectrum-steps must be auto, all or a positive number of steps, "
+                f"not {self.spectrum_steps!r}",
+            ),
+            (
+                self.depth in GRANULARITIES or (self.depth.isdigit() and int(self.depth) > 0),
+                f"--depth must be blocks, leaves or a positive module depth, not {self.depth!r}",
+            ),
+            (self.chi_probes > 0, f"--chi-probes must be 1 or more, not {self.chi_probes}"),
+            (
+                self.power_iterations > 0,
+                f"--power-iterations must be 1 or more, not {self.power_iterations}",
+            ),
+            (
+                self.input_shape is None or all(d > 0 for d in self.input_shape),
+                f"--input-shape needs positive sizes, not {self.input_shape}",
+            ),
+        ]
+
+    @property
+    def probe_kind(self) -> str:
+        """``gaussian``, ``zeros``, ``file`` (a path) or ``tensor`` (given in memory)."""
+        if isinstance(self.probe, str):
+            return self.probe if self.probe in BUILTIN_PROBES else "file"
+        return "tensor"
+
+    @property
+    def builtin_probe(self) -> bool:
+        """Whether gradscope makes the probe itself (``gaussian`` or ``zeros``)."""
+        return self.probe_kind in BUILTIN_PROBES
+
+    @property
+    def explicit_length(self) -> bool:
+        """Whether the user set the probe's steps or batch."""
+        return self.steps is not None or self.batch is not None
+
+    def with_length(self, steps: int | None = None, batch: int | None = None) -> AnalysisOptions:
+        """The options with the probe length filled in where the user left it open."""
+        return dataclasses.replace(
+            self,
+            steps=self.steps or steps or DEFAULT_STEPS,
+            batch=self.batch or batch or DEFAULT_BATCH,
+        )
+
+    def for_steps(self, steps: int, batch: int) -> AnalysisOptions:
+        """The options with the probe's actual length filled in (distance, burn-in)."""
+        burn_in = self.burn_in
+        if burn_in is None:
+            burn_in = min(MAX_DEFAULT_BURN_IN, int(steps * DEFAULT_BURN_IN_FRACTION))
+        if burn_in >= steps:
+            raise GradscopeError(
+                f"--burn-in {burn_in} leaves no steps to measure: make it smaller than the "
+                f"probe length ({steps} steps) or raise --steps"
+            )
+        return dataclasses.replace(
+            self, steps=steps, batch=batch, horizon=self.horizon or steps, burn_in=burn_in
+        )
+
+    def to_dict(self) -> dict:
+        """The options as the report's ``settings`` object (a tensor probe reads ``tensor``)."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data["probe"] = self.probe if isinstance(self.probe, str) else "tensor"
+        data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        data["cells"] = list(self.cells)
+        return data
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,100,32"`` or ``"1x100x32"`` -> (1, 100, 32)."""
+    parts = text.replace("x", ",").replace(" ", "").strip("()[]").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise GradscopeError(
+            f"--input-shape {text!r} is not a shape: give positive sizes like 1,100,32"
+        )
+    return shape
+
+
+def parse_spectrum_steps(text: str) -> int | str:
+    """``auto``, ``all`` or a positive integer."""
+    if text in ("auto", "all"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise GradscopeError(
+            f"--spectrum-steps must be auto, all or a positive number of steps, not {text!r}"
+        ) from None
+
+
+#: The defaults, as the command line shows them.
+DEFAULTS = AnalysisOptions()

@@ -1,0 +1,193 @@
+"""One analysis, stage by stage: load -> plan the probe -> run the views -> diagnose -> assemble.
+
+Each stage returns its result and its notes as data; :func:`run` only wires them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradscope import __version__
+from gradscope.diagnosis import Diagnosis, diagnose
+from gradscope.diagnosis.verdict import with_horizons
+from gradscope.errors import GradscopeError
+from gradscope.fixes import build_fixes
+from gradscope.loading import load_model, resolve_device
+from gradscope.options import DEFAULT_DEPTH_BATCH, AnalysisOptions, LoadOptions
+from gradscope.probe import Probe, make_probe
+from gradscope.report import Note, Report
+from gradscope.views import (
+    DepthView,
+    Measured,
+    PartsView,
+    RecurrentView,
+    Subject,
+    View,
+    has_recurrence,
+)
+
+Progress = Callable[[str], None]
+
+
+def quiet(message: str) -> None:
+    """The default progress callback: say nothing."""
+
+
+def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subject:
+    """Load the model and make it ours: the analysis dtype and device, eval mode, gradients on.
+
+    An exported program keeps its own device, dtype and mode: it is pinned to them.
+    """
+    device = resolve_device(analysis.device)
+    loaded = load_model(source, options)
+    module = loaded.module
+    if module is not None and any(p.is_complex() for p in module.parameters()):
+        raise GradscopeError(
+            "the model has complex-valued weights; gradscope analyses real-valued models only"
+        )
+    if module is not None:
+        if not loaded.fixed_dtype:
+            module = module.to(device=device, dtype=getattr(torch, analysis.dtype)).eval()
+        for parameter in module.parameters():  # our own copy: gradients must reach every state
+            parameter.requires_grad_(True)
+    return Subject(loaded, module, analysis, device)
+
+
+@dataclass
+class Plan:
+    """The views to run on a subject, the probe they share, and what planning noted."""
+
+    subject: Subject
+    views: list[View]
+    notes: list[Note] = field(default_factory=list)
+
+
+def plan(subject: Subject) -> Plan:
+    """Choose the views and build the probe: rebuilt parts probe themselves; a model that runs
+    gets one probe for its recurrent cores (if any) and its blocks."""
+    if subject.loaded.parts is not None:
+        return Plan(subject, [PartsView()])
+    module, options = subject.module, subject.options
+    recurrent = has_recurrence(module, options)
+    options = options.with_length(batch=None if recurrent else DEFAULT_DEPTH_BATCH)
+    probe = make_probe(module, options, subject.device)
+    probed = dataclasses.replace(
+        subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
+    )
+    views: list[View] = [RecurrentView()] if recurrent else []
+    return Plan(probed, [*views, DepthView()], _probe_notes(probe))
+
+
+def _probe_notes(probe: Probe) -> list[Note]:
+    notes = [Note("probe", probe.note)] if probe.note else []
+    if probe.token_module is not None:
+        notes.append(
+            Note(
+                "probe",
+                f"the probe is token ids; input_grad_norm is taken at the output of "
+                f"{probe.token_module}, since ids have no gradient",
+            )
+        )
+    return notes
+
+
+#: What each view tells the progress callback as it starts.
+PROGRESS = {
+    RecurrentView: "probing {steps} steps and measuring the recurrent cores",
+    DepthView: "measuring the gradient through the model's blocks",
+    PartsView: "measuring {parts} rebuilt part(s)",
+}
+
+
+def measure(planned: Plan, progress: Progress) -> list[Measured]:
+    """Run every view in turn; a model with neither cores nor a stack is refused."""
+    subject = planned.subject
+    results: list[Measured] = []
+    for view in planned.views:
+        progress(
+            PROGRESS[type(view)].format(
+                steps=subject.options.steps, parts=len(subject.loaded.parts or [])
+            )
+        )
+        results.append(view.measure(subject, results))
+    if subject.loaded.parts is None and not any(r.cores or r.stack for r in results):
+        raise GradscopeError(
+            "the model has no recurrent module and fewer than 3 blocks to follow the "
+            "gradient through; name a custom recurrent cell with --cell, or --depth leaves"
+        )
+    return results
+
+
+def judge(results: list[Measured], options: AnalysisOptions, steps: int) -> Diagnosis:
+    """Each core's distance (``--horizon``, else the steps it ran), then the verdict."""
+    cores = with_horizons([c for r in results for c in r.cores], options.horizon, steps)
+    stack = next((r for r in results if r.stack is not None), None)
+    return diagnose(
+        cores, options.epsilon, stack.stack if stack else None, stack.layers if stack else []
+    )
+
+
+def assemble(
+    planned: Plan, results: list[Measured], diagnosis: Diagnosis, requested: AnalysisOptions
+) -> Report:
+    """The report: settings as they ran, the model as loaded, and the judged numbers."""
+    subject = planned.subject
+    steps, batch, shape = _length(planned, results)
+    settings = requested.with_length().for_steps(steps, batch)
+    cores = diagnosis.cores
+    over_time = {} if cores else dict.fromkeys(("steps", "horizon", "burn_in"))
+    settings_data = (
+        settings.to_dict()
+        | over_time
+        | {
+            "input_shape": shape,
+            "loss": "seeded unit projection of the output"
+            + (" at the last time step" if cores else ""),
+            "device": str(subject.device),
+            "spectrum_samples": {core.label: core.jacobian["samples"] for core in cores},
+        }
+    )
+    notes = [*planned.notes, *(note for result in results for note in result.notes)]
+    input_grad_norm = next(
+        (r.input_grad_norm for r in results if r.input_grad_norm is not None), None
+    )
+    return Report(
+        status=diagnosis.status,
+        settings=settings_data,
+        model=subject.loaded.describe([note.text for note in notes]),
+        gradscope_version=__version__,
+        input_grad_norm=input_grad_norm,
+        recurrent=cores,
+        layers=diagnosis.layers,
+        depth=diagnosis.stack,
+        findings=diagnosis.findings,
+        fixes=build_fixes(diagnosis, settings.epsilon),
+    )
+
+
+def _length(planned: Plan, results: list[Measured]) -> tuple[int, int, list[int]]:
+    """(steps, batch, input shape) of the probe the views ran."""
+    probe = planned.subject.probe
+    if probe is not None:
+        return probe.steps, probe.batch, list(probe.inputs.shape)
+    return next(r.length for r in results if r.length is not None)
+
+
+def run(
+    source: str | nn.Module,
+    load_options: LoadOptions,
+    options: AnalysisOptions,
+    progress: Progress = quiet,
+) -> Report:
+    """The whole analysis of ``source`` (a checkpoint path or a module)."""
+    progress("loading the model")
+    planned = plan(load(source, load_options, options))
+    results = measure(planned, progress)
+    steps = _length(planned, results)[0]
+    return assemble(planned, results, judge(results, options, steps), options)

@@ -1,0 +1,229 @@
+"""The views: each measures one kind of gradient path and hands back numbers and notes.
+
+- :class:`RecurrentView`: every recurrent core of a model that runs, over time.
+- :class:`DepthView`: the model's blocks over depth (beside recurrent cores, or alone).
+- :class:`PartsView`: recurrent parts rebuilt from weights (a state dict without its class, a
+  saved program), each on its own, plus the whole program's input gradient where it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from gradscope.errors import GradscopeError, first_line
+from gradscope.loading import LoadedModel
+from gradscope.options import AnalysisOptions
+from gradscope.probe import Layout, Probe, make_probe, probe_for
+from gradscope.report import DepthLayer, DepthStack, Note, RecurrentCore
+from gradscope.taxonomy import recurrent_modules
+
+
+@dataclass
+class Subject:
+    """What the views measure: the loaded model, its prepared module, the probe, the device."""
+
+    loaded: LoadedModel
+    module: nn.Module | None
+    options: AnalysisOptions
+    device: torch.device
+    probe: Probe | None = None
+
+
+@dataclass
+class Measured:
+    """What one view found; ``steps``, ``batch`` and ``input_shape`` of the probe it ran."""
+
+    cores: list[RecurrentCore] = field(default_factory=list)
+    input_grad_norm: list[float] | None = None
+    stack: DepthStack | None = None
+    layers: list[DepthLayer] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    length: tuple[int, int, list[int]] | None = None
+
+
+class View(Protocol):
+    """One way of following the gradient through a model."""
+
+    def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
+        """Measure ``subject``; ``earlier`` holds what the views before this one found."""
+        ...
+
+
+def has_recurrence(module: nn.Module, options: AnalysisOptions) -> bool:
+    """Whether the model has a recurrent module or cell to follow over time."""
+    return bool(recurrent_modules(module, scripted=False) or options.cells)
+
+
+class RecurrentView:
+    """Every recurrent core of the model: one probe run, one backward pass."""
+
+    def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
+        from gradscope.recurrent.measure import measure_recurrent
+
+        assert subject.module is not None and subject.probe is not None
+        with torch.enable_grad():
+            measured = measure_recurrent(subject.module, subject.probe, subject.options)
+        return Measured(measured.cores, measured.input_grad_norm)
+
+
+class DepthView:
+    """The blocks of the model over depth; beside recurrent cores a failure is only a note."""
+
+    def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
+        from gradscope.depth.measure import measure_depth
+
+        assert subject.module is not None and subject.probe is not None
+        beside_cores = any(result.cores for result in earlier)
+        options = subject.options
+        try:
+            with torch.enable_grad():
+                depth = measure_depth(subject.module, subject.probe, options)
+        except GradscopeError:
+            if beside_cores:
+                return Measured()
+            raise
+        except Exception as error:
+            message = f"depth view not measured ({type(error).__name__}: {first_line(error)})"
+            if beside_cores:
+                return Measured(notes=[Note("depth", message)])
+            other = "--depth blocks" if options.depth == "leaves" else "--depth leaves"
+            raise GradscopeError(f"{message}; try {other}") from None
+        if depth is None:
+            return Measured()
+        stack, layers = depth
+        return Measured(stack=stack, layers=layers)
+
+
+class PartsView:
+    """Cores rebuilt from weights, each on its own; the whole program's input gradient."""
+
+    def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
+        from gradscope.recurrent.parts import measure_parts
+
+        loaded, options, device = subject.loaded, subject.options, subject.device
+        notes: list[Note] = []
+        probe = None
+        if loaded.module is None:
+            unused = [f"--output-key {options.output_key}"] if options.output_key else []
+            unused += [f"--cell {cell}" for cell in options.cells]
+            if unused:
+                notes.append(
+                    Note(
+                        "parts",
+                        f"{', '.join(unused)} ignored: without the model's class only the "
+                        "rebuilt recurrent parts run; pass --model to run the whole model",
+                    )
+                )
+        else:
+            try:
+                probe, probe_notes = program_probe(loaded, options, device)
+                notes += probe_notes
+            except GradscopeError as error:
+                notes.append(Note("parts", f"input gradient not measured: {error}"))
+        if probe is not None and not options.explicit_length:
+            options = dataclasses.replace(options, steps=probe.steps, batch=probe.batch)
+        options = options.with_length()
+        parts = measure_parts(loaded.parts or [], options, device)
+        notes += [Note("parts", text) for text in parts.notes]
+        input_grad_norm = None
+        if probe is not None:
+            input_grad_norm, gradient_notes = _program_input_gradient(
+                loaded, probe, device, (parts.steps, parts.batch)
+            )
+            notes += gradient_notes
+        return Measured(
+            parts.cores,
+            input_grad_norm,
+            notes=notes,
+            length=(parts.steps, parts.batch, parts.input_shape),
+        )
+
+
+def _program_input_gradient(
+    loaded: LoadedModel, probe: Probe, device: torch.device, length: tuple[int, int]
+) -> tuple[list[float] | None, list[Note]]:
+    """The whole program's input gradient, or notes on why it was not measured; a note too
+    when it ran another ``length`` (steps, batch) than the rebuilt cores."""
+    from gradscope.recurrent.parts import whole_input_gradient
+
+    pinned = _pinned_device(loaded, device) if loaded.format == "exported-program" else None
+    if pinned:
+        return None, [
+            Note(
+                "parts",
+                f"input gradient not measured: the exported program is pinned to {pinned}, "
+                f"where it was exported; rerun with --device {pinned.split(':')[0]}",
+            )
+        ]
+    notes = []
+    input_grad_norm = None
+    try:
+        input_grad_norm = whole_input_gradient(loaded.module, probe)
+    except GradscopeError as error:
+        notes.append(Note("parts", f"input gradient not measured: {error}"))
+    if input_grad_norm is None and not probe.inputs.requires_grad:
+        notes.append(
+            Note(
+                "parts",
+                "input gradient not measured: the program reads token ids, which have no "
+                "gradient, and a saved program cannot be hooked at its embedding",
+            )
+        )
+    if (probe.steps, probe.batch) != length:
+        notes.append(
+            Note(
+                "parts",
+                f"the whole program ran on input shape {tuple(probe.inputs.shape)} for the "
+                f"input gradient; the rebuilt cores ran {length[0]} steps x batch {length[1]}",
+            )
+        )
+    return input_grad_norm, notes
+
+
+def program_probe(
+    loaded: LoadedModel, options: AnalysisOptions, device: torch.device
+) -> tuple[Probe, list[Note]]:
+    """The probe of a whole saved program.
+
+    An exported program is pinned to the shapes, dtype and device it was exported with: its
+    probe is shaped as its example inputs (unless --input-shape or --probe say otherwise), in
+    its own dtype. A TorchScript module says what it reads, as a module does.
+    """
+    module = loaded.module
+    if loaded.format != "exported-program":
+        return make_probe(module, options.with_length(), device), []
+    notes = []
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype in (torch.float32, torch.float64) and dtype != getattr(torch, options.dtype):
+        options = dataclasses.replace(options, dtype=str(dtype).removeprefix("torch."))
+        notes.append(
+            Note(
+                "parts",
+                "the exported program runs in its own dtype, "
+                f"{options.dtype}, for the input gradient",
+            )
+        )
+    example = loaded.example_inputs[0] if loaded.example_inputs else None
+    first = loaded.parts[0]
+    tokens = example is not None and not example.is_floating_point()
+    layout = Layout(
+        None if tokens else (first.module.input_size if example is None else example.shape[-1]),
+        bool(getattr(first.module, "batch_first", True)),
+        "the program's example input",
+        vocab=int(example.max()) + 1 if tokens else None,
+    )
+    if example is not None and not options.input_shape and options.builtin_probe:
+        options = dataclasses.replace(options, input_shape=tuple(example.shape))
+    return probe_for(layout, options.with_length(), device), notes
+
+
+def _pinned_device(loaded: LoadedModel, device: torch.device) -> str | None:
+    """The device an exported program was exported on, when it is not ``device``."""
+    tensors = [*loaded.example_inputs, *loaded.module.parameters()]
+    pinned = tensors[0].device if tensors else device
+    return None if pinned.type == device.type else str(pinned)
