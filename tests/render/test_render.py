@@ -24,8 +24,8 @@ from gradscope.render.demo import write_demo
 from gradscope.render.text import MAX_DEPTH_ROWS, shown_blocks
 from gradscope.report import Report
 
-import depth_samples
-from samples import core, report_of
+from tests.helpers import depth_samples
+from tests.helpers.samples import core, report_of
 
 GOLDEN = Path(__file__).parent / "golden"
 

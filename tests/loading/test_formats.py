@@ -25,7 +25,7 @@ from gradscope.errors import GradscopeError
 from gradscope.loading import load_model
 from gradscope.loading.weights import fit_prefix, strip_wrappers
 
-from checkpoints import (
+from tests.helpers.checkpoints import (
     ConvFrontEnd,
     DictOut,
     Forwarding,
@@ -178,7 +178,7 @@ def test_lightning_checkpoint_with_its_attribute_prefix_and_hyper_parameters(tmp
         path,
     )
 
-    loaded = load_model(path, model="checkpoints:SpeakerEncoder")
+    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
 
     assert loaded.format == "lightning-checkpoint"
     assert loaded.module.lstm.hidden_size == 9  # from hyper_parameters; lr does not fit
@@ -212,7 +212,7 @@ def test_lightning_attribute_dict_reads_as_a_plain_dict_without_lightning(tmp_pa
     for package in ("lightning", "lightning.fabric", "lightning.fabric.utilities", fake.__name__):
         monkeypatch.delitem(sys.modules, package)
 
-    loaded = load_model(path, model="checkpoints:SpeakerEncoder")
+    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
 
     assert loaded.module.lstm.input_size == 5
 
@@ -283,7 +283,7 @@ def test_data_parallel_and_compiled_checkpoints_with_model(tmp_path):
     path = tmp_path / "ddp.pt"
     torch.save({f"module._orig_mod.{k}": v for k, v in module.state_dict().items()}, path)
 
-    loaded = load_model(path, model="checkpoints:SpeakerEncoder")
+    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
 
     assert torch.equal(loaded.module.linear.weight, module.linear.weight)
     assert any("'module.'" in note for note in loaded.notes)
@@ -310,17 +310,19 @@ def test_safetensors_metadata_names_the_class_but_only_trust_imports_it(tmp_path
     module = seeded(lambda: SpeakerEncoder(n_mels=7, hidden=6))
     path = tmp_path / "encoder.safetensors"
     metadata = {
-        "model_class": "checkpoints:SpeakerEncoder",
+        "model_class": "tests.helpers.checkpoints:SpeakerEncoder",
         "model_args": '{"n_mels": 7, "hidden": 6}',
     }
     save_file(module.state_dict(), str(path), metadata=metadata)
 
     untrusted = gradscope.analyze(path, steps=STEPS)
     trusted = gradscope.analyze(path, steps=STEPS, trust=True)
-    named = gradscope.analyze(path, steps=STEPS, model="checkpoints:SpeakerEncoder")
+    named = gradscope.analyze(path, steps=STEPS, model="tests.helpers.checkpoints:SpeakerEncoder")
 
     assert untrusted.model["architecture"] == "inferred from weights"
-    assert any("--model checkpoints:SpeakerEncoder" in n for n in untrusted.model["notes"])
+    assert any(
+        "--model tests.helpers.checkpoints:SpeakerEncoder" in n for n in untrusted.model["notes"]
+    )
     direct = gradscope.analyze(module, steps=STEPS)
     for report in (trusted, named):  # the metadata's arguments build it either way
         assert report.model["class"] == "SpeakerEncoder"
@@ -345,7 +347,7 @@ def test_safetensors_with_model_option(tmp_path):
     path = tmp_path / "encoder.safetensors"
     save_file(module.state_dict(), str(path))
 
-    loaded = load_model(path, model="checkpoints:SpeakerEncoder")
+    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
 
     assert loaded.format == "safetensors"
     assert torch.equal(loaded.module.lstm.weight_ih_l0, module.lstm.weight_ih_l0)
@@ -426,9 +428,11 @@ def test_allow_global_loads_exactly_the_named_class_weights_only(tmp_path):
     module = seeded(SpeakerEncoder)
     torch.save(module, path)
 
-    with pytest.raises(GradscopeError, match=r"checkpoints\.SpeakerEncoder.*--allow-global"):
+    with pytest.raises(
+        GradscopeError, match=r"tests\.helpers\.checkpoints\.SpeakerEncoder.*--allow-global"
+    ):
         load_model(path)
-    loaded = load_model(path, allow_globals=("checkpoints:SpeakerEncoder",))
+    loaded = load_model(path, allow_globals=("tests.helpers.checkpoints:SpeakerEncoder",))
 
     assert type(loaded.module) is SpeakerEncoder
     assert torch.equal(loaded.module.lstm.weight_hh_l0, module.lstm.weight_hh_l0)
@@ -442,7 +446,7 @@ def test_allow_global_that_cannot_be_imported(tmp_path, capsys):
         ["analyze", str(path), "--allow-global", "no_such_pkg.mod:Thing"], capsys
     )
 
-    assert "checkpoints.SpeakerEncoder" in message  # still needed, still refused
+    assert "tests.helpers.checkpoints.SpeakerEncoder" in message  # still needed, still refused
 
 
 # --- inputs and outputs of arbitrary models ----------------------------------------------------
@@ -582,9 +586,13 @@ def test_an_allow_global_the_file_does_not_need_is_said(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(SpeakerEncoder(), path)
 
-    with pytest.raises(GradscopeError, match=r"checkpoints:Tagger: not needed by the file"):
-        load_model(path, allow_globals=("checkpoints:Tagger",))
-    assert type(gradscope.analyze(path, allow_globals="checkpoints:SpeakerEncoder", steps=4))
+    with pytest.raises(
+        GradscopeError, match=r"tests\.helpers\.checkpoints:Tagger: not needed by the file"
+    ):
+        load_model(path, allow_globals=("tests.helpers.checkpoints:Tagger",))
+    assert type(
+        gradscope.analyze(path, allow_globals="tests.helpers.checkpoints:SpeakerEncoder", steps=4)
+    )
 
 
 def test_output_key_reads_the_whole_program_not_its_rebuilt_parts(tmp_path):
@@ -642,7 +650,7 @@ def test_saved_hyper_parameters_a_kwargs_constructor_refuses_are_dropped(tmp_pat
         {"state_dict": module.state_dict(), "hyper_parameters": {"hidden": 6, "lr": 0.1}}, path
     )
 
-    loaded = load_model(path, model="checkpoints:Forwarding")
+    loaded = load_model(path, model="tests.helpers.checkpoints:Forwarding")
 
     assert loaded.module.rnn.hidden_size == 6
     assert any("hidden" in note and "lr" not in note for note in loaded.notes)
@@ -655,7 +663,7 @@ def test_two_copies_of_the_model_are_said_and_the_plain_one_loaded(tmp_path):
     path = tmp_path / "teacher.ckpt"
     torch.save({"state_dict": weights, "hyper_parameters": {}}, path)
 
-    loaded = load_model(path, model="checkpoints:SpeakerEncoder")
+    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
 
     assert torch.equal(loaded.module.lstm.weight_hh_l0, model.lstm.weight_hh_l0)
     assert any("'ema_model.'" in note and "fit too" in note for note in loaded.notes)

@@ -19,7 +19,7 @@ import gradscope
 from gradscope.diagnosis import assess_depth, depth_status, diagnose
 from gradscope.report import DepthLayer, DepthStack, Fix
 
-from samples import core, depth_stack, mlp_layers, resnet_layers
+from tests.helpers.samples import core, depth_stack, mlp_layers, resnet_layers
 
 EPSILON = 1e-3
 
