@@ -1,4 +1,4 @@
-"""The JSON contract of DESIGN.md and the Python API's assertion."""
+"""The JSON contract of docs/design.md and the Python API's assertion."""
 
 from __future__ import annotations
 

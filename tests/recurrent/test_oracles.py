@@ -1,4 +1,4 @@
-"""The analytic cases of ORACLES.md, held to their stated tolerances."""
+"""The analytic cases of docs/oracles.md, held to their stated tolerances."""
 
 from __future__ import annotations
 
