@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradscope
 
-import reference
+from tests.helpers import reference
 
 STEPS = 100
 TARGET_RATIO = 10.0

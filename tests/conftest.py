@@ -1,6 +1,12 @@
-"""Shared test set-up: the tests import their helpers (models, reference) from this folder."""
+"""Shared test set-up: the ``--update-golden`` option (the ``golden`` fixture is in render/)."""
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
-sys.path.insert(0, str(Path(__file__).parent))
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files of tests/render/golden from the current output",
+    )

@@ -12,7 +12,14 @@ import gradscope
 from gradscope import GradientHealthError, GradscopeError
 from gradscope.recurrent.unroll import unrolled
 
-from models import MODULES, CellLoop, Classifier, build, orthogonal, rnn_with_recurrence
+from tests.helpers.models import (
+    MODULES,
+    CellLoop,
+    Classifier,
+    build,
+    orthogonal,
+    rnn_with_recurrence,
+)
 
 ORIGINAL_LSTM_FORWARD = nn.LSTM.forward
 

@@ -23,8 +23,8 @@ import gradscope.demo
 from gradscope import __version__
 from gradscope.cli import main
 
-from models import Classifier
-from samples import CORE_KEYS, TOP_KEYS
+from tests.helpers.models import Classifier
+from tests.helpers.samples import CORE_KEYS, TOP_KEYS
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DEMO_NAMES = ["rnn", "rnn-gain-3", "lstm", "lstm-forget-1", "gru", "lstm-2-layer", "lstm-bidir"]

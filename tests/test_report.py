@@ -1,4 +1,4 @@
-"""The JSON contract of DESIGN.md and the Python API's assertion."""
+"""The JSON contract of docs/design.md and the Python API's assertion."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from gradscope import GradientHealthError
 
-from samples import CORE_KEYS, TOP_KEYS, core, report_of
+from tests.helpers.samples import CORE_KEYS, TOP_KEYS, core, report_of
 
 
 def test_json_has_the_contract_keys_in_order_and_nulls_for_non_finite():

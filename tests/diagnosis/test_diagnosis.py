@@ -9,7 +9,7 @@ import pytest
 from gradscope.diagnosis import core_status, diagnose, memory_horizon, with_horizons, worst
 from gradscope.fixes import module_expression, suggested_gate_bias
 
-from samples import core
+from tests.helpers.samples import core
 
 
 def test_memory_horizon_is_log_inverse_epsilon_over_the_rate():

@@ -13,7 +13,7 @@ import random
 
 from gradscope.report import DepthLayer, DepthStack, Finding, Fix, Report
 
-from samples import MODEL, SETTINGS, core
+from tests.helpers.samples import MODEL, SETTINGS, core
 
 ESTIMATOR = {
     "chi": "Hutchinson: mean ||J^T u||^2 / n_out, u ~ N(0, I), batched VJPs",

@@ -7,7 +7,7 @@ import math
 from gradscope.diagnosis import diagnose
 from gradscope.report import DepthLayer, DepthStack, RecurrentCore, Report
 
-#: The keys DESIGN.md promises in the JSON report, at the top and for each recurrent core.
+#: The keys docs/design.md promises in the JSON report, at the top and for each recurrent core.
 TOP_KEYS = {
     "schema_version",
     "gradscope_version",

@@ -1,4 +1,4 @@
-"""The analytic cases of ORACLES.md, held to their stated tolerances."""
+"""The analytic cases of docs/oracles.md, held to their stated tolerances."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 import gradscope
 from gradscope.recurrent.dynamics import lyapunov_exponents, spectral_radius
 
-from models import orthogonal, rnn_with_recurrence
+from tests.helpers.models import orthogonal, rnn_with_recurrence
 
 LN_1000 = math.log(1000)
 

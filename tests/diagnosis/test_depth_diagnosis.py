@@ -1,8 +1,8 @@
 """The depth verdict, its findings and fixes on plain numbers; every depth snippet run on a model.
 
-The numbers follow the feed-forward rows of ORACLES.md: a depth-50 sigmoid MLP with Xavier init
-loses about 30.7 decades, a ReLU MLP with He init about 0.1, residual blocks with alpha = 1 gain
-about 7.5 and with alpha = 1/sqrt(50) about 0.2.
+The numbers follow the feed-forward rows of docs/oracles.md: a depth-50 sigmoid MLP with Xavier
+init loses about 30.7 decades, a ReLU MLP with He init about 0.1, residual blocks with alpha = 1
+gain about 7.5 and with alpha = 1/sqrt(50) about 0.2.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import gradscope
 from gradscope.diagnosis import assess_depth, depth_status, diagnose
 from gradscope.report import DepthLayer, DepthStack, Fix
 
-from samples import core, depth_stack, mlp_layers, resnet_layers
+from tests.helpers.samples import core, depth_stack, mlp_layers, resnet_layers
 
 EPSILON = 1e-3
 

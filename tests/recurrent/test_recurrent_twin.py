@@ -8,8 +8,8 @@ import torch
 import gradscope
 from gradscope.recurrent.unroll import unrolled
 
-import reference
-from models import CELLS, MODULES, CellLoop, build
+from tests.helpers import reference
+from tests.helpers.models import CELLS, MODULES, CellLoop, build
 
 STEPS = 12
 

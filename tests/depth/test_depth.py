@@ -1,4 +1,4 @@
-"""The depth view against known answers (ORACLES.md, feed-forward rows) and brute-force twins.
+"""The depth view against known answers (docs/oracles.md, feed-forward rows) and brute-force twins.
 
 Every chi and sigma_max estimate is compared with the full Jacobian of the same block, taken by
 ``torch.autograd.functional.jacobian`` one example at a time.
@@ -39,7 +39,7 @@ def he(weight):
 
 
 class Residual(nn.Module):
-    """``x + alpha W2 relu(W1 x)``, W1 ~ N(0, 2/N), W2 ~ N(0, 1/N) (ORACLES.md)."""
+    """``x + alpha W2 relu(W1 x)``, W1 ~ N(0, 2/N), W2 ~ N(0, 1/N) (docs/oracles.md)."""
 
     def __init__(self, width: int, alpha: float) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ def residual_stack(alpha: float, depth=DEPTH, width=WIDTH, seed=0) -> nn.Sequent
     return nn.Sequential(*[Residual(width, alpha) for _ in range(depth)]).double()
 
 
-# --- ORACLES.md, feed-forward rows ----------------------------------------------------------
+# --- docs/oracles.md, feed-forward rows -----------------------------------------------------
 
 
 def test_deep_sigmoid_mlp_with_xavier_init_vanishes():

@@ -15,8 +15,8 @@ from gradscope.recurrent.measure import measure_recurrent
 from gradscope.recurrent.unroll import unrolled
 from gradscope.settings import Settings
 
-import reference
-from models import CellLoop, GatedNormCell, PairLSTMCell, StateLoop, TanhCell, build
+from tests.helpers import reference
+from tests.helpers.models import CellLoop, GatedNormCell, PairLSTMCell, StateLoop, TanhCell, build
 
 STEPS = 12
 BURN_IN = 2

@@ -1,6 +1,7 @@
-"""Rendering reads a report and computes nothing: charts, and whole reports against golden files.
+"""The text report reads a report and computes nothing; whole reports against golden files.
 
-Regenerate the golden files after an intended change with GRADSCOPE_UPDATE_GOLDEN=1.
+Regenerate the golden files after an intended change with
+``python -m pytest tests/render --update-golden``.
 """
 
 from __future__ import annotations
@@ -8,82 +9,35 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import json
 import math
-import os
 import re
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
 from gradscope.render import write
-from gradscope.render.chart import log_chart
-from gradscope.render.demo import write_demo
 from gradscope.render.text import MAX_DEPTH_ROWS, shown_blocks
 from gradscope.report import Report
 
-import depth_samples
-from samples import core, report_of
-
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def plain_console(buffer: io.StringIO) -> Console:
-    return Console(file=buffer, width=80, color_system=None, force_terminal=False)
+from tests.helpers import depth_samples
+from tests.helpers.rendering import rendered
+from tests.helpers.samples import core, report_of
 
 
-def rendered(report: Report, output_format: str = "text") -> str:
-    buffer = io.StringIO()
-    write(report, output_format, plain_console(buffer))
-    return buffer.getvalue()
+def test_text_report_for_a_vanishing_rnn_matches_the_golden_file(golden):
+    golden("vanishing_rnn.txt", rendered(report_of(core("rnn_tanh", -0.675))))
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("GRADSCOPE_UPDATE_GOLDEN"):
-        path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8")
-
-
-def test_chart_places_a_geometric_decay_on_a_straight_line():
-    lines = log_chart([[10.0**-k for k in range(8)]], height=8, width=8).splitlines()
-    plot = [line.split("│", 1)[1] for line in lines[:8]]
-    assert [row.index("•") for row in plot] == list(range(8))
-    assert lines[0].startswith(" 1e+00") and lines[7].startswith(" 1e-07")
-
-
-def test_chart_skips_zeros_and_says_when_nothing_is_left():
-    assert log_chart([[0.0, 0.0]]) == "(no non-zero gradient to plot)"
-    lines = log_chart([[1.0, 0.0, math.inf, 0.01]], height=3, width=4).splitlines()
-    assert sum(line.count("•") for line in lines) == 2
-
-
-def test_chart_marks_each_series_differently():
-    text = log_chart([[1.0, 0.1], [1.0, 10.0]], height=3, width=2)
-    assert "•" in text and "x" in text
-
-
-def test_text_report_for_a_vanishing_rnn_matches_the_golden_file():
-    check_golden("vanishing_rnn.txt", rendered(report_of(core("rnn_tanh", -0.675))))
-
-
-def test_text_report_for_a_healthy_bidirectional_lstm_matches_the_golden_file():
+def test_text_report_for_a_healthy_bidirectional_lstm_matches_the_golden_file(golden):
     forward = core("lstm", -0.01, hidden_size=32, num_layers=1, bidirectional=True)
     reverse = core(
         "lstm", -0.012, hidden_size=32, num_layers=1, bidirectional=True, direction="reverse"
     )
-    check_golden("healthy_lstm.txt", rendered(report_of(forward, reverse)))
+    golden("healthy_lstm.txt", rendered(report_of(forward, reverse)))
 
 
 def test_text_report_has_no_escape_codes_without_colour():
     assert "\x1b[" not in rendered(report_of(core("rnn_tanh", 0.2)))
-
-
-def test_json_format_writes_the_report_and_nothing_else():
-    report = report_of(core("gru", -0.45))
-    assert json.loads(rendered(report, "json")) == report.to_dict()
 
 
 @pytest.mark.parametrize("status", ["vanishing", "exploding"])
@@ -103,14 +57,14 @@ def depth_rows(text: str) -> list[str]:
     return lines[rule + 1 : end]
 
 
-def test_text_report_for_a_deep_sigmoid_mlp_matches_the_golden_file():
-    check_golden("depth_sigmoid_mlp.txt", rendered(depth_samples.sigmoid_mlp_report()))
+def test_text_report_for_a_deep_sigmoid_mlp_matches_the_golden_file(golden):
+    golden("depth_sigmoid_mlp.txt", rendered(depth_samples.sigmoid_mlp_report()))
 
 
-def test_text_report_with_recurrent_cores_and_a_depth_stack_matches_the_golden_file():
+def test_text_report_with_recurrent_cores_and_a_depth_stack_matches_the_golden_file(golden):
     text = rendered(depth_samples.mixed_report())
     assert text.index("Recurrent cores") < text.index("Depth stack") < text.index("Verdict")
-    check_golden("mixed_lstm_depth.txt", text)
+    golden("mixed_lstm_depth.txt", text)
 
 
 def test_a_short_stack_shows_every_block():
@@ -228,63 +182,3 @@ def test_depth_only_header_names_the_input_shape_not_steps():
     text = rendered(depth_samples.relu_mlp_report())
     assert "probe gaussian: input 64×512, seed 0, float64 on cpu · epsilon 0.001" in text
     assert "burn-in" not in text
-
-
-def test_json_format_writes_the_depth_layers_and_stack():
-    report = depth_samples.mixed_report()
-    report.layers[0].chi = math.nan
-    report.depth.sigma_max = math.inf
-    data = json.loads(rendered(report, "json"))
-    assert data == report.to_dict()
-    assert len(data["layers"]) == 20 and data["depth"]["blocks"] == 20
-    first = data["layers"][0]
-    assert {"name", "type", "grad_norm", "gain", "chi", "sigma_max", "residual"} <= set(first)
-    assert first["name"] == "head.0" and first["chi"] is None
-    assert data["depth"]["status"] == "vanishing" and data["depth"]["sigma_max"] is None
-    assert data["findings"][0]["where"] == {
-        "stack": "depth",
-        "blocks": 20,
-        "first": "head.0",
-        "last": "head.38",
-    }
-
-
-def test_json_of_a_report_without_a_stack_has_empty_layers_and_no_depth():
-    data = json.loads(rendered(report_of(core("gru", -0.45)), "json"))
-    assert data["layers"] == [] and data["depth"] is None
-
-
-def demo_rendered(results) -> str:
-    buffer = io.StringIO()
-    write_demo(results, "text", plain_console(buffer))
-    return buffer.getvalue()
-
-
-def test_demo_shows_deep_stacks_side_by_side():
-    deep = [
-        (SimpleNamespace(name="mlp-sigmoid", description="sigmoid, Xavier"), report)
-        for report in [depth_samples.sigmoid_mlp_report()]
-    ]
-    deep += [
-        (SimpleNamespace(name="mlp-relu", description="ReLU, He"), depth_samples.relu_mlp_report()),
-        (SimpleNamespace(name="residual", description="x + F(x)"), depth_samples.residual_report()),
-    ]
-    text = demo_rendered(deep)
-    assert "recurrent models" not in text and "deep feed-forward and residual stacks" in text
-    assert "• mlp-sigmoid   x mlp-relu   o residual" in text
-    assert "block 1 (input side)" in text and "block 50 (output side)" in text
-    for name, status in [("mlp-sigmoid", "vanishing"), ("mlp-relu", "healthy")]:
-        assert re.search(rf"{name} .* {status}", text), name
-    assert max(len(line) for line in text.splitlines()) <= 80
-
-
-def test_demo_with_recurrent_models_and_deep_stacks_shows_both():
-    lstm = report_of(core("lstm", -0.01))
-    results = [
-        (SimpleNamespace(name="rnn", description="tanh"), report_of(core("rnn_tanh", -0.675))),
-        (SimpleNamespace(name="lstm-forget-1", description="forget 1"), lstm),
-        (SimpleNamespace(name="mlp", description="sigmoid"), depth_samples.sigmoid_mlp_report()),
-    ]
-    text = demo_rendered(results)
-    assert text.index("recurrent models") < text.index("deep feed-forward")
-    assert "probe gaussian: input 64×512" in text

@@ -1,0 +1,1 @@
+"""gradscope's tests: a folder per area of the package, shared helpers in ``tests.helpers``."""

@@ -1,0 +1,1 @@
+"""Tests of gradscope.depth: the depth view of feed-forward and residual stacks."""

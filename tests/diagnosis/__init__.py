@@ -1,0 +1,1 @@
+"""Tests of gradscope.diagnosis and gradscope.fixes: statuses, findings, fixes."""

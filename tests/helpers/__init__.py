@@ -1,0 +1,1 @@
+"""Shared test helpers: models, brute-force references, sample reports, checkpoint classes."""

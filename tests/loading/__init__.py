@@ -1,0 +1,1 @@
+"""Tests of gradscope.loading: checkpoint files, one module per kind of file."""

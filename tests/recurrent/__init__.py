@@ -1,0 +1,1 @@
+"""Tests of gradscope.recurrent: known answers, brute-force twins, custom cells."""

@@ -1,0 +1,1 @@
+"""Tests of gradscope.render: charts, text, JSON and the demo."""
