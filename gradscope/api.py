@@ -62,8 +62,6 @@ def analyze(
 
     Raises :class:`gradscope.errors.GradscopeError` for unusable input or options.
     """
-    from gradscope.pipeline import quiet, run
-
     if example_input is not None:
         if not (isinstance(probe, str) and probe == DEFAULTS.probe):
             raise GradscopeError("give the example input or probe=, not both")
@@ -96,5 +94,17 @@ def analyze(
         chi_probes=chi_probes,
         power_iterations=power_iterations,
     )
+    return analyze_with(model_or_path, load_options, options, progress)
+
+
+def analyze_with(
+    model_or_path: Any,
+    load_options: LoadOptions,
+    options: AnalysisOptions,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """:func:`analyze` with its options already gathered (as the command line does)."""
+    from gradscope.pipeline import quiet, run
+
     source = str(model_or_path) if isinstance(model_or_path, Path) else model_or_path
     return run(source, load_options, options, progress or quiet)

@@ -305,11 +305,11 @@ def analyze(
         chi_probes=chi_probes,
         power_iterations=power_iterations,
     )
-    from gradscope.pipeline import run
+    from gradscope.api import analyze_with
     from gradscope.render import write
 
     with progress_on_stderr() as progress:
-        report = run(checkpoint, load_options, options, progress)
+        report = analyze_with(checkpoint, load_options, options, progress)
     write(report, output_format, stdout_console())
     return 0 if exit_zero or not report.fails(failing) else 1
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradscope.api import Progress, analyze
+from gradscope.api import analyze
+from gradscope.pipeline import Progress
 from gradscope.report import Report
 
 INPUT_SIZE = 16

@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian
 
 import gradscope
 from gradscope.depth.blocks import blocks_of, recording, units
-from gradscope.depth.gains import block_gains, largest_singular_value
+from gradscope.depth.gains import block_gains, jacobian_sigma_max
 from gradscope.errors import GradscopeError
 
 WIDTH = 512
@@ -126,7 +126,7 @@ def test_chi_and_sigma_max_match_the_full_jacobian(kind):
 
     assert gains.chi == pytest.approx(float(chi), rel=0.03)  # Hutchinson, 4000 probes
     assert gains.sigma_max == pytest.approx(float(sigma), rel=1e-6)  # power iteration converged
-    single = largest_singular_value(block, x, 60, torch.Generator().manual_seed(0))
+    single = jacobian_sigma_max(block, x, 60, torch.Generator().manual_seed(0))
     assert single == pytest.approx(float(sigma), rel=1e-6)
 
 

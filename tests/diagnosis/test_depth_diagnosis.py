@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.diagnosis import assess_depth, depth_status, diagnose
+from gradscope.diagnosis.verdict import assess_depth, depth_status
 from gradscope.report import DepthLayer, DepthStack, Fix
 
-from tests.helpers.samples import core, depth_stack, mlp_layers, resnet_layers
+from tests.helpers.samples import core, depth_stack, judge, mlp_layers, resnet_layers
 
 EPSILON = 1e-3
 
@@ -27,7 +27,7 @@ EPSILON = 1e-3
 def diagnosed(layers: list[DepthLayer], cores=(), **stack_fields):
     """``diagnose`` on a stack built from ``layers``: (status, stack, findings, fixes by id)."""
     stack = depth_stack(layers, **stack_fields)
-    status, _, assessed, findings, fixes = diagnose(list(cores), EPSILON, stack, layers)
+    status, _, assessed, findings, fixes = judge(list(cores), EPSILON, stack, layers)
     return status, assessed, findings, {fix.id: fix for fix in fixes}
 
 
@@ -115,7 +115,7 @@ def test_a_stack_without_any_gradient_has_nothing_to_judge():
 
 
 def test_without_a_stack_diagnose_is_what_it_was_for_cores():
-    status, _, stack, _, fixes = diagnose([core("rnn_tanh", -0.675)], EPSILON)
+    status, _, stack, _, fixes = judge([core("rnn_tanh", -0.675)], EPSILON)
     assert (status, stack) == ("vanishing", None)
     assert [fix.id for fix in fixes] == ["use-lstm", "use-gru"]
 
@@ -381,7 +381,7 @@ def sigmoid_mlp(blocks: int = 6, width: int = 8) -> nn.Sequential:
 def vanishing(layers: list[DepthLayer], blocks_lost: float = 1.0) -> dict[str, Fix]:
     """The fixes for ``layers`` as a vanishing stack (each block loses ``blocks_lost`` decades)."""
     stack = depth_stack(layers, input_grad_norm=10 ** (-blocks_lost * len(layers)))
-    return {fix.id: fix for fix in diagnose([], EPSILON, stack, layers)[4]}
+    return {fix.id: fix for fix in judge([], EPSILON, stack, layers)[4]}
 
 
 def test_the_residual_snippet_rebuilds_a_sequential_around_shape_keeping_pairs():
@@ -557,7 +557,7 @@ def test_the_scale_branch_snippet_scales_or_zeroes_each_branch_end(zero_init):
     before = copy.deepcopy(model)
     layers = resnet_layers(blocks=6, alpha=1.0, width=8)
     stack = depth_stack(layers, input_grad_norm=1e4)
-    (fix,) = [f for f in diagnose([], EPSILON, stack, layers)[4] if f.id == "scale-residual-branch"]
+    (fix,) = [f for f in judge([], EPSILON, stack, layers)[4] if f.id == "scale-residual-branch"]
     run(fix, model, **({"zero_init = False": "zero_init = True"} if zero_init else {}))
     for new, old in zip(model.blocks, before.blocks, strict=True):
         factor = 0.0 if zero_init else 1 / math.sqrt(6)
@@ -599,7 +599,7 @@ def test_the_fixes_for_a_measured_sigmoid_mlp_run_and_cure_it():
         modules += [linear, nn.Sigmoid()]
     model = nn.Sequential(*modules).double()
     stack, layers = measured(model)
-    status, _, assessed, (finding,), fixes = diagnose([], EPSILON, stack, layers)
+    status, _, assessed, (finding,), fixes = judge([], EPSILON, stack, layers)
     assert status == assessed.status == "vanishing"
     assert finding.fixes[:3] == ["residual-connections", "change-activation", "init-gain"]
     by_id = {fix.id: fix for fix in fixes}
@@ -622,7 +622,7 @@ def test_the_branch_scaling_for_a_measured_residual_stack_runs_and_cures_it():
         nn.init.zeros_(block.fc2.bias)
     stack, layers = measured(model)
     assert [layer.branch_last for layer in layers[:2]] == ["0.fc2", "1.fc2"]
-    status, _, _, (finding,), fixes = diagnose([], EPSILON, stack, layers)
+    status, _, _, (finding,), fixes = judge([], EPSILON, stack, layers)
     assert status == "exploding"
     assert finding.fixes == ["scale-residual-branch", "clip-grad-norm"]
     scaled = run(fixes[0], model)

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from gradscope.diagnosis import core_status, diagnose, memory_horizon, with_horizons, worst
-from gradscope.fixes import module_expression, suggested_gate_bias
+from gradscope.diagnosis.verdict import core_status, with_horizons, worst
+from gradscope.fixes.recurrent import module_expression
+from gradscope.theory import memory_horizon, suggested_gate_bias
 
-from tests.helpers.samples import core
+from tests.helpers.samples import core, judge
 
 
 def test_memory_horizon_is_log_inverse_epsilon_over_the_rate():
@@ -35,13 +36,13 @@ def test_memory_horizon_is_log_inverse_epsilon_over_the_rate():
     ],
 )
 def test_core_status_follows_the_design_rule(exponent, finite, expected):
-    assert core_status(exponent, finite, horizon=100, epsilon=1e-3) == expected
+    assert core_status(exponent, finite, distance=100, epsilon=1e-3) == expected
 
 
 def test_a_horizon_exactly_at_the_distance_is_healthy():
     exponent = -math.log(1000) / 50
-    assert core_status(exponent, True, horizon=50, epsilon=1e-3) == "healthy"
-    assert core_status(exponent, True, horizon=51, epsilon=1e-3) == "vanishing"
+    assert core_status(exponent, True, distance=50, epsilon=1e-3) == "healthy"
+    assert core_status(exponent, True, distance=51, epsilon=1e-3) == "vanishing"
 
 
 def test_worst_status_orders_nonfinite_exploding_vanishing_healthy():
@@ -66,7 +67,7 @@ def test_module_expression_indexes_sequential_children():
 
 
 def test_vanishing_vanilla_rnn_calls_for_a_gated_cell_that_fits():
-    status, cores, _, findings, fixes = diagnose([core("rnn_tanh", -0.675)], 1e-3)
+    status, cores, _, findings, fixes = judge([core("rnn_tanh", -0.675)], 1e-3)
     assert status == "vanishing" and cores[0].status == "vanishing"
     (finding,) = findings
     assert finding.id == "vanishing-gradient" and finding.kind == "vanishing"
@@ -83,13 +84,13 @@ def test_vanishing_vanilla_rnn_calls_for_a_gated_cell_that_fits():
 
 def test_pascanu_bound_is_named_when_it_guarantees_vanishing():
     weights = {"spectral_radius": 0.5, "sigma_max": 0.7, "pascanu_bound": 1.0}
-    _, _, _, findings, _ = diagnose([core("rnn_tanh", -0.7, weights=weights)], 1e-3)
+    _, _, _, findings, _ = judge([core("rnn_tanh", -0.7, weights=weights)], 1e-3)
     assert "below Pascanu's bound" in findings[0].message
 
 
 def test_vanishing_lstm_gets_the_forget_gate_bias_slices():
     lstm = core("lstm", -0.5, hidden_size=128, num_layers=2)
-    status, _, _, findings, fixes = diagnose([lstm], 1e-3)
+    status, _, _, findings, fixes = judge([lstm], 1e-3)
     assert status == "vanishing"
     assert "forget gate averages 0.50" in findings[0].message
     (fix,) = fixes
@@ -100,14 +101,14 @@ def test_vanishing_lstm_gets_the_forget_gate_bias_slices():
 
 
 def test_vanishing_gru_gets_the_update_gate_bias():
-    fixes = diagnose([core("gru", -0.45, hidden_size=32)], 1e-3)[4]
+    fixes = judge([core("gru", -0.45, hidden_size=32)], 1e-3)[4]
     assert fixes[0].id == "update-gate-bias"
     assert "bias[32:64].fill_(2.6)" in fixes[0].snippet
     assert "(r, z, n)" in fixes[0].snippet
 
 
 def test_exploding_core_gets_clipping_and_for_a_vanilla_rnn_a_bounded_gain():
-    status, _, _, findings, fixes = diagnose([core("rnn_tanh", 0.158, num_layers=2)], 1e-3)
+    status, _, _, findings, fixes = judge([core("rnn_tanh", 0.158, num_layers=2)], 1e-3)
     assert status == "exploding"
     assert findings[0].id == "exploding-gradient" and "grow 1000x" in findings[0].message
     assert [fix.id for fix in fixes] == ["clip-grad-norm", "spectral-norm", "orthogonal-init"]
@@ -117,7 +118,7 @@ def test_exploding_core_gets_clipping_and_for_a_vanilla_rnn_a_bounded_gain():
 
 
 def test_nonfinite_core_is_the_worst_and_named():
-    status, _, _, findings, fixes = diagnose(
+    status, _, _, findings, fixes = judge(
         [core("lstm", -0.5), core("gru", math.nan, name="decoder", finite=False)], 1e-3
     )
     assert status == "nonfinite"
@@ -131,13 +132,13 @@ def test_strongly_non_normal_jacobian_warns_without_failing():
         "sigma_max": {"median": 10.02, "max": 10.02},
         "samples": 100,
     }
-    status, _, _, findings, _ = diagnose([core("rnn_tanh", -0.001, jacobian=jacobian)], 1e-3)
+    status, _, _, findings, _ = judge([core("rnn_tanh", -0.001, jacobian=jacobian)], 1e-3)
     assert status == "healthy"
     assert [(f.id, f.severity) for f in findings] == [("transient-growth", "warning")]
 
 
 def test_healthy_cores_have_no_findings():
-    status, _, _, findings, fixes = diagnose([core("lstm", -0.01)], 1e-3)
+    status, _, _, findings, fixes = judge([core("lstm", -0.01)], 1e-3)
     assert (status, findings, fixes) == ("healthy", [], [])
 
 
@@ -146,14 +147,14 @@ def test_default_horizon_is_capped_at_the_steps_a_core_ran():
     encoder = core("lstm", -0.4, name="encoder", steps=100)
     capped = with_horizons([encoder, decoder], None, probe_steps=100)
     assert [c.horizon for c in capped] == [100, 10]
-    assessed = diagnose(capped, 1e-3)[1]
+    assessed = judge(capped, 1e-3)[1]
     assert [c.status for c in assessed] == ["vanishing", "healthy"]  # tau 17.3 vs 100 and 10
     requested = with_horizons([encoder, decoder], 300, probe_steps=100)
     assert [c.horizon for c in requested] == [300, 300]
 
 
 def test_gate_bias_suggestion_follows_the_core_horizon():
-    fixes = diagnose(with_horizons([core("lstm", -0.5, steps=20)], None, 100), 1e-3)[4]
+    fixes = judge(with_horizons([core("lstm", -0.5, steps=20)], None, 100), 1e-3)[4]
     assert f"fill_({suggested_gate_bias(20, 1e-3):.1f})" in fixes[0].snippet
     assert "over 20 steps" in fixes[0].snippet
 
@@ -170,7 +171,7 @@ def assert_no_builtin_words(*texts: str) -> None:
 
 
 def test_vanishing_custom_cell_speaks_of_its_step_jacobian_and_gets_a_skip_on_the_state():
-    status, _, _, findings, fixes = diagnose([core("custom", -0.675, name="cell")], 1e-3)
+    status, _, _, findings, fixes = judge([core("custom", -0.675, name="cell")], 1e-3)
     assert status == "vanishing"
     (finding,) = findings
     assert finding.id == "vanishing-gradient" and finding.fixes == ["residual-connections"]
@@ -191,7 +192,7 @@ def test_the_skip_snippet_wraps_each_custom_cell_by_its_module_path_once():
         core("custom", -0.6, name="decoder.cell"),
         core("custom", -0.7, name="layers.0.cell", layer=0, direction="reverse"),
     ]
-    (fix,) = diagnose(cells, 1e-3)[4]
+    (fix,) = judge(cells, 1e-3)[4]
     wraps = [line for line in fix.snippet.splitlines() if "= ResidualCell(" in line]
     assert wraps == [
         "model.layers[0].cell = ResidualCell(model.layers[0].cell)",
@@ -201,9 +202,9 @@ def test_the_skip_snippet_wraps_each_custom_cell_by_its_module_path_once():
 
 
 def test_a_vanilla_rnn_beside_a_custom_cell_keeps_its_gated_cell_fixes():
-    alone_findings, alone_fixes = diagnose([core("rnn_tanh", -0.675)], 1e-3)[3:]
+    alone_findings, alone_fixes = judge([core("rnn_tanh", -0.675)], 1e-3)[3:]
     cores = [core("rnn_tanh", -0.675), core("custom", -0.5, name="cell")]
-    findings, fixes = diagnose(cores, 1e-3)[3:]
+    findings, fixes = judge(cores, 1e-3)[3:]
     assert [f.fixes for f in findings] == [["use-lstm", "use-gru"], ["residual-connections"]]
     assert findings[0] == alone_findings[0]
     assert [fix.id for fix in fixes] == ["use-lstm", "use-gru", "residual-connections"]
@@ -212,7 +213,7 @@ def test_a_vanilla_rnn_beside_a_custom_cell_keeps_its_gated_cell_fixes():
 
 
 def test_exploding_custom_cell_gets_clipping_only():
-    status, _, _, findings, fixes = diagnose([core("custom", 0.158, name="cell")], 1e-3)
+    status, _, _, findings, fixes = judge([core("custom", 0.158, name="cell")], 1e-3)
     assert status == "exploding"
     assert findings[0].id == "exploding-gradient" and findings[0].fixes == ["clip-grad-norm"]
     assert [fix.id for fix in fixes] == ["clip-grad-norm"]
@@ -220,7 +221,7 @@ def test_exploding_custom_cell_gets_clipping_only():
 
 
 def test_nonfinite_custom_cell_points_at_its_own_forward():
-    finding = diagnose([core("custom", math.nan, name="cell", finite=False)], 1e-3)[3][0]
+    finding = judge([core("custom", math.nan, name="cell", finite=False)], 1e-3)[3][0]
     assert finding.id == "nonfinite-values" and finding.fixes == ["clip-grad-norm"]
     assert "the cell's own forward" in finding.message
     assert_no_builtin_words(finding.message)
@@ -232,7 +233,7 @@ def test_transient_growth_in_a_custom_cell_calls_for_clipping_not_weight_hh():
         "sigma_max": {"median": 10.02, "max": 10.02},
         "samples": 100,
     }
-    status, _, _, findings, fixes = diagnose(
+    status, _, _, findings, fixes = judge(
         [core("custom", -0.001, name="cell", jacobian=jacobian)], 1e-3
     )
     assert status == "healthy"

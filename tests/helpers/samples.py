@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from gradscope.diagnosis import diagnose
-from gradscope.report import DepthLayer, DepthStack, RecurrentCore, Report
+from gradscope.fixes import build_fixes
+from gradscope.report import DepthLayer, DepthStack, Finding, Fix, RecurrentCore, Report
 
 #: The keys docs/design.md promises in the JSON report, at the top and for each recurrent core.
 TOP_KEYS = {
@@ -183,9 +184,21 @@ def depth_stack(layers: list[DepthLayer], spread: float | None = None, **fields)
     return DepthStack(**(defaults | fields))
 
 
+def judge(
+    cores: list[RecurrentCore],
+    epsilon: float,
+    stack: DepthStack | None = None,
+    layers: list[DepthLayer] = (),
+) -> tuple[str, list[RecurrentCore], DepthStack | None, list[Finding], list[Fix]]:
+    """Diagnose, then advise: (status, judged cores, judged stack, findings, fixes)."""
+    diagnosis = diagnose(cores, epsilon, stack, layers)
+    fixes = build_fixes(diagnosis, epsilon)
+    return diagnosis.status, diagnosis.cores, diagnosis.stack, diagnosis.findings, fixes
+
+
 def report_of(*cores: RecurrentCore) -> Report:
     """A report of judged sample cores, as ``gradscope.analyze`` would build it."""
-    status, assessed, _, findings, fixes = diagnose(list(cores), 1e-3)
+    status, assessed, _, findings, fixes = judge(list(cores), 1e-3)
     return Report(
         status=status,
         settings=SETTINGS,

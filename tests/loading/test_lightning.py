@@ -8,6 +8,7 @@ import types
 import torch
 
 from gradscope.loading import load_model
+from gradscope.options import LoadOptions
 
 from tests.helpers.checkpoints import Forwarding, SpeakerEncoder, Wrapped
 from tests.helpers.formats import seeded
@@ -28,7 +29,7 @@ def test_lightning_checkpoint_with_its_attribute_prefix_and_hyper_parameters(tmp
         path,
     )
 
-    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
+    loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
     assert loaded.format == "lightning-checkpoint"
     assert loaded.module.lstm.hidden_size == 9  # from hyper_parameters; lr does not fit
@@ -62,7 +63,7 @@ def test_lightning_attribute_dict_reads_as_a_plain_dict_without_lightning(tmp_pa
     for package in ("lightning", "lightning.fabric", "lightning.fabric.utilities", fake.__name__):
         monkeypatch.delitem(sys.modules, package)
 
-    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
+    loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
     assert loaded.module.lstm.input_size == 5
 
@@ -77,7 +78,7 @@ def test_saved_hyper_parameters_a_kwargs_constructor_refuses_are_dropped(tmp_pat
         {"state_dict": module.state_dict(), "hyper_parameters": {"hidden": 6, "lr": 0.1}}, path
     )
 
-    loaded = load_model(path, model="tests.helpers.checkpoints:Forwarding")
+    loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:Forwarding"))
 
     assert loaded.module.rnn.hidden_size == 6
     assert any("hidden" in note and "lr" not in note for note in loaded.notes)
@@ -90,7 +91,7 @@ def test_two_copies_of_the_model_are_said_and_the_plain_one_loaded(tmp_path):
     path = tmp_path / "teacher.ckpt"
     torch.save({"state_dict": weights, "hyper_parameters": {}}, path)
 
-    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
+    loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
     assert torch.equal(loaded.module.lstm.weight_hh_l0, model.lstm.weight_hh_l0)
     assert any("'ema_model.'" in note and "fit too" in note for note in loaded.notes)

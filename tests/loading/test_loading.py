@@ -24,6 +24,7 @@ import gradscope
 from gradscope.cli import main
 from gradscope.errors import GradscopeError
 from gradscope.loading import load_model
+from gradscope.options import LoadOptions
 
 #: The global a pickled ``os.system`` is written as ("posix.system" on Linux and macOS).
 OS_SYSTEM = f"{os.system.__module__}.{os.system.__name__}"
@@ -60,7 +61,7 @@ def assert_one_line(message: str) -> None:
 def refusal(path: Path, **options) -> str:
     """The message of the GradscopeError that loading ``path`` raises."""
     with pytest.raises(GradscopeError) as caught:
-        load_model(path, **options)
+        load_model(path, LoadOptions(**options))
     message = str(caught.value)
     assert_one_line(message)
     return message
@@ -125,7 +126,7 @@ def test_legacy_format_state_dict_loads_without_trust(user_code, tmp_path):
     path = tmp_path / "legacy.pt"
     torch.save(tiny_state_dict(4, 6), path, _use_new_zipfile_serialization=False)
 
-    loaded = load_model(path, model="code/nets.py:TinyRNN", model_args=MODEL_ARGS)
+    loaded = load_model(path, LoadOptions(model="code/nets.py:TinyRNN", model_args=MODEL_ARGS))
 
     assert loaded.format == "state-dict"
     assert torch.equal(loaded.module.rnn.weight_hh_l0, tiny_state_dict(4, 6)["rnn.weight_hh_l0"])
@@ -141,7 +142,7 @@ def test_legacy_format_whole_module_needs_trust(tmp_path):
     message = refusal(path)
     assert "--trust" in message
 
-    loaded = load_model(path, trust=True)
+    loaded = load_model(path, LoadOptions(trust=True))
     assert loaded.format == "pickled-module"
     assert torch.equal(loaded.module[0].weight_hh_l0, model[0].weight_hh_l0)
 
@@ -158,7 +159,7 @@ def test_user_class_is_refused_without_trust_and_loads_with_it(tmp_path):
     # torch.nn's own classes in the same file are allowed, so they are not listed as the problem
     assert "torch.nn.modules.rnn.RNN" not in message
 
-    loaded = load_model(path, trust=True)
+    loaded = load_model(path, LoadOptions(trust=True))
     assert loaded.format == "pickled-module"
     assert isinstance(loaded.module, UserRNN)
     assert torch.equal(loaded.module.rnn.weight_hh_l0, model.rnn.weight_hh_l0)
@@ -189,7 +190,7 @@ def test_model_option_is_noted_as_ignored_for_a_whole_module(tmp_path):
     path = tmp_path / "gru.pt"
     torch.save(nn.GRU(4, 8), path)
 
-    loaded = load_model(path, model="somewhere:Else")
+    loaded = load_model(path, LoadOptions(model="somewhere:Else"))
 
     assert loaded.format == "pickled-module"
     assert any("--model" in note and "ignored" in note for note in loaded.notes)
@@ -358,7 +359,9 @@ MODEL_ARGS = '{"input_size": 4, "hidden_size": 6}'
 
 
 def test_state_dict_with_package_module_class(user_code, state_dict_file):
-    loaded = load_model(state_dict_file, model=f"{user_code}.nets:TinyRNN", model_args=MODEL_ARGS)
+    loaded = load_model(
+        state_dict_file, LoadOptions(model=f"{user_code}.nets:TinyRNN", model_args=MODEL_ARGS)
+    )
 
     assert loaded.format == "state-dict"
     assert type(loaded.module).__name__ == "TinyRNN"
@@ -371,7 +374,9 @@ def test_state_dict_with_package_module_class(user_code, state_dict_file):
 def test_state_dict_with_file_class(user_code, state_dict_file, where):
     file = Path("code/nets.py") if where == "relative" else state_dict_file.parent / "code/nets.py"
 
-    loaded = load_model(state_dict_file, model=f"{file}:TinyRNN", model_args={"hidden_size": 6})
+    loaded = load_model(
+        state_dict_file, LoadOptions(model=f"{file}:TinyRNN", model_args={"hidden_size": 6})
+    )
 
     assert loaded.format == "state-dict"
     assert loaded.module.rnn.hidden_size == 6
@@ -639,5 +644,5 @@ def test_trust_imports_the_model_class_from_the_working_folder(tmp_path, monkeyp
     monkeypatch.delitem(sys.modules, "mynets")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.chdir(tmp_path)
-    loaded = load_model("tagger.pt", trust=True)
+    loaded = load_model("tagger.pt", LoadOptions(trust=True))
     assert type(loaded.module).__name__ == "Tagger"

@@ -9,6 +9,7 @@ from torch import nn
 import gradscope
 from gradscope.errors import GradscopeError
 from gradscope.loading import load_model
+from gradscope.options import LoadOptions
 
 from tests.helpers.checkpoints import SpeakerEncoder
 from tests.helpers.formats import one_line_error, seeded
@@ -25,7 +26,9 @@ def test_allow_global_loads_exactly_the_named_class_weights_only(tmp_path):
         GradscopeError, match=r"tests\.helpers\.checkpoints\.SpeakerEncoder.*--allow-global"
     ):
         load_model(path)
-    loaded = load_model(path, allow_globals=("tests.helpers.checkpoints:SpeakerEncoder",))
+    loaded = load_model(
+        path, LoadOptions(allow_globals=("tests.helpers.checkpoints:SpeakerEncoder",))
+    )
 
     assert type(loaded.module) is SpeakerEncoder
     assert torch.equal(loaded.module.lstm.weight_hh_l0, module.lstm.weight_hh_l0)
@@ -70,7 +73,7 @@ def test_an_allow_global_the_file_does_not_need_is_said(tmp_path):
     with pytest.raises(
         GradscopeError, match=r"tests\.helpers\.checkpoints:Tagger: not needed by the file"
     ):
-        load_model(path, allow_globals=("tests.helpers.checkpoints:Tagger",))
+        load_model(path, LoadOptions(allow_globals=("tests.helpers.checkpoints:Tagger",)))
     assert type(
         gradscope.analyze(path, allow_globals="tests.helpers.checkpoints:SpeakerEncoder", steps=4)
     )

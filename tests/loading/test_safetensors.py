@@ -9,6 +9,7 @@ from torch import nn
 
 import gradscope
 from gradscope.loading import load_model
+from gradscope.options import LoadOptions
 
 from tests.helpers.checkpoints import SpeakerEncoder
 from tests.helpers.formats import STEPS, assert_same_dynamics, one_line_error, seeded
@@ -69,7 +70,7 @@ def test_safetensors_with_model_option(tmp_path):
     path = tmp_path / "encoder.safetensors"
     save_file(module.state_dict(), str(path))
 
-    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
+    loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
     assert loaded.format == "safetensors"
     assert torch.equal(loaded.module.lstm.weight_ih_l0, module.lstm.weight_ih_l0)

@@ -12,6 +12,7 @@ import gradscope
 from gradscope.errors import GradscopeError
 from gradscope.loading import load_model
 from gradscope.loading.weights import fit_prefix, strip_wrappers
+from gradscope.options import LoadOptions
 
 from tests.helpers.checkpoints import SpeakerEncoder, Wrapped
 from tests.helpers.formats import STEPS, assert_same_dynamics, one_line_error, seeded
@@ -144,7 +145,7 @@ def test_data_parallel_and_compiled_checkpoints_with_model(tmp_path):
     path = tmp_path / "ddp.pt"
     torch.save({f"module._orig_mod.{k}": v for k, v in module.state_dict().items()}, path)
 
-    loaded = load_model(path, model="tests.helpers.checkpoints:SpeakerEncoder")
+    loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
     assert torch.equal(loaded.module.linear.weight, module.linear.weight)
     assert any("'module.'" in note for note in loaded.notes)

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from gradscope.errors import GradscopeError
+from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe
 from gradscope.recurrent.measure import measure_recurrent
 from gradscope.recurrent.unroll import unrolled
-from gradscope.settings import Settings
 
 from tests.helpers import reference
 from tests.helpers.models import CellLoop, GatedNormCell, PairLSTMCell, StateLoop, TanhCell, build
@@ -34,7 +34,7 @@ def measure(model, cells=(), batch=2, seed=0, exponents=3, unbatched=False):
         kind="gaussian",
         seed=seed,
     )
-    settings = Settings(
+    settings = AnalysisOptions(
         steps=STEPS,
         batch=1 if unbatched else batch,
         seed=seed,

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.recurrent.dynamics import lyapunov_exponents, spectral_radius
+from gradscope.numerics import spectral_radius
+from gradscope.recurrent.dynamics import lyapunov_exponents
 
 from tests.helpers.models import orthogonal, rnn_with_recurrence
 
