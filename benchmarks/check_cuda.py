@@ -42,7 +42,7 @@ def worst_difference(cpu: gradscope.Report, gpu: gradscope.Report) -> float:
         pairs += list(zip(a.grad_norm, b.grad_norm, strict=True))
         pairs.append((a.memory_horizon, b.memory_horizon))
         for key in ("spectral_radius", "sigma_max"):
-            pairs.append((a.jacobian[key]["median"], b.jacobian[key]["median"]))
+            pairs.append((getattr(a.jacobian, key).median, getattr(b.jacobian, key).median))
     if len(cpu.layers) != len(gpu.layers):
         return math.inf
     for a, b in zip(cpu.layers, gpu.layers, strict=True):

@@ -150,7 +150,7 @@ def assemble(
             "loss": "seeded unit projection of the output"
             + (" at the last time step" if cores else ""),
             "device": str(subject.device),
-            "spectrum_samples": {core.label: core.jacobian["samples"] for core in cores},
+            "spectrum_samples": {core.label: core.jacobian.samples for core in cores},
         }
     )
     notes = [*planned.notes, *(note for result in results for note in result.notes)]

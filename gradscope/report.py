@@ -64,6 +64,43 @@ class FixId(Word):
     INIT_GAIN = "init-gain"
 
 
+@dataclass(frozen=True)
+class Extremes:
+    """Median and maximum of a quantity over the sampled steps (NaN when unmeasured)."""
+
+    median: float
+    max: float
+
+
+@dataclass(frozen=True)
+class JacobianSummary:
+    """The step Jacobian ``J_t = ds_t/ds_{t-1}`` over the trajectory: its spectral radius and
+    largest singular value, from ``samples`` (step, batch element) eigendecompositions."""
+
+    spectral_radius: Extremes
+    sigma_max: Extremes
+    samples: int
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    """The gate that keeps the state (LSTM forget, GRU update): its mean along the trajectory
+    and its mean total bias (``b_ih + b_hh``; None without biases)."""
+
+    gate: str
+    mean: float
+    bias_mean: float | None
+
+
+@dataclass(frozen=True)
+class WeightSummary:
+    """A vanilla RNN's ``W_hh``: spectral radius and sigma_max against Pascanu's bound."""
+
+    spectral_radius: float
+    sigma_max: float
+    pascanu_bound: float
+
+
 @dataclass
 class RecurrentCore:
     """Measurements of one (layer, direction) of a recurrent module, or of one cell."""
@@ -79,7 +116,7 @@ class RecurrentCore:
     grad_norm: list[float]
     lyapunov: list[float]
     memory_horizon: float | None
-    jacobian: dict[str, Any]
+    jacobian: JacobianSummary
     status: str = "healthy"
     horizon: int = 0
     burn_in: int = 0
@@ -88,8 +125,8 @@ class RecurrentCore:
     bidirectional: bool = False
     batch_first: bool = False
     is_cell: bool = False
-    gates: dict[str, Any] | None = None
-    weights: dict[str, Any] | None = None
+    gates: GateSummary | None = None
+    weights: WeightSummary | None = None
     finite: bool = True
 
     @property

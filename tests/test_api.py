@@ -108,7 +108,7 @@ def test_a_long_memory_lstm_is_healthy_and_assert_healthy_passes():
     report = gradscope.analyze(model, steps=50)
     assert report.status == "healthy"
     report.assert_healthy()
-    assert report.recurrent[0].gates["mean"] > 0.99
+    assert report.recurrent[0].gates.mean > 0.99
 
 
 def test_assert_healthy_on_a_vanishing_model_says_why():
@@ -132,12 +132,10 @@ def test_progress_reports_what_is_happening():
 
 def test_spectrum_steps_sets_how_many_jacobians_get_a_spectrum():
     model = build(MODULES["lstm"])
-    assert (
-        gradscope.analyze(model, steps=40, spectrum_steps=5).recurrent[0].jacobian["samples"] == 5
-    )
-    assert gradscope.analyze(model, steps=40).recurrent[0].jacobian["samples"] == 40
+    assert gradscope.analyze(model, steps=40, spectrum_steps=5).recurrent[0].jacobian.samples == 5
+    assert gradscope.analyze(model, steps=40).recurrent[0].jacobian.samples == 40
     big = build(lambda: nn.LSTM(4, 200))  # state of 400: auto samples a subset (3 here)
-    samples = gradscope.analyze(big, steps=40).recurrent[0].jacobian["samples"]
+    samples = gradscope.analyze(big, steps=40).recurrent[0].jacobian.samples
     assert 2 <= samples < 40
 
 
@@ -308,7 +306,7 @@ def test_a_module_called_on_two_batch_sizes_is_measured_on_the_first():
     report = gradscope.analyze(build(TwoBatches), steps=12, batch=2)
     (core,) = report.recurrent
     assert core.steps == 24 and len(core.grad_norm) == 24
-    assert core.jacobian["samples"] == 2 * 12  # the trajectory of the first call only
+    assert core.jacobian.samples == 2 * 12  # the trajectory of the first call only
 
 
 class FixedDtype(nn.Module):

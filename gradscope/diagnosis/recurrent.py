@@ -28,7 +28,7 @@ def _custom_vanishing_advice(core: RecurrentCore) -> str:
     neither Pascanu's bound nor "use a gated cell" applies; a skip on the state does, whatever
     the cell computes.
     """
-    rho = core.jacobian["spectral_radius"]["median"]
+    rho = core.jacobian.spectral_radius.median
     return (
         f"the cell's own step Jacobian ds_t/ds_{{t-1}} contracts its {core.state_size}-entry "
         f"state along this trajectory (median spectral radius {rho:.2f}); gates inside the "
@@ -43,17 +43,19 @@ def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
         return _custom_vanishing_advice(core)
     if core.cell in ("lstm", "gru"):
         gate = "forget" if core.cell == "lstm" else "update"
-        gates = core.gates or {}
+        mean = core.gates.mean if core.gates else math.nan
         advice = (
-            f"the {gate} gate averages {gates.get('mean', math.nan):.2f}: the gates start nearly "
+            f"the {gate} gate averages {mean:.2f}: the gates start nearly "
             "closed and training must first learn to keep information; a total "
             f"{gate}-gate bias of {suggested_gate_bias(core.horizon, epsilon):.1f} shortens that"
         )
-        if gates.get("bias_mean") is None:
+        if core.gates is None or core.gates.bias_mean is None:
             advice += " (the module has bias=False: build it with bias=True first)"
         return advice
-    weights = core.weights or {}
-    sigma, bound = weights.get("sigma_max", math.nan), weights.get("pascanu_bound", 1.0)
+    weights = core.weights
+    sigma = weights.sigma_max if weights else math.nan
+    bound = weights.pascanu_bound if weights else 1.0
+    radius = weights.spectral_radius if weights else math.nan
     if sigma < bound:
         cause = (
             f"sigma_max(W_hh) = {sigma:.2f} is below Pascanu's bound 1/gamma = {bound:g}, so it "
@@ -61,8 +63,8 @@ def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
         )
     else:
         cause = (
-            f"saturation and W_hh (spectral radius {weights.get('spectral_radius', math.nan):.2f}"
-            ") contract the state along this trajectory"
+            f"saturation and W_hh (spectral radius {radius:.2f}) contract the state along this "
+            "trajectory"
         )
     return f"{cause}; a vanilla RNN cannot learn to hold information as gates do: use a gated cell"
 
@@ -139,8 +141,8 @@ def _nonfinite(core: RecurrentCore) -> Finding:
 
 def _non_normal(core: RecurrentCore) -> Finding:
     """Bound or orthogonalise W_hh; a custom cell has none gradscope can name, so clip."""
-    rho = core.jacobian["spectral_radius"]["median"]
-    sigma = core.jacobian["sigma_max"]["median"]
+    rho = core.jacobian.spectral_radius.median
+    sigma = core.jacobian.sigma_max.median
     reason = (
         f"{core.label} ({core.cell}): the step Jacobian is far from normal (median "
         f"sigma_max {sigma:.3g} vs spectral radius {rho:.3g}): gradients can grow for "

@@ -129,8 +129,8 @@ def mostly_unseen(layers: Sequence[DepthLayer]) -> bool:
 
 def is_non_normal(core: RecurrentCore) -> bool:
     """Whether the step Jacobian's sigma_max exceeds 1 and NON_NORMAL_RATIO x its radius."""
-    rho = core.jacobian["spectral_radius"]["median"]
-    sigma = core.jacobian["sigma_max"]["median"]
+    rho = core.jacobian.spectral_radius.median
+    sigma = core.jacobian.sigma_max.median
     return sigma > 1 and sigma > NON_NORMAL_RATIO * rho
 
 

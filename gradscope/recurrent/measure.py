@@ -22,7 +22,13 @@ from gradscope.recurrent.cells import (
 )
 from gradscope.recurrent.dynamics import lyapunov_exponents, state_jacobians
 from gradscope.recurrent.unroll import Trace, unrolled
-from gradscope.report import RecurrentCore
+from gradscope.report import (
+    Extremes,
+    GateSummary,
+    JacobianSummary,
+    RecurrentCore,
+    WeightSummary,
+)
 from gradscope.theory import memory_horizon
 
 #: ``auto`` spectra: every step while states have at most this many dimensions ...
@@ -106,9 +112,8 @@ def per_step_norms(per_step: Tensor) -> list[float]:
     return pooled_norms(per_step, per_step.shape[1])
 
 
-def _summary(values: Tensor) -> dict[str, float]:
-    median, largest = median_and_max(values)
-    return {"median": median, "max": largest}
+def _summary(values: Tensor) -> Extremes:
+    return Extremes(*median_and_max(values))
 
 
 def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int) -> Tensor:
@@ -122,7 +127,7 @@ def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int
 
 def _jacobian_summary(
     step: Callable, states: Tensor, drives: Tensor, settings: AnalysisOptions
-) -> dict:
+) -> JacobianSummary:
     steps, batch, n = states.shape
     chosen = spectrum_samples(settings.spectrum_steps, steps, batch, n).to(states.device)
     jacobians = state_jacobians(
@@ -130,40 +135,40 @@ def _jacobian_summary(
     )
     finite = bool(torch.isfinite(jacobians).all())
     empty = jacobians.new_empty(0)
-    return {
-        "spectral_radius": _summary(spectral_radius(jacobians) if finite else empty),
-        "sigma_max": _summary(largest_singular_value(jacobians) if finite else empty),
-        "samples": len(chosen),
-    }
+    return JacobianSummary(
+        spectral_radius=_summary(spectral_radius(jacobians) if finite else empty),
+        sigma_max=_summary(largest_singular_value(jacobians) if finite else empty),
+        samples=len(chosen),
+    )
 
 
 def _gate_summary(
     spec: CellSpec, weights: CellWeights | None, states: Tensor, drives: Tensor
-) -> dict | None:
+) -> GateSummary | None:
     """Mean keeping gate (LSTM forget, GRU update) along the trajectory, and its mean bias."""
     gate = None if weights is None else gate_values(spec, weights, states, drives)
     if gate is None:
         return None
     bias = gate_bias(spec, weights)
-    return {
-        "gate": "forget" if spec.kind == "lstm" else "update",
-        "mean": float(gate.mean()),
-        "bias_mean": None if bias is None else float(bias.mean()),
-    }
+    return GateSummary(
+        gate="forget" if spec.kind == "lstm" else "update",
+        mean=float(gate.mean()),
+        bias_mean=None if bias is None else float(bias.mean()),
+    )
 
 
-def _weight_summary(spec: CellSpec, weights: CellWeights | None) -> dict | None:
+def _weight_summary(spec: CellSpec, weights: CellWeights | None) -> WeightSummary | None:
     """Vanilla RNN: spectral radius and sigma_max of W_hh against Pascanu's bound."""
     gamma = PASCANU_GAMMA.get(spec.kind)
     if gamma is None or weights is None:
         return None
     w_hh = weights.weight_hh
     finite = bool(torch.isfinite(w_hh).all())  # LAPACK refuses NaN and Inf
-    return {
-        "spectral_radius": float(spectral_radius(w_hh)) if finite else math.nan,
-        "sigma_max": float(largest_singular_value(w_hh)) if finite else math.nan,
-        "pascanu_bound": 1 / gamma,
-    }
+    return WeightSummary(
+        spectral_radius=float(spectral_radius(w_hh)) if finite else math.nan,
+        sigma_max=float(largest_singular_value(w_hh)) if finite else math.nan,
+        pascanu_bound=1 / gamma,
+    )
 
 
 def _or_zeros(grad: Tensor | None, state: Tensor) -> Tensor:
@@ -192,8 +197,8 @@ def measure_core(
     finite = finite and all(math.isfinite(v) for v in norms)
     burn_in = settings.burn_in if settings.burn_in < steps else steps // 5
     exponents = [math.nan]
-    unmeasured = {"median": math.nan, "max": math.nan}
-    jacobian = {"spectral_radius": unmeasured, "sigma_max": unmeasured, "samples": 0}
+    unmeasured = Extremes(math.nan, math.nan)
+    jacobian = JacobianSummary(unmeasured, unmeasured, samples=0)
     if finite:
         generator = torch.Generator().manual_seed(settings.seed)
         count = min(settings.exponents, spec.state_size)

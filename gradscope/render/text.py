@@ -107,8 +107,8 @@ def cores_table(cores: list[RecurrentCore]) -> Table:
             core.cell,
             number(core.top_exponent, "{:+.3f}"),
             number(core.memory_horizon, "{:.1f}") if core.finite else "n/a",
-            number(core.jacobian["spectral_radius"]["median"]),
-            number(core.jacobian["sigma_max"]["max"]),
+            number(core.jacobian.spectral_radius.median),
+            number(core.jacobian.sigma_max.max),
             status_text(core.status),
         )
     return table

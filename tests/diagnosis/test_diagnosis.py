@@ -8,6 +8,7 @@ import pytest
 
 from gradscope.diagnosis.verdict import core_status, with_horizons, worst
 from gradscope.fixes.recurrent import module_expression
+from gradscope.report import Extremes, JacobianSummary, WeightSummary
 from gradscope.theory import memory_horizon, suggested_gate_bias
 
 from tests.helpers.samples import core, judge
@@ -83,7 +84,7 @@ def test_vanishing_vanilla_rnn_calls_for_a_gated_cell_that_fits():
 
 
 def test_pascanu_bound_is_named_when_it_guarantees_vanishing():
-    weights = {"spectral_radius": 0.5, "sigma_max": 0.7, "pascanu_bound": 1.0}
+    weights = WeightSummary(spectral_radius=0.5, sigma_max=0.7, pascanu_bound=1.0)
     _, _, _, findings, _ = judge([core("rnn_tanh", -0.7, weights=weights)], 1e-3)
     assert "below Pascanu's bound" in findings[0].message
 
@@ -127,11 +128,7 @@ def test_nonfinite_core_is_the_worst_and_named():
 
 
 def test_strongly_non_normal_jacobian_warns_without_failing():
-    jacobian = {
-        "spectral_radius": {"median": 0.5, "max": 0.5},
-        "sigma_max": {"median": 10.02, "max": 10.02},
-        "samples": 100,
-    }
+    jacobian = JacobianSummary(Extremes(0.5, 0.5), Extremes(10.02, 10.02), samples=100)
     status, _, _, findings, _ = judge([core("rnn_tanh", -0.001, jacobian=jacobian)], 1e-3)
     assert status == "healthy"
     assert [(f.id, f.severity) for f in findings] == [("transient-growth", "warning")]
@@ -228,11 +225,7 @@ def test_nonfinite_custom_cell_points_at_its_own_forward():
 
 
 def test_transient_growth_in_a_custom_cell_calls_for_clipping_not_weight_hh():
-    jacobian = {
-        "spectral_radius": {"median": 0.5, "max": 0.5},
-        "sigma_max": {"median": 10.02, "max": 10.02},
-        "samples": 100,
-    }
+    jacobian = JacobianSummary(Extremes(0.5, 0.5), Extremes(10.02, 10.02), samples=100)
     status, _, _, findings, fixes = judge(
         [core("custom", -0.001, name="cell", jacobian=jacobian)], 1e-3
     )

@@ -27,7 +27,9 @@ def assert_same_dynamics(got, want, rel: float = 1e-9) -> None:
     assert got.cell == want.cell and got.state_size == want.state_size
     assert got.lyapunov == pytest.approx(want.lyapunov, rel=rel, abs=1e-12)
     for key in ("spectral_radius", "sigma_max"):
-        assert got.jacobian[key]["median"] == pytest.approx(want.jacobian[key]["median"], rel=rel)
+        assert getattr(got.jacobian, key).median == pytest.approx(
+            getattr(want.jacobian, key).median, rel=rel
+        )
 
 
 def one_line_error(args: list[str], capsys) -> str:

@@ -6,7 +6,18 @@ import math
 
 from gradscope.diagnosis import diagnose
 from gradscope.fixes import build_fixes
-from gradscope.report import DepthLayer, DepthStack, Finding, Fix, RecurrentCore, Report
+from gradscope.report import (
+    DepthLayer,
+    DepthStack,
+    Extremes,
+    Finding,
+    Fix,
+    GateSummary,
+    JacobianSummary,
+    RecurrentCore,
+    Report,
+    WeightSummary,
+)
 
 #: The keys docs/design.md promises in the JSON report, at the top and for each recurrent core.
 TOP_KEYS = {
@@ -66,8 +77,8 @@ def core(
     hidden = fields.pop("hidden_size", 128)
     state = 2 * hidden if cell == "lstm" else hidden
     tau = None if exponent == 0 or math.isnan(exponent) else math.log(1 / epsilon) / abs(exponent)
-    gates = {"gate": "forget" if cell == "lstm" else "update", "mean": 0.5, "bias_mean": 0.0}
-    weights = {"spectral_radius": 0.6, "sigma_max": 1.12, "pascanu_bound": 1.0}
+    gates = GateSummary("forget" if cell == "lstm" else "update", mean=0.5, bias_mean=0.0)
+    weights = WeightSummary(spectral_radius=0.6, sigma_max=1.12, pascanu_bound=1.0)
     defaults = dict(
         name=name,
         cell=cell,
@@ -80,11 +91,7 @@ def core(
         grad_norm=[math.exp(exponent * (steps - 1 - t)) for t in range(steps)],
         lyapunov=[exponent, exponent - 0.1],
         memory_horizon=tau,
-        jacobian={
-            "spectral_radius": {"median": 0.52, "max": 0.61},
-            "sigma_max": {"median": 0.9, "max": 1.04},
-            "samples": steps,
-        },
+        jacobian=JacobianSummary(Extremes(0.52, 0.61), Extremes(0.9, 1.04), samples=steps),
         batch_first=cell != "custom",
         is_cell=cell == "custom",
         horizon=100,

@@ -51,11 +51,11 @@ def assert_same_measurements(actual, expected):
     assert actual.steps == expected.steps == STEPS
     assert actual.grad_norm == pytest.approx(expected.grad_norm, rel=1e-9, abs=1e-14)
     assert actual.lyapunov == pytest.approx(expected.lyapunov, rel=1e-9, abs=1e-12)
-    assert actual.jacobian["samples"] == expected.jacobian["samples"]
+    assert actual.jacobian.samples == expected.jacobian.samples
     for quantity in ("spectral_radius", "sigma_max"):
         for statistic in ("median", "max"):
-            assert actual.jacobian[quantity][statistic] == pytest.approx(
-                expected.jacobian[quantity][statistic], rel=1e-9
+            assert getattr(getattr(actual.jacobian, quantity), statistic) == pytest.approx(
+                getattr(getattr(expected.jacobian, quantity), statistic), rel=1e-9
             )
 
 
@@ -140,15 +140,11 @@ def test_a_cell_no_builtin_expresses_matches_its_brute_force_twin(keyword):
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(2, STEPS, 4, generator=generator, dtype=torch.float64)
     rho, sigma, exponents, norms = brute_force(cell, x, count=3, seed=4)
-    assert core.jacobian["samples"] == 2 * STEPS
-    assert core.jacobian["spectral_radius"]["median"] == pytest.approx(
-        float(rho.quantile(0.5)), rel=1e-9
-    )
-    assert core.jacobian["spectral_radius"]["max"] == pytest.approx(float(rho.max()), rel=1e-9)
-    assert core.jacobian["sigma_max"]["median"] == pytest.approx(
-        float(sigma.quantile(0.5)), rel=1e-9
-    )
-    assert core.jacobian["sigma_max"]["max"] == pytest.approx(float(sigma.max()), rel=1e-9)
+    assert core.jacobian.samples == 2 * STEPS
+    assert core.jacobian.spectral_radius.median == pytest.approx(float(rho.quantile(0.5)), rel=1e-9)
+    assert core.jacobian.spectral_radius.max == pytest.approx(float(rho.max()), rel=1e-9)
+    assert core.jacobian.sigma_max.median == pytest.approx(float(sigma.quantile(0.5)), rel=1e-9)
+    assert core.jacobian.sigma_max.max == pytest.approx(float(sigma.max()), rel=1e-9)
     assert core.lyapunov == pytest.approx(exponents, rel=1e-8, abs=1e-10)
     assert core.grad_norm == pytest.approx(norms, rel=1e-9, abs=1e-14)
 

@@ -29,8 +29,8 @@ def test_scaled_orthogonal_rnn_at_the_fixed_point(gain):
     (core,) = report.recurrent
     assert core.lyapunov == pytest.approx([math.log(gain)] * n, abs=1e-9)
     for stat in ("median", "max"):
-        assert core.jacobian["spectral_radius"][stat] == pytest.approx(gain, abs=1e-9)
-        assert core.jacobian["sigma_max"][stat] == pytest.approx(gain, abs=1e-9)
+        assert getattr(core.jacobian.spectral_radius, stat) == pytest.approx(gain, abs=1e-9)
+        assert getattr(core.jacobian.sigma_max, stat) == pytest.approx(gain, abs=1e-9)
     ratios = [a / b for a, b in zip(core.grad_norm[:-1], core.grad_norm[1:], strict=True)]
     assert ratios == pytest.approx([gain] * (len(ratios)), abs=1e-9)
     assert core.memory_horizon == pytest.approx(LN_1000 / abs(math.log(gain)), abs=1e-9)
@@ -56,11 +56,9 @@ def test_non_normal_recurrence_grows_then_converges_to_ln_half():
     short = analyze_at_origin(rnn_with_recurrence(weight), steps=100, exponents=2)
     long = analyze_at_origin(rnn_with_recurrence(weight), steps=1000, exponents=2)
     (core,) = long.recurrent
-    assert core.jacobian["spectral_radius"]["max"] == pytest.approx(0.5, abs=1e-9)
-    assert core.jacobian["sigma_max"]["max"] == pytest.approx(
-        float(torch.linalg.svdvals(weight)[0])
-    )
-    assert core.jacobian["sigma_max"]["max"] == pytest.approx(10.02, abs=0.01)
+    assert core.jacobian.spectral_radius.max == pytest.approx(0.5, abs=1e-9)
+    assert core.jacobian.sigma_max.max == pytest.approx(float(torch.linalg.svdvals(weight)[0]))
+    assert core.jacobian.sigma_max.max == pytest.approx(10.02, abs=0.01)
     by_lag = core.grad_norm_by_lag
     assert max(by_lag[1:4]) > 5 * by_lag[0]  # transient growth first: ||J^k|| ~ 10 k 0.5^(k-1)
     assert by_lag[200] < by_lag[0] * 1e-50  # then decay at ln 0.5 per step
@@ -162,8 +160,8 @@ def test_zero_lstm_forget_gate_sets_the_horizon(bias, exponent, horizon):
     assert expected == pytest.approx(exponent, abs=1e-6)
     assert core.lyapunov[hidden:] == [-math.inf] * hidden
     assert core.memory_horizon == pytest.approx(horizon, abs=0.01)
-    assert core.gates["mean"] == pytest.approx(1 / (1 + math.exp(-bias)))
-    assert core.gates["bias_mean"] == pytest.approx(bias)
+    assert core.gates.mean == pytest.approx(1 / (1 + math.exp(-bias)))
+    assert core.gates.bias_mean == pytest.approx(bias)
     assert report.to_dict()["recurrent"][0]["lyapunov"][hidden:] == [None] * hidden
 
 

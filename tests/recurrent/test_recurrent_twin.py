@@ -107,17 +107,15 @@ def test_spectra_and_lyapunov_match_the_reference(name):
                 [reference.spectral_radius(j) for j in jacobians], dtype=torch.float64
             )
             sigma = torch.tensor([reference.sigma_max(j) for j in jacobians], dtype=torch.float64)
-            assert core.jacobian["samples"] == STEPS
-            assert core.jacobian["spectral_radius"]["median"] == pytest.approx(
+            assert core.jacobian.samples == STEPS
+            assert core.jacobian.spectral_radius.median == pytest.approx(
                 float(rho.quantile(0.5)), rel=1e-9
             )
-            assert core.jacobian["spectral_radius"]["max"] == pytest.approx(
-                float(rho.max()), rel=1e-9
-            )
-            assert core.jacobian["sigma_max"]["median"] == pytest.approx(
+            assert core.jacobian.spectral_radius.max == pytest.approx(float(rho.max()), rel=1e-9)
+            assert core.jacobian.sigma_max.median == pytest.approx(
                 float(sigma.quantile(0.5)), rel=1e-9
             )
-            assert core.jacobian["sigma_max"]["max"] == pytest.approx(float(sigma.max()), rel=1e-9)
+            assert core.jacobian.sigma_max.max == pytest.approx(float(sigma.max()), rel=1e-9)
             expected = reference.qr_lyapunov(jacobians, 3, burn_in=2, seed=3)
             assert core.lyapunov == pytest.approx(expected, rel=1e-8, abs=1e-10)
 
@@ -147,7 +145,7 @@ def test_cells_match_the_reference(name):
     jacobians = reference.jacobians(cell, steps)
     assert core.lyapunov == pytest.approx(reference.qr_lyapunov(jacobians, 2, 2, 1), rel=1e-8)
     rho = torch.tensor([reference.spectral_radius(j) for j in jacobians], dtype=torch.float64)
-    assert core.jacobian["spectral_radius"]["max"] == pytest.approx(float(rho.max()), rel=1e-9)
+    assert core.jacobian.spectral_radius.max == pytest.approx(float(rho.max()), rel=1e-9)
 
 
 def test_input_gradient_matches_autograd_on_the_real_module():
@@ -173,4 +171,4 @@ def test_batch_statistics_pool_every_element():
     expected = torch.tensor(per_element, dtype=torch.float64).mean(0).tolist()
     (core,) = pooled.recurrent
     assert core.lyapunov == pytest.approx(expected, rel=1e-8)
-    assert core.jacobian["samples"] == 3 * STEPS
+    assert core.jacobian.samples == 3 * STEPS
