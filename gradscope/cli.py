@@ -220,7 +220,7 @@ def analyze(
             "activations joined to their layer), leaves, or N levels of modules.",
             rich_help_panel=ANALYSIS,
         ),
-    ] = DEFAULTS.depth,
+    ] = DEFAULTS.granularity,
     chi_probes: Annotated[
         int,
         typer.Option(
@@ -293,7 +293,7 @@ def analyze(
         probe=probe,
         input_shape=input_shape,
         batch_first=batch_first,
-        horizon=horizon,
+        distance=horizon,
         epsilon=epsilon,
         burn_in=burn_in,
         exponents=exponents,
@@ -301,7 +301,7 @@ def analyze(
         device=device,
         output_key=output_key,
         cells=tuple(cell or ()),
-        depth=depth,
+        granularity=depth,
         chi_probes=chi_probes,
         power_iterations=power_iterations,
     )

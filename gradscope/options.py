@@ -57,8 +57,9 @@ class AnalysisOptions:
     """What to probe with and how to judge it. ``None`` means "derive from the probe".
 
     ``probe`` is ``gaussian``, ``zeros``, the path of a tensor file, or a tensor (or array)
-    shaped as the model's input. ``horizon`` is the distance L the model must learn across
-    (by default each core's own length); ``depth`` the granularity of the depth view.
+    shaped as the model's input. ``distance`` is the distance L the model must learn across
+    (``--horizon``; by default each core's own length); ``granularity`` that of the depth view
+    (``--depth``).
     """
 
     steps: int | None = None
@@ -68,7 +69,7 @@ class AnalysisOptions:
     probe: Any = "gaussian"
     input_shape: tuple[int, ...] | None = None
     batch_first: bool | None = None
-    horizon: int | None = None
+    distance: int | None = None
     epsilon: float = 1e-3
     burn_in: int | None = None
     exponents: int = 8
@@ -76,7 +77,7 @@ class AnalysisOptions:
     device: str = "cpu"
     output_key: str | None = None
     cells: tuple[str, ...] = ()
-    depth: str = "blocks"
+    granularity: str = "blocks"
     chi_probes: int = 2
     power_iterations: int = 2
 
@@ -113,8 +114,8 @@ class AnalysisOptions:
                 f"--epsilon must lie strictly between 0 and 1 (e.g. 1e-3), not {self.epsilon}",
             ),
             (
-                self.horizon is None or self.horizon > 0,
-                f"--horizon must be a positive number of steps, not {self.horizon}",
+                self.distance is None or self.distance > 0,
+                f"--horizon must be a positive number of steps, not {self.distance}",
             ),
             (
                 self.burn_in is None or self.burn_in >= 0,
@@ -128,8 +129,10 @@ class AnalysisOptions:
                 f"not {self.spectrum_steps!r}",
             ),
             (
-                self.depth in GRANULARITIES or (self.depth.isdigit() and int(self.depth) > 0),
-                f"--depth must be blocks, leaves or a positive module depth, not {self.depth!r}",
+                self.granularity in GRANULARITIES
+                or (self.granularity.isdigit() and int(self.granularity) > 0),
+                "--depth must be blocks, leaves or a positive module depth, "
+                f"not {self.granularity!r}",
             ),
             (self.chi_probes > 0, f"--chi-probes must be 1 or more, not {self.chi_probes}"),
             (
@@ -178,12 +181,15 @@ class AnalysisOptions:
                 f"probe length ({steps} steps) or raise --steps"
             )
         return dataclasses.replace(
-            self, steps=steps, batch=batch, horizon=self.horizon or steps, burn_in=burn_in
+            self, steps=steps, batch=batch, distance=self.distance or steps, burn_in=burn_in
         )
 
     def to_dict(self) -> dict:
         """The options as the report's ``settings`` object (a tensor probe reads ``tensor``)."""
-        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data = {
+            SETTINGS_KEYS.get(field.name, field.name): getattr(self, field.name)
+            for field in dataclasses.fields(self)
+        }
         data["probe"] = self.probe if isinstance(self.probe, str) else "tensor"
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["cells"] = list(self.cells)
@@ -216,5 +222,7 @@ def parse_spectrum_steps(text: str) -> int | str:
         ) from None
 
 
+#: Fields named otherwise in the report's ``settings`` (as the command line names them).
+SETTINGS_KEYS = {"distance": "horizon", "granularity": "depth"}
 #: The defaults, as the command line shows them.
 DEFAULTS = AnalysisOptions()

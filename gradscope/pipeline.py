@@ -15,7 +15,7 @@ from torch import nn
 
 from gradscope import __version__
 from gradscope.diagnosis import Diagnosis, diagnose
-from gradscope.diagnosis.verdict import with_horizons
+from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
@@ -126,7 +126,7 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
 
 def judge(results: list[Measured], options: AnalysisOptions, steps: int) -> Diagnosis:
     """Each core's distance (``--horizon``, else the steps it ran), then the verdict."""
-    cores = with_horizons([c for r in results for c in r.cores], options.horizon, steps)
+    cores = with_distances([c for r in results for c in r.cores], options.distance, steps)
     stack = next((r for r in results if r.stack is not None), None)
     return diagnose(
         cores, options.epsilon, stack.stack if stack else None, stack.layers if stack else []
@@ -165,7 +165,7 @@ def assemble(
         input_grad_norm=input_grad_norm,
         recurrent=cores,
         layers=diagnosis.layers,
-        depth=diagnosis.stack,
+        stack=diagnosis.stack,
         findings=diagnosis.findings,
         fixes=build_fixes(diagnosis, settings.epsilon),
     )

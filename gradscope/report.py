@@ -118,7 +118,7 @@ class RecurrentCore:
     memory_horizon: float | None
     jacobian: JacobianSummary
     status: str = "healthy"
-    horizon: int = 0
+    distance: int = field(default=0, metadata={"json": "horizon"})
     burn_in: int = 0
     proj_size: int = 0
     num_layers: int = 1
@@ -204,7 +204,7 @@ class DepthStack:
     granularity: str
     estimator: dict[str, Any]
     status: str = "healthy"
-    horizon: int = 0
+    distance: int = field(default=0, metadata={"json": "horizon"})
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ class Report:
     input_grad_norm: list[float] | None = None
     recurrent: list[RecurrentCore] = field(default_factory=list)
     layers: list[DepthLayer] = field(default_factory=list)
-    depth: DepthStack | None = None
+    stack: DepthStack | None = field(default=None, metadata={"json": "depth"})
     findings: list[Finding] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
@@ -296,8 +296,8 @@ class Report:
     def fails(self, fail_on: tuple[str, ...] = FAILING_STATUSES) -> bool:
         """Whether any part's status is one of ``fail_on``."""
         statuses = {core.status for core in self.recurrent} | {self.status}
-        if self.depth is not None:
-            statuses.add(self.depth.status)
+        if self.stack is not None:
+            statuses.add(self.stack.status)
         return bool(statuses & set(fail_on))
 
     def summary(self) -> str:

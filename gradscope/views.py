@@ -91,7 +91,7 @@ class DepthView:
             message = f"depth view not measured ({type(error).__name__}: {first_line(error)})"
             if beside_cores:
                 return Measured(notes=[Note("depth", message)])
-            other = "--depth blocks" if options.depth == "leaves" else "--depth leaves"
+            other = "--depth blocks" if options.granularity == "leaves" else "--depth leaves"
             raise GradscopeError(f"{message}; try {other}") from None
         if depth is None:
             return Measured()
@@ -151,7 +151,9 @@ def _program_input_gradient(
     when it ran another ``length`` (steps, batch) than the rebuilt cores."""
     from gradscope.recurrent.parts import whole_input_gradient
 
-    pinned = _pinned_device(loaded, device) if loaded.format == "exported-program" else None
+    pinned = (
+        _pinned_device(loaded, device) if loaded.checkpoint_kind == "exported-program" else None
+    )
     if pinned:
         return None, [
             Note(
@@ -195,7 +197,7 @@ def program_probe(
     its own dtype. A TorchScript module says what it reads, as a module does.
     """
     module = loaded.module
-    if loaded.format != "exported-program":
+    if loaded.checkpoint_kind != "exported-program":
         return make_probe(module, options.with_length(), device), []
     notes = []
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)

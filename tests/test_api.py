@@ -223,11 +223,11 @@ class Seq2Seq(nn.Module):
 def test_a_decoder_is_judged_over_the_steps_it_ran_and_fed_by_the_encoder():
     report = gradscope.analyze(build(Seq2Seq), steps=60, exponents=2)
     encoder, decoder = report.recurrent
-    assert (encoder.steps, encoder.horizon) == (60, 60)
-    assert (decoder.steps, decoder.horizon) == (10, 10)
+    assert (encoder.steps, encoder.distance) == (60, 60)
+    assert (decoder.steps, decoder.distance) == (10, 10)
     assert encoder.grad_norm[-1] > 0  # the loss reaches the encoder through the decoder
     explicit = gradscope.analyze(build(Seq2Seq), steps=60, horizon=200, exponents=2)
-    assert [c.horizon for c in explicit.recurrent] == [200, 200]
+    assert [c.distance for c in explicit.recurrent] == [200, 200]
 
 
 class TransposeIn(nn.Module):
@@ -266,7 +266,7 @@ def test_a_probe_read_on_the_wrong_axis_is_refused_and_the_flag_fixes_it(factory
         build(factory), steps=30, batch=2, batch_first=flag == "--batch-first"
     )
     (core,) = report.recurrent
-    assert (core.steps, core.horizon) == (30, 30)
+    assert (core.steps, core.distance) == (30, 30)
     assert report.settings["input_shape"] == ([2, 30, 4] if flag == "--batch-first" else [30, 2, 4])
 
 

@@ -70,7 +70,7 @@ def _forward(
 
 
 def _whole_gains(
-    model: nn.Module, probe: Probe, settings: AnalysisOptions
+    model: nn.Module, probe: Probe, options: AnalysisOptions
 ) -> tuple[float | None, float]:
     """(sigma_max, RMS singular value) of the input-output Jacobian; NaN RMS for token ids."""
     if not probe.inputs.is_floating_point():
@@ -79,11 +79,11 @@ def _whole_gains(
     def whole(x: Tensor) -> Tensor:
         return projected_output(model(x), probe, traced=False)
 
-    generator = torch.Generator().manual_seed(settings.seed + 3)
+    generator = torch.Generator().manual_seed(options.seed + 3)
     try:
         # one probe: each example of the batch draws its own, which averages them
         sigma, rms = whole_gains(
-            whole, probe.inputs.detach(), 1, settings.power_iterations, generator
+            whole, probe.inputs.detach(), 1, options.power_iterations, generator
         )
     except Exception:
         return None, math.nan
@@ -91,18 +91,18 @@ def _whole_gains(
 
 
 def measure_depth(
-    model: nn.Module, probe: Probe, settings: AnalysisOptions
+    model: nn.Module, probe: Probe, options: AnalysisOptions
 ) -> tuple[DepthStack, list[DepthLayer]] | None:
     """The depth view of ``model`` on ``probe``; None when it has fewer than MIN_BLOCKS blocks."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warnings would break the one-line stderr
-        return _measure(model, probe, settings)
+        return _measure(model, probe, options)
 
 
 def _measure(
-    model: nn.Module, probe: Probe, settings: AnalysisOptions
+    model: nn.Module, probe: Probe, options: AnalysisOptions
 ) -> tuple[DepthStack, list[DepthLayer]] | None:
-    output, blocks = _forward(model, probe, settings.depth, settings.input_shape is not None)
+    output, blocks = _forward(model, probe, options.granularity, options.input_shape is not None)
     if len(blocks) < MIN_BLOCKS:
         return None
     loss = projection_loss(output, probe)
@@ -115,12 +115,12 @@ def _measure(
     norms = [pooled_norm(g, batch) for g in grads[len(sources) :]]
     # an input that carries no gradient (ids): the stack starts at the first block's output
     input_grad = pooled_norm(grads[0], batch) if sources else norms[0]
-    generator = torch.Generator().manual_seed(settings.seed + 2)
+    generator = torch.Generator().manual_seed(options.seed + 2)
     gains = block_gains(
         [b.function() for b in blocks],
         [b.value for b in blocks],
-        settings.chi_probes,
-        settings.power_iterations,
+        options.chi_probes,
+        options.power_iterations,
         generator,
         [b.has_weights() for b in blocks],
     )
@@ -161,7 +161,7 @@ def _measure(
     output_grad = norms[-1]
     ratio = input_grad / output_grad if output_grad else math.nan
     with torch.enable_grad():
-        sigma, rms = _whole_gains(model, probe, settings)
+        sigma, rms = _whole_gains(model, probe, options)
     stack = DepthStack(
         blocks=len(layers),
         input_grad_norm=input_grad,
@@ -172,12 +172,12 @@ def _measure(
         rms_singular_value=rms,
         spread=sigma / rms if sigma is not None and rms and math.isfinite(rms) else None,
         residual_blocks=sum(layer.residual for layer in layers),
-        granularity=settings.depth,
+        granularity=options.granularity,
         estimator={
             "chi": "Hutchinson: mean ||J^T u||^2 / n_out, u ~ N(0, I), batched VJPs",
-            "chi_probes": settings.chi_probes,
+            "chi_probes": options.chi_probes,
             "sigma_max": "power iteration on J^T J with JVPs and VJPs",
-            "power_iterations": settings.power_iterations,
+            "power_iterations": options.power_iterations,
             "residual": f"tr(J)/n > {RESIDUAL_TRACE} from the same probes",
             "rms_singular_value": "sqrt(E ||J^T u||^2 / n_out) through the whole model, one "
             "random u per example",

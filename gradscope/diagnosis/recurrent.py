@@ -47,7 +47,7 @@ def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
         advice = (
             f"the {gate} gate averages {mean:.2f}: the gates start nearly "
             "closed and training must first learn to keep information; a total "
-            f"{gate}-gate bias of {suggested_gate_bias(core.horizon, epsilon):.1f} shortens that"
+            f"{gate}-gate bias of {suggested_gate_bias(core.distance, epsilon):.1f} shortens that"
         )
         if core.gates is None or core.gates.bias_mean is None:
             advice += " (the module has bias=False: build it with bias=True first)"
@@ -107,7 +107,7 @@ def _vanishing(core: RecurrentCore, epsilon: float) -> Finding:
     fixes = VANISHING_FIXES.get(core.cell, [FixId.USE_LSTM, FixId.USE_GRU])
     reason = _rate(core, epsilon, "shrink")
     message = (
-        f"{reason} (lambda_1 = {core.top_exponent:+.3f}/step), short of the {core.horizon}-step "
+        f"{reason} (lambda_1 = {core.top_exponent:+.3f}/step), short of the {core.distance}-step "
         f"horizon; {_vanishing_advice(core, epsilon)}."
     )
     return _finding(core, reason, message, fixes)
@@ -120,7 +120,7 @@ def _exploding(core: RecurrentCore, epsilon: float) -> Finding:
         fixes += [FixId.SPECTRAL_NORM, FixId.ORTHOGONAL_INIT]
     reason = _rate(core, epsilon, "grow")
     message = (
-        f"{reason} (lambda_1 = {core.top_exponent:+.3f}/step), within the {core.horizon}-step "
+        f"{reason} (lambda_1 = {core.top_exponent:+.3f}/step), within the {core.distance}-step "
         "horizon; updates will blow up without clipping."
     )
     return _finding(core, reason, message, fixes)

@@ -31,7 +31,7 @@ def worst(statuses: Sequence[str]) -> Status:
     return max(map(Status, statuses), key=lambda status: status.rank, default=Status.HEALTHY)
 
 
-def with_horizons(
+def with_distances(
     cores: list[RecurrentCore], requested: int | None, probe_steps: int
 ) -> list[RecurrentCore]:
     """Each core's distance L: ``--horizon`` when given, else the steps the core ran.
@@ -40,7 +40,7 @@ def with_horizons(
     a few times) cannot be asked to carry information further than it ran.
     """
     return [
-        dataclasses.replace(core, horizon=requested or min(probe_steps, core.steps))
+        dataclasses.replace(core, distance=requested or min(probe_steps, core.steps))
         for core in cores
     ]
 
@@ -49,7 +49,7 @@ def assess_cores(cores: list[RecurrentCore], epsilon: float) -> list[RecurrentCo
     """The cores with their status set by the verdict rule over their own horizon."""
     return [
         dataclasses.replace(
-            core, status=core_status(core.top_exponent, core.finite, core.horizon, epsilon)
+            core, status=core_status(core.top_exponent, core.finite, core.distance, epsilon)
         )
         for core in cores
     ]
@@ -96,5 +96,5 @@ def depth_status(stack: DepthStack, layers: Sequence[DepthLayer], epsilon: float
 def assess_depth(stack: DepthStack, layers: list[DepthLayer], epsilon: float) -> DepthStack:
     """The stack with its status set by the verdict rule over its depth (``horizon`` = blocks)."""
     return dataclasses.replace(
-        stack, status=depth_status(stack, layers, epsilon), horizon=stack.blocks
+        stack, status=depth_status(stack, layers, epsilon), distance=stack.blocks
     )

@@ -58,7 +58,7 @@ def _replace_cell(cls: str) -> Callable[[list[RecurrentCore], float], str]:
 
 def _gate_bias(gate: str, order: str) -> Callable[[list[RecurrentCore], float], str]:
     def snippet(cores: list[RecurrentCore], epsilon: float) -> str:
-        horizon = max(core.horizon for core in cores)
+        horizon = max(core.distance for core in cores)
         bias = suggested_gate_bias(horizon, epsilon)
         lines = [
             "# PyTorch adds bias_ih and bias_hh; the",

@@ -62,7 +62,7 @@ class LoadedModel:
     """
 
     module: nn.Module | None
-    format: str
+    checkpoint_kind: str
     path: str | None
     notes: list[str] = field(default_factory=list)
     parts: list[InferredPart] | None = None
@@ -79,7 +79,7 @@ class LoadedModel:
             name = getattr(self.module, "original_name", None) or type(self.module).__qualname__
         return {
             "path": self.path,
-            "format": self.format,
+            "format": self.checkpoint_kind,
             "class": name,
             "parameters": self.parameters
             or sum(p.numel() for p in (self.module.parameters() if self.module else [])),

@@ -126,10 +126,10 @@ def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int
 
 
 def _jacobian_summary(
-    step: Callable, states: Tensor, drives: Tensor, settings: AnalysisOptions
+    step: Callable, states: Tensor, drives: Tensor, options: AnalysisOptions
 ) -> JacobianSummary:
     steps, batch, n = states.shape
-    chosen = spectrum_samples(settings.spectrum_steps, steps, batch, n).to(states.device)
+    chosen = spectrum_samples(options.spectrum_steps, steps, batch, n).to(states.device)
     jacobians = state_jacobians(
         step, states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen]
     )
@@ -177,7 +177,7 @@ def _or_zeros(grad: Tensor | None, state: Tensor) -> Tensor:
 
 
 def measure_core(
-    trace: Trace, grads: list[Tensor | None], settings: AnalysisOptions
+    trace: Trace, grads: list[Tensor | None], options: AnalysisOptions
 ) -> RecurrentCore:
     """All measurements of one core from its trace and the gradients at its states."""
     core, spec = trace.core, trace.core.spec
@@ -195,16 +195,16 @@ def measure_core(
     step = core.custom.step_function() if core.custom else step_function(spec, weights)
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
     finite = finite and all(math.isfinite(v) for v in norms)
-    burn_in = settings.burn_in if settings.burn_in < steps else steps // 5
+    burn_in = options.burn_in if options.burn_in < steps else steps // 5
     exponents = [math.nan]
     unmeasured = Extremes(math.nan, math.nan)
     jacobian = JacobianSummary(unmeasured, unmeasured, samples=0)
     if finite:
-        generator = torch.Generator().manual_seed(settings.seed)
-        count = min(settings.exponents, spec.state_size)
+        generator = torch.Generator().manual_seed(options.seed)
+        count = min(options.exponents, spec.state_size)
         per_element = lyapunov_exponents(step, states, drives, count, burn_in, generator)
         exponents = per_element.sort(dim=-1, descending=True).values.mean(0).tolist()
-        jacobian = _jacobian_summary(step, states, drives, settings)
+        jacobian = _jacobian_summary(step, states, drives, options)
     return RecurrentCore(
         name=core.name,
         cell=spec.kind,
@@ -217,7 +217,7 @@ def measure_core(
         steps=trace.steps,
         grad_norm=trace.time_order(norms),
         lyapunov=exponents,
-        memory_horizon=memory_horizon(exponents[0], settings.epsilon),
+        memory_horizon=memory_horizon(exponents[0], options.epsilon),
         jacobian=jacobian,
         burn_in=burn_in,
         num_layers=core.num_layers,
@@ -231,7 +231,7 @@ def measure_core(
 
 
 def measure_recurrent(
-    model: nn.Module, probe: Probe, settings: AnalysisOptions
+    model: nn.Module, probe: Probe, options: AnalysisOptions
 ) -> RecurrentMeasurement:
     """Run the probe once, backpropagate once, and measure every recurrent core."""
     embedded: list[Tensor] = []
@@ -240,11 +240,11 @@ def measure_recurrent(
         embedding = model.get_submodule(probe.token_module)
         hook = embedding.register_forward_hook(lambda module, args, out: embedded.append(out))
     try:
-        loss, traces = run_probe(model, probe, settings.cells)
+        loss, traces = run_probe(model, probe, options.cells)
     finally:
         if hook is not None:
             hook.remove()
-    idle = [name for name in settings.cells if (name, 0, "forward") not in traces]
+    idle = [name for name in options.cells if (name, 0, "forward") not in traces]
     if idle:
         raise GradscopeError(
             f"--cell {', '.join(idle)} never ran on the probe; name the module the model calls "
@@ -258,7 +258,7 @@ def measure_recurrent(
     input_grad = grads[0] if leaves else None
     state_grads = iter(grads[len(leaves) :])
     cores = [
-        measure_core(trace, [next(state_grads) for _ in trace.states], settings)
+        measure_core(trace, [next(state_grads) for _ in trace.states], options)
         for trace in traces.values()
     ]
     input_grad_norm = None

@@ -69,25 +69,25 @@ def _fits(part: InferredPart, shape: tuple[int, ...] | None) -> bool:
 
 
 def measure_parts(
-    parts: list[InferredPart], settings: AnalysisOptions, device: torch.device
+    parts: list[InferredPart], options: AnalysisOptions, device: torch.device
 ) -> PartsMeasurement:
-    """Measure every rebuilt part on its own, on probes of the settings' length.
+    """Measure every rebuilt part on its own, on probes of the options' length.
 
     A ``--probe`` file or ``--input-shape`` drives the parts whose input size it fits; the
     others run on a gaussian probe of the same length. One that fits no part is an error.
     """
     given = None
-    if not settings.builtin_probe:
-        tensor = given_probe(settings)
+    if not options.builtin_probe:
+        tensor = given_probe(options)
         given = tuple(tensor.shape) if tensor.is_floating_point() else None
-    elif settings.input_shape is not None:
-        given = settings.input_shape
+    elif options.input_shape is not None:
+        given = options.input_shape
     fitting = [part for part in parts if _fits(part, given)]
     if given is not None and not fitting:
         what = (
             "--input-shape"
-            if settings.builtin_probe
-            else f"--probe {settings.probe if settings.probe_kind == 'file' else '(a tensor)'}"
+            if options.builtin_probe
+            else f"--probe {options.probe if options.probe_kind == 'file' else '(a tensor)'}"
         )
         sizes = ", ".join(f"{p.name or '(model)'} {p.module.input_size}" for p in parts)
         raise GradscopeError(
@@ -96,29 +96,29 @@ def measure_parts(
         )
     ordered = fitting + [part for part in parts if part not in fitting]
     cores: dict[str, list[RecurrentCore]] = {}
-    dtype = getattr(torch, settings.dtype)
-    steps, batch, shape, notes = settings.steps, settings.batch, None, []
+    dtype = getattr(torch, options.dtype)
+    steps, batch, shape, notes = options.steps, options.batch, None, []
     for part in ordered:
         own = part in fitting
-        part_settings = dataclasses.replace(
-            settings,
-            probe=settings.probe if own else "gaussian",
-            input_shape=settings.input_shape if own else None,
+        part_options = dataclasses.replace(
+            options,
+            probe=options.probe if own else "gaussian",
+            input_shape=options.input_shape if own else None,
             steps=steps,
             batch=batch,
             output_key=None,  # the key names an output of the whole model, not of a part
             cells=(),
         )
-        batch_first = bool(getattr(part.module, "batch_first", settings.batch_first is not False))
+        batch_first = bool(getattr(part.module, "batch_first", options.batch_first is not False))
         alone = not part.name and not part.is_cell  # a root module runs as it is
         runner = part.module if alone else PartRunner(part, batch_first)
         runner = runner.to(device=device, dtype=dtype).eval()
         runner.requires_grad_(True)
-        probe = make_probe(runner, part_settings, device)
+        probe = make_probe(runner, part_options, device)
         if shape is None:
             steps, batch, shape = probe.steps, probe.batch, list(probe.inputs.shape)
         with torch.enable_grad():
-            measured = measure_recurrent(runner, probe, part_settings.for_steps(steps, batch))
+            measured = measure_recurrent(runner, probe, part_options.for_steps(steps, batch))
         cores[part.name] = [dataclasses.replace(core, name=part.name) for core in measured.cores]
     if fitting and len(fitting) < len(parts):
         names = ", ".join(p.name or "(model)" for p in parts if p not in fitting)

@@ -77,7 +77,7 @@ def _depth_table(results: list) -> Table:
         table.add_column(column, justify="right")
     table.add_column("verdict")
     for demo, report in results:
-        depth = report.depth
+        depth = report.stack
         table.add_row(
             demo.name,
             demo.description,

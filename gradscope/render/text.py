@@ -56,7 +56,7 @@ def percent(fraction: float | None) -> str:
 def probe_line(report: Report) -> str:
     """With which probe: its length and horizon for recurrent cores, else its input shape."""
     settings = report.settings
-    if report.depth is not None and not report.recurrent:
+    if report.stack is not None and not report.recurrent:
         shape = settings.get("input_shape")
         size = "×".join(str(n) for n in shape) if shape else f"batch {settings.get('batch')}"
         return (
@@ -237,7 +237,7 @@ def depth_chart(layers: list[DepthLayer]) -> Panel:
 
 
 def _nothing_found(report: Report) -> str:
-    if report.depth is None:
+    if report.stack is None:
         return "Gradients survive the horizon in every core."
     if report.recurrent:
         return "Gradients survive the horizon in every core and the depth of the stack."
@@ -271,27 +271,30 @@ def fix_panels(report: Report) -> list[Panel]:
     return panels
 
 
-def write(report: Report, console: Console) -> None:
-    """Print the whole terminal report."""
-    console.print(header(report))
-    console.print()
-    if report.recurrent:
-        console.print(cores_table(report.recurrent))
-    for core in report.recurrent[:MAX_CHARTS]:
-        console.print(gradient_chart(core))
-    if len(report.recurrent) > MAX_CHARTS:
-        console.print(f"(charts for the first {MAX_CHARTS} cores; the JSON has every one)")
-    if report.layers:
-        console.print(depth_table(report.layers))
-    if report.depth is not None:
-        console.print(depth_summary(report.depth))
-        console.print(depth_legend(report.depth))
-    if report.layers:
-        console.print(depth_chart(report.layers))
-    console.print(verdict(report))
-    for panel in fix_panels(report):
-        console.print(panel)
-    for part in report.model.get("not_analysed", []):
-        console.print(f"not analysed: {part}", style="dim")
-    for note in report.model.get("notes", []):
-        console.print(f"note: {note}", style="dim")
+class TextRenderer:
+    """The terminal report: header, cores and stack with their charts, verdict, fixes."""
+
+    def write(self, report: Report, console: Console) -> None:
+        """Print the whole terminal report."""
+        console.print(header(report))
+        console.print()
+        if report.recurrent:
+            console.print(cores_table(report.recurrent))
+        for core in report.recurrent[:MAX_CHARTS]:
+            console.print(gradient_chart(core))
+        if len(report.recurrent) > MAX_CHARTS:
+            console.print(f"(charts for the first {MAX_CHARTS} cores; the JSON has every one)")
+        if report.layers:
+            console.print(depth_table(report.layers))
+        if report.stack is not None:
+            console.print(depth_summary(report.stack))
+            console.print(depth_legend(report.stack))
+        if report.layers:
+            console.print(depth_chart(report.layers))
+        console.print(verdict(report))
+        for panel in fix_panels(report):
+            console.print(panel)
+        for part in report.model.get("not_analysed", []):
+            console.print(f"not analysed: {part}", style="dim")
+        for note in report.model.get("notes", []):
+            console.print(f"note: {note}", style="dim")

@@ -64,7 +64,7 @@ def residual_stack(alpha: float, depth=DEPTH, width=WIDTH, seed=0) -> nn.Sequent
 def test_deep_sigmoid_mlp_with_xavier_init_vanishes():
     report = gradscope.analyze(mlp(nn.Sigmoid, nn.init.xavier_normal_))
 
-    stack, layers = report.depth, report.layers
+    stack, layers = report.stack, report.layers
     assert stack.blocks == DEPTH and layers[0].type == "Linear+Sigmoid"
     assert stack.gain_per_block == pytest.approx(0.236, abs=0.01)
     assert stack.decades == pytest.approx(-30.7, abs=1.0)
@@ -75,7 +75,7 @@ def test_deep_sigmoid_mlp_with_xavier_init_vanishes():
 def test_deep_relu_mlp_with_he_init_is_healthy():
     report = gradscope.analyze(mlp(nn.ReLU, he))
 
-    assert abs(report.depth.decades) < 0.5
+    assert abs(report.stack.decades) < 0.5
     assert sorted(layer.chi for layer in report.layers)[DEPTH // 2] == pytest.approx(1, abs=0.05)
     assert report.status == "healthy"
 
@@ -88,7 +88,7 @@ def test_deep_relu_mlp_with_he_init_is_healthy():
 def test_residual_blocks_grow_by_sqrt_one_plus_alpha_squared(alpha, decades, status):
     report = gradscope.analyze(residual_stack(alpha))
 
-    stack = report.depth
+    stack = report.stack
     assert stack.gain_per_block == pytest.approx(math.sqrt(1 + alpha**2), rel=0.02)
     assert stack.decades == pytest.approx(decades, abs=0.3)
     assert stack.residual_blocks == DEPTH
@@ -182,7 +182,7 @@ def test_block_gradients_equal_autograd_at_each_output():
     assert [layer.grad_norm for layer in report.layers] == pytest.approx(
         [pooled(a.grad) for a in activations], rel=1e-10
     )
-    assert report.depth.input_grad_norm == pytest.approx(pooled(x.grad), rel=1e-10)
+    assert report.stack.input_grad_norm == pytest.approx(pooled(x.grad), rel=1e-10)
     gains = [layer.gain for layer in report.layers]
     assert gains[1] == pytest.approx(pooled(activations[0].grad) / pooled(activations[1].grad))
 
@@ -302,7 +302,7 @@ def test_a_norm_or_activation_alone_is_not_a_residual_block():
     model = nn.Sequential(nn.LayerNorm(16), nn.Dropout(0.1), *[nn.Linear(16, 16) for _ in range(4)])
     report = gradscope.analyze(model.double(), depth="leaves")
 
-    assert report.depth.residual_blocks == 0
+    assert report.stack.residual_blocks == 0
 
 
 def test_functional_activations_are_said_and_he_init_is_prescribed():
@@ -349,7 +349,7 @@ def test_a_transformer_encoder_is_opened_into_its_layers():
 
     names = [layer.name for layer in report.layers]
     assert names == ["0", "1.layers.0", "1.layers.1", "1.layers.2", "2"]
-    assert report.depth.residual_blocks == 3
+    assert report.stack.residual_blocks == 3
 
 
 def test_a_depth_only_report_has_no_time_settings(capsys):

@@ -48,7 +48,7 @@ def test_the_oracle_stacks_get_the_oracle_verdicts(layers, decades, expected):
     stack = assess_depth(depth_stack(layers), layers, EPSILON)
     assert stack.decades == pytest.approx(decades, abs=0.05)
     assert stack.status == expected
-    assert stack.horizon == 50
+    assert stack.distance == 50
 
 
 def test_the_rule_is_the_gradient_ratio_against_epsilon_either_way():
@@ -68,8 +68,8 @@ def test_assessing_returns_a_new_stack_with_its_status_and_depth_as_horizon():
     layers = mlp_layers(blocks=12, decades=-5.0)
     stack = depth_stack(layers)
     assessed = assess_depth(stack, layers, EPSILON)
-    assert (assessed.status, assessed.horizon) == ("vanishing", 12)
-    assert (stack.status, stack.horizon) == ("healthy", 0)
+    assert (assessed.status, assessed.distance) == ("vanishing", 12)
+    assert (stack.status, stack.distance) == ("healthy", 0)
 
 
 @pytest.mark.parametrize(
@@ -584,8 +584,8 @@ def test_the_clip_snippet_runs_in_a_training_step():
 
 def measured(model: nn.Module, **options) -> tuple[DepthStack, list[DepthLayer]]:
     report = gradscope.analyze(model, dtype="float64", **options)
-    assert report.depth is not None
-    return report.depth, report.layers
+    assert report.stack is not None
+    return report.stack, report.layers
 
 
 def test_the_fixes_for_a_measured_sigmoid_mlp_run_and_cure_it():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gradscope.diagnosis.verdict import core_status, with_horizons, worst
+from gradscope.diagnosis.verdict import core_status, with_distances, worst
 from gradscope.fixes.recurrent import module_expression
 from gradscope.report import Extremes, JacobianSummary, WeightSummary
 from gradscope.theory import memory_horizon, suggested_gate_bias
@@ -142,16 +142,16 @@ def test_healthy_cores_have_no_findings():
 def test_default_horizon_is_capped_at_the_steps_a_core_ran():
     decoder = core("lstm", -0.4, name="decoder", steps=10)
     encoder = core("lstm", -0.4, name="encoder", steps=100)
-    capped = with_horizons([encoder, decoder], None, probe_steps=100)
-    assert [c.horizon for c in capped] == [100, 10]
+    capped = with_distances([encoder, decoder], None, probe_steps=100)
+    assert [c.distance for c in capped] == [100, 10]
     assessed = judge(capped, 1e-3)[1]
     assert [c.status for c in assessed] == ["vanishing", "healthy"]  # tau 17.3 vs 100 and 10
-    requested = with_horizons([encoder, decoder], 300, probe_steps=100)
-    assert [c.horizon for c in requested] == [300, 300]
+    requested = with_distances([encoder, decoder], 300, probe_steps=100)
+    assert [c.distance for c in requested] == [300, 300]
 
 
 def test_gate_bias_suggestion_follows_the_core_horizon():
-    fixes = judge(with_horizons([core("lstm", -0.5, steps=20)], None, 100), 1e-3)[4]
+    fixes = judge(with_distances([core("lstm", -0.5, steps=20)], None, 100), 1e-3)[4]
     assert f"fill_({suggested_gate_bias(20, 1e-3):.1f})" in fixes[0].snippet
     assert "over 20 steps" in fixes[0].snippet
 

@@ -39,7 +39,7 @@ def _grad_norms(gains: list[float], output_grad_norm: float) -> list[float]:
 
 
 def stack(
-    layers: list[DepthLayer], spread: float | None, status: str, horizon: int | None = None
+    layers: list[DepthLayer], spread: float | None, status: str, distance: int | None = None
 ) -> DepthStack:
     """The stack summary that ``layers`` imply, with the input-output Jacobian's ``spread``."""
     output_grad_norm = layers[-1].grad_norm
@@ -59,7 +59,7 @@ def stack(
         granularity="blocks",
         estimator=ESTIMATOR,
         status=status,
-        horizon=len(layers) if horizon is None else horizon,
+        distance=len(layers) if distance is None else distance,
     )
 
 
@@ -207,7 +207,7 @@ def sigmoid_mlp_report() -> Report:
         model=DEPTH_MODEL,
         gradscope_version="0.1.0",
         layers=layers,
-        depth=depth,
+        stack=depth,
         findings=[finding],
         fixes=fixes,
     )
@@ -222,7 +222,7 @@ def relu_mlp_report() -> Report:
         model=DEPTH_MODEL,
         gradscope_version="0.1.0",
         layers=layers,
-        depth=stack(layers, spread=6.2, status="healthy"),
+        stack=stack(layers, spread=6.2, status="healthy"),
     )
 
 
@@ -245,14 +245,14 @@ def residual_report(blocks: int = 50, alpha: float = 1.0) -> Report:
         model=DEPTH_MODEL | {"class": "ResidualMLP"},
         gradscope_version="0.1.0",
         layers=layers,
-        depth=depth,
+        stack=depth,
         findings=findings,
     )
 
 
 def mixed_report() -> Report:
     """A healthy LSTM encoder feeding a 20-block tanh head whose gradient vanishes over depth."""
-    encoder = core("lstm", -0.01, hidden_size=32, horizon=100)
+    encoder = core("lstm", -0.01, hidden_size=32, distance=100)
     layers = plain_mlp(blocks=20, activation="tanh", gain=0.62, parent="head", width=64, seed=3)
     for index, layer in enumerate(layers):
         layer.saturated = 0.04 + 0.004 * index
@@ -285,7 +285,7 @@ def mixed_report() -> Report:
         input_grad_norm=[1.0] * 100,
         recurrent=[encoder],
         layers=layers,
-        depth=depth,
+        stack=depth,
         findings=[finding],
         fixes=fixes,
     )

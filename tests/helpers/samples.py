@@ -94,7 +94,7 @@ def core(
         jacobian=JacobianSummary(Extremes(0.52, 0.61), Extremes(0.9, 1.04), samples=steps),
         batch_first=cell != "custom",
         is_cell=cell == "custom",
-        horizon=100,
+        distance=100,
         gates=gates if cell in ("lstm", "gru") else None,
         weights=weights if cell.startswith("rnn") else None,
     )

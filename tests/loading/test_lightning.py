@@ -31,7 +31,7 @@ def test_lightning_checkpoint_with_its_attribute_prefix_and_hyper_parameters(tmp
 
     loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
-    assert loaded.format == "lightning-checkpoint"
+    assert loaded.checkpoint_kind == "lightning-checkpoint"
     assert loaded.module.lstm.hidden_size == 9  # from hyper_parameters; lr does not fit
     assert torch.equal(loaded.module.lstm.weight_hh_l2, module.net.lstm.weight_hh_l2)
     assert any("'net.'" in note for note in loaded.notes)

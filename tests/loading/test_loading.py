@@ -100,7 +100,7 @@ def test_pickled_torch_nn_module_loads_without_trust(tmp_path, factory):
 
     loaded = load_model(path)
 
-    assert loaded.format == "pickled-module"
+    assert loaded.checkpoint_kind == "pickled-module"
     assert loaded.path == str(path)
     assert type(loaded.module) is type(model)
     original, restored = model.state_dict(), loaded.module.state_dict()
@@ -128,7 +128,7 @@ def test_legacy_format_state_dict_loads_without_trust(user_code, tmp_path):
 
     loaded = load_model(path, LoadOptions(model="code/nets.py:TinyRNN", model_args=MODEL_ARGS))
 
-    assert loaded.format == "state-dict"
+    assert loaded.checkpoint_kind == "state-dict"
     assert torch.equal(loaded.module.rnn.weight_hh_l0, tiny_state_dict(4, 6)["rnn.weight_hh_l0"])
 
 
@@ -143,7 +143,7 @@ def test_legacy_format_whole_module_needs_trust(tmp_path):
     assert "--trust" in message
 
     loaded = load_model(path, LoadOptions(trust=True))
-    assert loaded.format == "pickled-module"
+    assert loaded.checkpoint_kind == "pickled-module"
     assert torch.equal(loaded.module[0].weight_hh_l0, model[0].weight_hh_l0)
 
 
@@ -160,7 +160,7 @@ def test_user_class_is_refused_without_trust_and_loads_with_it(tmp_path):
     assert "torch.nn.modules.rnn.RNN" not in message
 
     loaded = load_model(path, LoadOptions(trust=True))
-    assert loaded.format == "pickled-module"
+    assert loaded.checkpoint_kind == "pickled-module"
     assert isinstance(loaded.module, UserRNN)
     assert torch.equal(loaded.module.rnn.weight_hh_l0, model.rnn.weight_hh_l0)
 
@@ -192,7 +192,7 @@ def test_model_option_is_noted_as_ignored_for_a_whole_module(tmp_path):
 
     loaded = load_model(path, LoadOptions(model="somewhere:Else"))
 
-    assert loaded.format == "pickled-module"
+    assert loaded.checkpoint_kind == "pickled-module"
     assert any("--model" in note and "ignored" in note for note in loaded.notes)
 
 
@@ -363,7 +363,7 @@ def test_state_dict_with_package_module_class(user_code, state_dict_file):
         state_dict_file, LoadOptions(model=f"{user_code}.nets:TinyRNN", model_args=MODEL_ARGS)
     )
 
-    assert loaded.format == "state-dict"
+    assert loaded.checkpoint_kind == "state-dict"
     assert type(loaded.module).__name__ == "TinyRNN"
     expected = tiny_state_dict(4, 6)
     for key, value in loaded.module.state_dict().items():
@@ -378,7 +378,7 @@ def test_state_dict_with_file_class(user_code, state_dict_file, where):
         state_dict_file, LoadOptions(model=f"{file}:TinyRNN", model_args={"hidden_size": 6})
     )
 
-    assert loaded.format == "state-dict"
+    assert loaded.checkpoint_kind == "state-dict"
     assert loaded.module.rnn.hidden_size == 6
 
 

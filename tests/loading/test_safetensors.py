@@ -72,7 +72,7 @@ def test_safetensors_with_model_option(tmp_path):
 
     loaded = load_model(path, LoadOptions(model="tests.helpers.checkpoints:SpeakerEncoder"))
 
-    assert loaded.format == "safetensors"
+    assert loaded.checkpoint_kind == "safetensors"
     assert torch.equal(loaded.module.lstm.weight_ih_l0, module.lstm.weight_ih_l0)
 
 

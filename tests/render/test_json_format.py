@@ -18,7 +18,7 @@ def test_json_format_writes_the_report_and_nothing_else():
 def test_json_format_writes_the_depth_layers_and_stack():
     report = depth_samples.mixed_report()
     report.layers[0].chi = math.nan
-    report.depth.sigma_max = math.inf
+    report.stack.sigma_max = math.inf
     data = json.loads(rendered(report, "json"))
     assert data == report.to_dict()
     assert len(data["layers"]) == 20 and data["depth"]["blocks"] == 20

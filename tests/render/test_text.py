@@ -149,7 +149,7 @@ def test_non_finite_depth_numbers_read_as_such():
     report = depth_samples.relu_mlp_report()
     report.layers[0].chi = math.nan
     report.layers[1].grad_norm = math.inf
-    report.depth.spread = None
+    report.stack.spread = None
     rows = depth_rows(rendered(report))
     assert "n/a" in rows[0] and "inf" in rows[1]
     assert "n/a" in rendered(report).split("Whole stack", 1)[1].splitlines()[3]

@@ -1,0 +1,162 @@
+"""The probe input: built (gaussian or zeros), read from a file, or given as a tensor, in the
+model's layout, as a leaf that requires grad."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradscope.errors import GradscopeError, first_line
+from gradscope.options import AnalysisOptions
+from gradscope.probe.layout import Layout, input_layout
+
+
+@dataclass
+class Probe:
+    """The probe input (a leaf that requires grad) and how to read the model's output."""
+
+    inputs: Tensor
+    time_axis: int | None
+    batch_axis: int | None
+    kind: str
+    seed: int
+    note: str | None = None
+    layout_module: str | None = None
+    token_module: str | None = None
+    output_key: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of time steps in the probe (1 for an input without a time axis)."""
+        return 1 if self.time_axis is None else self.inputs.shape[self.time_axis]
+
+    @property
+    def batch(self) -> int:
+        """Number of sequences in the probe."""
+        return 1 if self.batch_axis is None else self.inputs.shape[self.batch_axis]
+
+
+def load_probe_file(path: Path) -> Tensor:
+    """The tensor in a ``--probe`` file (.pt or .npy), read without running code."""
+    if not path.is_file():
+        raise GradscopeError(
+            f"--probe {path}: no such file; use gaussian, zeros or a tensor file (.pt or .npy)"
+        )
+    try:
+        if path.suffix == ".npy":
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise GradscopeError(
+            f"--probe {path} is not a readable tensor file ({type(error).__name__}); save it "
+            "with torch.save(tensor, path) or numpy.save"
+        ) from None
+    if not isinstance(loaded, Tensor):
+        raise GradscopeError(
+            f"--probe {path} holds a {type(loaded).__name__}, not a tensor; save a single tensor"
+        )
+    return loaded
+
+
+def given_probe(options: AnalysisOptions) -> Tensor | None:
+    """The probe the user gave (a tensor file or a tensor), on the CPU; None for built-ins."""
+    if options.probe_kind == "file":
+        return load_probe_file(Path(options.probe))
+    if options.probe_kind == "tensor":
+        try:
+            return torch.as_tensor(options.probe).detach().cpu()
+        except Exception as error:
+            raise GradscopeError(
+                f"the probe is a {type(options.probe).__name__}, not a tensor "
+                f"({first_line(error)}); pass a tensor shaped as the model's input"
+            ) from None
+    return None
+
+
+def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device) -> Probe:
+    """Build the probe input the options ask for, shaped for ``model``."""
+    layout = input_layout(model, options.batch_first, options.input_shape, options.cells)
+    return probe_for(layout, options, device)
+
+
+def probe_for(layout: Layout, options: AnalysisOptions, device: torch.device) -> Probe:
+    """Build the probe input the options ask for, in ``layout``."""
+    dtype = getattr(torch, options.dtype)
+    generator = torch.Generator().manual_seed(options.seed)
+    if options.builtin_probe:
+        shape = options.input_shape or layout.shape(options.steps, options.batch)
+        if layout.tokens:
+            high = layout.vocab if options.probe == "gaussian" else 1
+            inputs = torch.randint(0, high, shape, generator=generator)
+        elif options.probe == "zeros":
+            inputs = torch.zeros(shape, dtype=dtype)
+        else:
+            inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+    else:
+        if options.input_shape:
+            raise GradscopeError(
+                "--input-shape and a --probe file both set the input shape: drop --input-shape"
+            )
+        inputs = given_probe(options)
+        name = options.probe if options.probe_kind == "file" else "(a tensor)"
+        if inputs.is_floating_point():
+            inputs = inputs.to(dtype)
+            _check_probe_shape(inputs, layout, name)
+        elif (
+            layout.tokens
+            and inputs.numel()
+            and not 0 <= int(inputs.min()) <= int(inputs.max()) < layout.vocab
+        ):
+            raise GradscopeError(
+                f"--probe {name} holds token ids outside [0, {layout.vocab}), the "
+                f"vocabulary of {layout.token_module}: save ids the embedding can look up"
+            )
+    tokens = not inputs.is_floating_point()
+    if layout.sequence and not layout.time_last and inputs.dim() not in (2 - tokens, 3 - tokens):
+        expected = "(batch, steps) or (steps)" if tokens else "(batch, steps, F) or (steps, F)"
+        raise GradscopeError(
+            f"the probe has shape {tuple(inputs.shape)}; a sequence input is shaped "
+            f"{expected}: fix --input-shape or the probe file"
+        )
+    time_axis, batch_axis = layout.axes(inputs.dim(), tokens)
+    inputs = inputs.to(device).requires_grad_(not tokens)
+    kind = options.probe_kind
+    note = None
+    if layout.assumed:
+        note = (
+            f"{layout.source} is a cell: the probe assumes batch-first sequences "
+            "(batch, steps, features); pass --time-major if the model loops over axis 0"
+        )
+    return Probe(
+        inputs,
+        time_axis,
+        batch_axis,
+        kind,
+        options.seed,
+        note,
+        layout.module,
+        layout.token_module,
+        options.output_key,
+    )
+
+
+def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
+    if layout.time_last or layout.tokens or layout.features is None:
+        return
+    if not layout.sequence:
+        if inputs.dim() != 2 or inputs.shape[-1] != layout.features:
+            raise GradscopeError(
+                f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "
+                f"(batch, {layout.features}): save the probe in that shape"
+            )
+        return
+    if inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
+        expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"
+        raise GradscopeError(
+            f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "
+            f"{expected} or (steps, F) with F = {layout.features}: save the probe in that shape"
+        )

@@ -1,0 +1,170 @@
+"""Where the model's input comes from: its layout (time, batch, features or token ids), found
+from the model's first modules by what they read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from gradscope.errors import GradscopeError
+from gradscope.taxonomy import CONVOLUTIONS, is_recurrent, recurrent_modules, type_name
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where time and batch sit in the model's input, and what the input holds.
+
+    ``features`` is the feature size of a float input; token inputs (integer ids for an
+    embedding) have ``vocab`` instead, and no feature axis.
+    """
+
+    features: int | None
+    batch_first: bool
+    source: str
+    assumed: bool = False
+    module: str | None = None
+    vocab: int | None = None
+    token_module: str | None = None
+    time_last: bool = False
+    sequence: bool = True
+
+    @property
+    def tokens(self) -> bool:
+        """True when the model reads integer token ids."""
+        return self.vocab is not None
+
+    def shape(self, steps: int, batch: int) -> tuple[int, ...]:
+        """The input shape for a probe of ``steps`` steps and ``batch`` sequences."""
+        if not self.sequence:
+            return (batch, self.features)
+        sequence = (batch, steps) if self.batch_first else (steps, batch)
+        return sequence if self.tokens else (*sequence, self.features)
+
+    def axes(self, ndim: int, tokens: bool = False) -> tuple[int | None, int | None]:
+        """(time axis, batch axis) of an input with ``ndim`` dimensions.
+
+        Feature inputs are (batch, steps, F), (steps, batch, F) or unbatched (steps, F); token
+        inputs (integer ids for an embedding) lack the feature axis.
+        """
+        if not self.sequence:
+            return None, 0
+        if self.time_last:
+            return ndim - 1, 0
+        if ndim == 2 - tokens:
+            return 0, None
+        return (1, 0) if self.batch_first else (0, 1)
+
+
+def first_parametrised(
+    model: nn.Module, inside: tuple[str, ...] = ()
+) -> tuple[str, nn.Module] | None:
+    """The first module (in registration order) that holds parameters of its own.
+
+    Modules inside the custom cells ``inside`` come last: a cell's first layer may read the
+    state as well as the input.
+    """
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if is_recurrent(module) or next(module.parameters(recurse=False), None) is not None
+    ]
+    within = [
+        entry
+        for entry in found
+        if any(entry[0] == c or entry[0].startswith(c + ".") for c in inside)
+    ]
+    ordered = [entry for entry in found if entry not in within] + within
+    return ordered[0] if ordered else None
+
+
+def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None, int | None]:
+    """(feature size, vocabulary) of the input that ``module`` reads, when it says."""
+    kind = type_name(module)
+    if kind == "Embedding" or isinstance(module, nn.Embedding):
+        return None, module.num_embeddings
+    if kind == "Linear" or isinstance(module, nn.Linear):
+        return module.in_features, None
+    if kind == "LayerNorm" or isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1], None
+    if is_recurrent(module):
+        return module.input_size, None
+    if kind in CONVOLUTIONS and needs_shape:
+        channels = module.in_channels
+        example = {"Conv1d": "B,{c},L", "Conv2d": "B,{c},H,W", "Conv3d": "B,{c},D,H,W"}[kind]
+        raise GradscopeError(
+            f"the model starts with {name or 'its root'} ({kind}, {channels} input channels): "
+            f"the rest of its input shape is unknown; pass --input-shape "
+            f"{example.format(c=channels)}"
+        )
+    return None, None
+
+
+def input_layout(
+    model: nn.Module,
+    batch_first: bool | None = None,
+    input_shape: tuple | None = None,
+    cells: tuple[str, ...] = (),
+) -> Layout:
+    """The model's input: from its first parametrised module, time layout from its first RNN.
+
+    An ``nn.Embedding`` first means token ids, an ``nn.Linear`` or a recurrent module first
+    means features of its input size. The time layout is the first recurrent module's
+    ``batch_first``, or the one ``batch_first`` sets; cells (PyTorch's or custom ones named in
+    ``cells``) loop in the user's code, so their sequences are assumed batch-first unless told.
+    """
+    recurrent = recurrent_modules(model)
+    if recurrent:
+        name, module = recurrent[0]
+        inferred, features = getattr(module, "batch_first", None), module.input_size
+        source = name or type(module).__name__
+    elif cells:
+        name, module, inferred, features, source = cells[0], None, None, None, cells[0]
+    else:
+        return feedforward_layout(model, input_shape)
+    chosen = inferred if batch_first is None else batch_first
+    vocab, token_module, time_last = None, None, False
+    first = first_parametrised(model, cells)
+    if first is not None and first[1] is not module:
+        entry_features, vocab = _entry(*first, needs_shape=input_shape is None)
+        features = entry_features or features
+        token_module = first[0] if vocab is not None else None
+        time_last = type_name(first[1]) in CONVOLUTIONS
+    if features is None and vocab is None and input_shape is None:
+        raise GradscopeError(
+            f"the input size of the model around {source} is unknown; pass --input-shape, e.g. "
+            "1,100,F for (batch, steps, features)"
+        )
+    return Layout(
+        features, chosen is not False, source, chosen is None, name, vocab, token_module, time_last
+    )
+
+
+def feedforward_layout(model: nn.Module, input_shape: tuple | None = None) -> Layout:
+    """The input of a model without recurrent modules: a batch of what its first module reads.
+
+    ``nn.Linear`` first: (batch, in_features); ``nn.Embedding``: token ids (batch, steps);
+    anything else (a convolution, say) needs ``--input-shape``, whose first axis is the batch.
+    """
+    first = first_parametrised(model)
+    if first is None:
+        raise GradscopeError(
+            "the model has no module with parameters; gradscope analyses trained or initialised "
+            "networks: check the checkpoint"
+        )
+    features, vocab = _entry(*first, needs_shape=input_shape is None)
+    name = first[0] or type(first[1]).__name__
+    if features is None and vocab is None and input_shape is None:
+        raise GradscopeError(
+            f"the model starts with {name} ({type_name(first[1])}), whose input shape gradscope "
+            "cannot infer; pass --input-shape with the batch first, e.g. 16,3,32,32"
+        )
+    tokens = vocab is not None
+    return Layout(
+        features,
+        True,
+        name,
+        vocab=vocab,
+        token_module=first[0] if tokens else None,
+        sequence=tokens,
+    )

@@ -1,0 +1,140 @@
+"""The scalar loss every gradient is taken of: ``sum_b <w, y_b>``, ``y`` the model's output at
+the last time step and ``w`` a fixed, seeded random unit vector; and the model run it reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+from torch import Tensor, nn
+
+from gradscope.errors import GradscopeError, first_line
+from gradscope.probe.inputs import Probe
+
+
+def _fields(output: object) -> dict[str, object] | None:
+    """The named parts of a dict, a dataclass or a model-output object; None for others."""
+    if isinstance(output, dict):
+        return dict(output)
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    return None
+
+
+def output_tensors(output: object) -> list[Tensor]:
+    """Every tensor in a model output (tensor, or nested tuple/list/dict of them), in order."""
+    if isinstance(output, Tensor):
+        return [output]
+    fields = _fields(output)
+    if fields is not None:
+        items = list(fields.values())
+    elif isinstance(output, (tuple, list)):
+        items = list(output)
+    else:
+        return []
+    return [tensor for item in items for tensor in output_tensors(item)]
+
+
+def select_output(output: object, key: str | None) -> object:
+    """The part of the output that ``--output-key`` names: a dict key, field or tuple index.
+
+    Without a key: the ``logits`` of a dict or model-output object, when it has them.
+    """
+    fields = _fields(output)
+    if key is None:
+        if fields is not None and isinstance(fields.get("logits"), Tensor):
+            return fields["logits"]
+        return output
+    if fields is not None and key in fields:
+        return fields[key]
+    if isinstance(output, (tuple, list)) and key.lstrip("-").isdigit():
+        index = int(key)
+        if -len(output) <= index < len(output):
+            return output[index]
+    if fields is not None:
+        available = ", ".join(map(str, fields)) or "none"
+    elif isinstance(output, (tuple, list)):
+        available = f"indices 0 to {len(output) - 1}"
+    else:
+        available = f"none: the output is a {type(output).__name__}"
+    raise GradscopeError(
+        f"--output-key {key!r} is not in the model's output (available: {available}); pick one"
+    )
+
+
+def differentiable_output(
+    output: object, key: str | None = None, traced: bool = True
+) -> Tensor | None:
+    """The first floating-point output tensor that depends on the input or the weights.
+
+    ``traced=False`` skips the ``requires_grad`` test, which torch.func transforms hide.
+    """
+    chosen = select_output(output, key)
+    candidates = [t for t in output_tensors(chosen) if t.is_floating_point()]
+    return next((t for t in candidates if t.requires_grad or not traced), None)
+
+
+def projected_output(output: object, probe: Probe, traced: bool = True) -> Tensor:
+    """``y``, (batch, m): the output tensor the loss reads, at the last time step.
+
+    ``y`` is the first floating-point tensor of the output that carries a gradient, so
+    ``(predicted_ids, logits)`` or ``{"mask": ..., "logits": ...}`` outputs use the logits.
+    """
+    y = differentiable_output(output, probe.output_key, traced)
+    if y is None:
+        where = f"--output-key {probe.output_key}" if probe.output_key else "the model's output"
+        raise GradscopeError(
+            f"{where} holds no floating-point tensor that depends on its input; "
+            "gradscope needs a model that returns one (logits, states, predictions)"
+        )
+    batch_axis = probe.batch_axis
+    time_axis = probe.time_axis
+    sequence = time_axis is not None and y.dim() >= probe.inputs.dim() and y.dim() > time_axis
+    if sequence and y.shape[time_axis] == probe.steps:
+        y = y.select(time_axis, -1)
+        if batch_axis is not None and time_axis < batch_axis:
+            batch_axis -= 1
+    if batch_axis is not None and y.dim() > batch_axis and y.shape[batch_axis] == probe.batch:
+        return y.movedim(batch_axis, 0).reshape(probe.batch, -1)
+    return y.reshape(1, -1)
+
+
+def loss_direction(size: int, probe: Probe, like: Tensor) -> Tensor:
+    """``w``: the seeded random unit vector the loss projects the output on."""
+    generator = torch.Generator().manual_seed(probe.seed + 1)
+    direction = torch.randn(size, generator=generator, dtype=torch.float64)
+    return (direction / direction.norm()).to(like)
+
+
+def projection_loss(output: object, probe: Probe) -> Tensor:
+    """``sum_b <w, y_b>``: ``y`` the output at the last step, ``w`` a seeded unit vector."""
+    y = projected_output(output, probe)
+    return (y @ loss_direction(y.shape[1], probe, y)).sum()
+
+
+def run_model(model: nn.Module, probe: Probe, given_shape: bool = False) -> object:
+    """``model(probe.inputs)``; a failure is a one-line error with the model's own reason and
+    the option to change."""
+    try:
+        return model(probe.inputs)
+    except GradscopeError:
+        raise
+    except Exception as error:
+        reason = first_line(error)
+        advice = "pass --input-shape or --probe with the input it expects"
+        if given_shape:
+            advice = "check --input-shape: the batch comes first, then the model's input"
+        elif probe.time_axis is None:
+            advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
+        if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
+            advice = "the model fixes its own dtype: rerun with --dtype float32"
+        elif isinstance(error, TypeError) and "required positional argument" in reason:
+            advice = (
+                "gradscope drives forward with one input tensor: wrap the model in a module "
+                "whose forward(x) supplies the other inputs, and analyse that"
+            )
+        raise GradscopeError(
+            f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
+            f"({type(error).__name__}: {reason}); {advice}"
+        ) from None
