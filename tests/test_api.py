@@ -346,3 +346,52 @@ def test_a_probe_file_and_an_input_shape_together_are_refused(tmp_path):
     torch.save(torch.randn(1, 5, 6), path)
     with pytest.raises(GradscopeError, match="drop --input-shape"):
         gradscope.analyze(build(MODULES["rnn_tanh"]), probe=str(path), input_shape="1,5,6")
+
+
+def test_a_tensor_probe_measures_what_the_same_probe_file_measures(tmp_path):
+    torch.manual_seed(3)
+    x = torch.randn(7, 2, 4, dtype=torch.float64)  # (steps, batch, features): time-major RNN
+    path = tmp_path / "probe.pt"
+    torch.save(x, path)
+    model = build(MODULES["gru"])
+    from_file = gradscope.analyze(model, probe=str(path), exponents=2)
+    from_tensor = gradscope.analyze(model, probe=x, exponents=2)
+    as_example = gradscope.analyze(model, x, exponents=2)
+    assert from_tensor.settings["probe"] == "tensor" and from_file.settings["probe"] == str(path)
+    for report in (from_tensor, as_example):
+        assert report.settings["steps"] == 7 and report.settings["batch"] == 2
+        (core,) = report.recurrent
+        assert core.lyapunov == from_file.recurrent[0].lyapunov
+        assert core.grad_norm == from_file.recurrent[0].grad_norm
+
+
+def test_a_numpy_probe_and_integer_token_tensors_are_taken_as_given():
+    x = torch.randn(5, 1, 4, dtype=torch.float64)
+    from_numpy = gradscope.analyze(build(MODULES["rnn_tanh"]), x.numpy(), exponents=1)
+    assert from_numpy.settings["steps"] == 5
+    tokens = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
+    report = gradscope.analyze(TokenTagger(), tokens)
+    assert report.recurrent[0].steps == 9 and report.settings["batch"] == 2
+
+
+def test_an_example_input_and_a_probe_together_are_refused():
+    x = torch.randn(5, 1, 4, dtype=torch.float64)
+    with pytest.raises(GradscopeError, match="not both"):
+        gradscope.analyze(build(MODULES["rnn_tanh"]), x, probe="zeros")
+
+
+def test_a_probe_that_is_no_tensor_is_refused_in_one_line():
+    with pytest.raises(GradscopeError, match="not a tensor") as raised:
+        gradscope.analyze(build(MODULES["rnn_tanh"]), probe=object())
+    assert "\n" not in str(raised.value)
+
+
+def test_plain_values_are_taken_in_the_form_a_user_has_them():
+    model = build(MODULES["rnn_tanh"])
+    report = gradscope.analyze(
+        model, input_shape=[1, 12, 4], cells=(), spectrum_steps="3", allow_globals="a.b:C"
+    )
+    assert report.settings["input_shape"] == [1, 12, 4]
+    assert report.settings["spectrum_steps"] == 3
+    with pytest.raises(GradscopeError, match="--nonlinearity must be tanh or relu"):
+        gradscope.analyze(model, nonlinearity="sigmoid")
