@@ -184,17 +184,6 @@ class AnalysisOptions:
             self, steps=steps, batch=batch, distance=self.distance or steps, burn_in=burn_in
         )
 
-    def to_dict(self) -> dict:
-        """The options as the report's ``settings`` object (a tensor probe reads ``tensor``)."""
-        data = {
-            SETTINGS_KEYS.get(field.name, field.name): getattr(self, field.name)
-            for field in dataclasses.fields(self)
-        }
-        data["probe"] = self.probe if isinstance(self.probe, str) else "tensor"
-        data["input_shape"] = list(self.input_shape) if self.input_shape else None
-        data["cells"] = list(self.cells)
-        return data
-
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,100,32"`` or ``"1x100x32"`` -> (1, 100, 32)."""
@@ -222,7 +211,5 @@ def parse_spectrum_steps(text: str) -> int | str:
         ) from None
 
 
-#: Fields named otherwise in the report's ``settings`` (as the command line names them).
-SETTINGS_KEYS = {"distance": "horizon", "granularity": "depth"}
 #: The defaults, as the command line shows them.
 DEFAULTS = AnalysisOptions()

@@ -21,7 +21,7 @@ from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
 from gradscope.options import DEFAULT_DEPTH_BATCH, AnalysisOptions, LoadOptions
 from gradscope.probe import Probe, make_probe
-from gradscope.report import Note, Report
+from gradscope.report import Note, RecurrentCore, Report, Settings
 from gradscope.views import (
     DepthView,
     Measured,
@@ -139,27 +139,15 @@ def assemble(
     """The report: settings as they ran, the model as loaded, and the judged numbers."""
     subject = planned.subject
     steps, batch, shape = _length(planned, results)
-    settings = requested.with_length().for_steps(steps, batch)
+    options = requested.with_length().for_steps(steps, batch)
     cores = diagnosis.cores
-    over_time = {} if cores else dict.fromkeys(("steps", "horizon", "burn_in"))
-    settings_data = (
-        settings.to_dict()
-        | over_time
-        | {
-            "input_shape": shape,
-            "loss": "seeded unit projection of the output"
-            + (" at the last time step" if cores else ""),
-            "device": str(subject.device),
-            "spectrum_samples": {core.label: core.jacobian.samples for core in cores},
-        }
-    )
     notes = [*planned.notes, *(note for result in results for note in result.notes)]
     input_grad_norm = next(
         (r.input_grad_norm for r in results if r.input_grad_norm is not None), None
     )
     return Report(
         status=diagnosis.status,
-        settings=settings_data,
+        settings=_settings(options, subject.device, shape, cores),
         model=subject.loaded.describe([note.text for note in notes]),
         gradscope_version=__version__,
         input_grad_norm=input_grad_norm,
@@ -167,7 +155,36 @@ def assemble(
         layers=diagnosis.layers,
         stack=diagnosis.stack,
         findings=diagnosis.findings,
-        fixes=build_fixes(diagnosis, settings.epsilon),
+        fixes=build_fixes(diagnosis, options.epsilon),
+    )
+
+
+def _settings(
+    options: AnalysisOptions, device: torch.device, shape: list[int], cores: list[RecurrentCore]
+) -> Settings:
+    """The settings as they ran: the probe's shape, and no time axis for a stack alone."""
+    over_time = bool(cores)
+    return Settings(
+        steps=options.steps if over_time else None,
+        batch=options.batch,
+        seed=options.seed,
+        dtype=options.dtype,
+        probe=options.probe if isinstance(options.probe, str) else "tensor",
+        input_shape=shape,
+        batch_first=options.batch_first,
+        distance=options.distance if over_time else None,
+        epsilon=options.epsilon,
+        burn_in=options.burn_in if over_time else None,
+        exponents=options.exponents,
+        spectrum_steps=options.spectrum_steps,
+        device=str(device),
+        output_key=options.output_key,
+        cells=list(options.cells),
+        granularity=options.granularity,
+        chi_probes=options.chi_probes,
+        power_iterations=options.power_iterations,
+        loss="seeded unit projection of the output" + (" at the last time step" if cores else ""),
+        spectrum_samples={core.label: core.jacobian.samples for core in cores},
     )
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from gradscope.options import DEFAULTS
+
 SCHEMA_VERSION = 1
 #: Field metadata of data kept for the code and left out of the JSON report.
 INTERNAL = {"json": False}
@@ -62,6 +64,48 @@ class FixId(Word):
     NORMALIZATION = "normalization"
     CHANGE_ACTIVATION = "change-activation"
     INIT_GAIN = "init-gain"
+
+
+@dataclass
+class Settings:
+    """What the analysis ran with: the options as applied, and the probe it built.
+
+    Over depth alone, ``steps``, ``distance`` and ``burn_in`` are None: there is no time axis.
+    """
+
+    steps: int | None = DEFAULTS.steps
+    batch: int | None = DEFAULTS.batch
+    seed: int = DEFAULTS.seed
+    dtype: str = DEFAULTS.dtype
+    probe: str = DEFAULTS.probe
+    input_shape: list[int] | None = None
+    batch_first: bool | None = DEFAULTS.batch_first
+    distance: int | None = field(default=DEFAULTS.distance, metadata={"json": "horizon"})
+    epsilon: float = DEFAULTS.epsilon
+    burn_in: int | None = DEFAULTS.burn_in
+    exponents: int = DEFAULTS.exponents
+    spectrum_steps: int | str = DEFAULTS.spectrum_steps
+    device: str = DEFAULTS.device
+    output_key: str | None = DEFAULTS.output_key
+    cells: list[str] = field(default_factory=list)
+    granularity: str = field(default=DEFAULTS.granularity, metadata={"json": "depth"})
+    chi_probes: int = DEFAULTS.chi_probes
+    power_iterations: int = DEFAULTS.power_iterations
+    loss: str = "seeded unit projection of the output"
+    spectrum_samples: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ModelDescription:
+    """What was analysed: the file and its checkpoint kind, the class, and what was assumed."""
+
+    path: str | None
+    checkpoint_kind: str = field(metadata={"json": "format"})
+    class_name: str | None = field(metadata={"json": "class"})
+    parameters: int
+    architecture: str = "module"
+    not_analysed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -261,8 +305,8 @@ class Report:
     """Everything gradscope found about one model."""
 
     status: str
-    settings: dict[str, Any]
-    model: dict[str, Any]
+    settings: Settings
+    model: ModelDescription
     gradscope_version: str
     input_grad_norm: list[float] | None = None
     recurrent: list[RecurrentCore] = field(default_factory=list)

@@ -51,7 +51,7 @@ def test_classifier_output_without_a_time_axis_is_projected_whole():
     model = build(lambda: Classifier(nn.LSTM(4, 6, num_layers=2, batch_first=True)))
     report = gradscope.analyze(model, steps=15, batch=2)
     assert [c.label for c in report.recurrent] == ["encoder[l0]", "encoder[l1]"]
-    assert report.settings["input_shape"] == [2, 15, 4]
+    assert report.settings.input_shape == [2, 15, 4]
     assert len(report.input_grad_norm) == 15
     assert all(c.grad_norm[-1] > 0 for c in report.recurrent)
 
@@ -60,7 +60,7 @@ def test_float32_measures_what_float64_measures():
     model = build(MODULES["lstm_proj_bidir_2layer_bf"])
     double = gradscope.analyze(model, steps=30, dtype="float64")
     single = gradscope.analyze(model, steps=30, dtype="float32")
-    assert single.settings["dtype"] == "float32"
+    assert single.settings.dtype == "float32"
     for a, b in zip(single.recurrent, double.recurrent, strict=True):
         assert a.lyapunov == pytest.approx(b.lyapunov, rel=1e-3, abs=1e-4)
         assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-3, abs=1e-7)
@@ -73,7 +73,7 @@ def test_integer_token_probe_from_a_file(tmp_path):
     torch.save(tokens, path)
     report = gradscope.analyze(TokenTagger(), probe=str(path))
     (core,) = report.recurrent
-    assert core.steps == 20 and report.settings["batch"] == 3
+    assert core.steps == 20 and report.settings.batch == 3
     assert len(report.input_grad_norm) == 20  # at the embedding: ids have no gradient
     assert core.grad_norm[-1] > 0 and core.grad_norm[0] > 0
 
@@ -121,7 +121,7 @@ def test_cell_loop_reports_one_core_of_kind_cell():
     report = gradscope.analyze(CellLoop(build(lambda: nn.LSTMCell(4, 5))), steps=12)
     (core,) = report.recurrent
     assert core.is_cell and core.cell == "lstm" and core.state_size == 10
-    assert report.settings["input_shape"] == [1, 12, 4]
+    assert report.settings.input_shape == [1, 12, 4]
 
 
 def test_progress_reports_what_is_happening():
@@ -178,10 +178,10 @@ def test_a_forward_that_needs_more_inputs_says_to_wrap_the_model():
 
 def test_an_embedding_first_model_gets_token_ids_in_its_vocabulary():
     report = gradscope.analyze(TokenTagger(), steps=12, batch=3)
-    assert report.settings["input_shape"] == [3, 12]
+    assert report.settings.input_shape == [3, 12]
     (core,) = report.recurrent
     assert core.steps == 12 and all(g > 0 for g in core.grad_norm)
-    assert any("embed" in note for note in report.model["notes"])
+    assert any("embed" in note for note in report.model.notes)
 
 
 def test_token_models_report_the_gradient_at_the_embedding_output():
@@ -267,7 +267,7 @@ def test_a_probe_read_on_the_wrong_axis_is_refused_and_the_flag_fixes_it(factory
     )
     (core,) = report.recurrent
     assert (core.steps, core.distance) == (30, 30)
-    assert report.settings["input_shape"] == ([2, 30, 4] if flag == "--batch-first" else [30, 2, 4])
+    assert report.settings.input_shape == ([2, 30, 4] if flag == "--batch-first" else [30, 2, 4])
 
 
 class ScaledLSTM(nn.LSTM):
@@ -357,9 +357,9 @@ def test_a_tensor_probe_measures_what_the_same_probe_file_measures(tmp_path):
     from_file = gradscope.analyze(model, probe=str(path), exponents=2)
     from_tensor = gradscope.analyze(model, probe=x, exponents=2)
     as_example = gradscope.analyze(model, x, exponents=2)
-    assert from_tensor.settings["probe"] == "tensor" and from_file.settings["probe"] == str(path)
+    assert from_tensor.settings.probe == "tensor" and from_file.settings.probe == str(path)
     for report in (from_tensor, as_example):
-        assert report.settings["steps"] == 7 and report.settings["batch"] == 2
+        assert report.settings.steps == 7 and report.settings.batch == 2
         (core,) = report.recurrent
         assert core.lyapunov == from_file.recurrent[0].lyapunov
         assert core.grad_norm == from_file.recurrent[0].grad_norm
@@ -368,10 +368,10 @@ def test_a_tensor_probe_measures_what_the_same_probe_file_measures(tmp_path):
 def test_a_numpy_probe_and_integer_token_tensors_are_taken_as_given():
     x = torch.randn(5, 1, 4, dtype=torch.float64)
     from_numpy = gradscope.analyze(build(MODULES["rnn_tanh"]), x.numpy(), exponents=1)
-    assert from_numpy.settings["steps"] == 5
+    assert from_numpy.settings.steps == 5
     tokens = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
     report = gradscope.analyze(TokenTagger(), tokens)
-    assert report.recurrent[0].steps == 9 and report.settings["batch"] == 2
+    assert report.recurrent[0].steps == 9 and report.settings.batch == 2
 
 
 def test_an_example_input_and_a_probe_together_are_refused():
@@ -391,7 +391,7 @@ def test_plain_values_are_taken_in_the_form_a_user_has_them():
     report = gradscope.analyze(
         model, input_shape=[1, 12, 4], cells=(), spectrum_steps="3", allow_globals="a.b:C"
     )
-    assert report.settings["input_shape"] == [1, 12, 4]
-    assert report.settings["spectrum_steps"] == 3
+    assert report.settings.input_shape == [1, 12, 4]
+    assert report.settings.spectrum_steps == 3
     with pytest.raises(GradscopeError, match="--nonlinearity must be tanh or relu"):
         gradscope.analyze(model, nonlinearity="sigmoid")

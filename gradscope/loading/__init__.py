@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from gradscope.loading.weights import (
     tensors_only,
 )
 from gradscope.options import LoadOptions
+from gradscope.report import ModelDescription
 
 __all__ = ["LoadedModel", "import_class", "load_model", "parse_model_args", "resolve_device"]
 
@@ -72,21 +73,21 @@ class LoadedModel:
     parameters: int = 0
     class_name: str | None = None
 
-    def describe(self, later_notes: list[str] = ()) -> dict[str, Any]:
+    def describe(self, later_notes: Sequence[str] = ()) -> ModelDescription:
         """The report's ``model`` object, with notes from the stages after loading."""
         name = self.class_name
         if name is None and self.module is not None:
             name = getattr(self.module, "original_name", None) or type(self.module).__qualname__
-        return {
-            "path": self.path,
-            "format": self.checkpoint_kind,
-            "class": name,
-            "parameters": self.parameters
+        return ModelDescription(
+            path=self.path,
+            checkpoint_kind=self.checkpoint_kind,
+            class_name=name,
+            parameters=self.parameters
             or sum(p.numel() for p in (self.module.parameters() if self.module else [])),
-            "architecture": "inferred from weights" if self.parts is not None else "module",
-            "not_analysed": self.not_analysed,
-            "notes": [*self.notes, *later_notes],
-        }
+            architecture="inferred from weights" if self.parts is not None else "module",
+            not_analysed=self.not_analysed,
+            notes=[*self.notes, *later_notes],
+        )
 
 
 def resolve_device(name: str) -> torch.device:

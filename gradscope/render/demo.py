@@ -121,8 +121,8 @@ def write_demo(results: list[tuple[object, Report]], output_format: str, console
     if recurrent:
         first = recurrent[0][1].settings
         console.print(
-            f"probe {first['probe']}: {first['steps']} steps, seed {first['seed']}, "
-            f"{first['dtype']} · horizon {first['horizon']} · epsilon {first['epsilon']:g}",
+            f"probe {first.probe}: {first.steps} steps, seed {first.seed}, "
+            f"{first.dtype} · horizon {first.distance} · epsilon {first.epsilon:g}",
             style="dim",
         )
         console.print(_table(recurrent))

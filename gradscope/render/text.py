@@ -57,30 +57,29 @@ def probe_line(report: Report) -> str:
     """With which probe: its length and horizon for recurrent cores, else its input shape."""
     settings = report.settings
     if report.stack is not None and not report.recurrent:
-        shape = settings.get("input_shape")
-        size = "×".join(str(n) for n in shape) if shape else f"batch {settings.get('batch')}"
+        shape = settings.input_shape
+        size = "×".join(str(n) for n in shape) if shape else f"batch {settings.batch}"
         return (
-            f"probe {settings['probe']}: input {size}, seed {settings['seed']}, "
-            f"{settings['dtype']} on {settings['device']} · epsilon {settings['epsilon']:g}"
+            f"probe {settings.probe}: input {size}, seed {settings.seed}, "
+            f"{settings.dtype} on {settings.device} · epsilon {settings.epsilon:g}"
         )
     return (
-        f"probe {settings['probe']}: {settings['steps']} steps × batch {settings['batch']}, "
-        f"seed {settings['seed']}, {settings['dtype']} on {settings['device']} · horizon "
-        f"{settings['horizon']} steps · epsilon {settings['epsilon']:g} · burn-in "
-        f"{settings['burn_in']}"
+        f"probe {settings.probe}: {settings.steps} steps × batch {settings.batch}, "
+        f"seed {settings.seed}, {settings.dtype} on {settings.device} · horizon "
+        f"{settings.distance} steps · epsilon {settings.epsilon:g} · burn-in "
+        f"{settings.burn_in}"
     )
 
 
 def header(report: Report) -> Text:
     """Two lines: what was analysed, and with which probe."""
     model = report.model
-    source = model.get("path") or "model object"
     text = Text()
     text.append(f"gradscope {report.gradscope_version}", style="bold")
     text.append(
-        f"  {source} · {model.get('format')} · "
-        f"{model.get('class') or 'architecture inferred from weights'} · "
-        f"{model.get('parameters', 0):,} parameters\n"
+        f"  {model.path or 'model object'} · {model.checkpoint_kind} · "
+        f"{model.class_name or 'architecture inferred from weights'} · "
+        f"{model.parameters:,} parameters\n"
     )
     return text.append(probe_line(report), style="dim")
 
@@ -294,7 +293,7 @@ class TextRenderer:
         console.print(verdict(report))
         for panel in fix_panels(report):
             console.print(panel)
-        for part in report.model.get("not_analysed", []):
+        for part in report.model.not_analysed:
             console.print(f"not analysed: {part}", style="dim")
-        for note in report.model.get("notes", []):
+        for note in report.model.notes:
             console.print(f"note: {note}", style="dim")

@@ -8,6 +8,7 @@ small, seeded jitter so that tables and charts look measured, not drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -21,8 +22,8 @@ ESTIMATOR = {
     "sigma_max": "power iteration on J^T J with JVPs and VJPs",
     "power_iterations": 3,
 }
-DEPTH_SETTINGS = SETTINGS | {"input_shape": [64, 512], "batch": 64, "depth": "blocks"}
-DEPTH_MODEL = MODEL | {"class": "MLP", "parameters": 13_132_800}
+DEPTH_SETTINGS = dataclasses.replace(SETTINGS, input_shape=[64, 512], batch=64)
+DEPTH_MODEL = dataclasses.replace(MODEL, class_name="MLP", parameters=13_132_800)
 
 
 def _gains(blocks: int, gain: float, jitter: float, seed: int) -> list[float]:
@@ -242,7 +243,7 @@ def residual_report(blocks: int = 50, alpha: float = 1.0) -> Report:
     return Report(
         status=status,
         settings=DEPTH_SETTINGS,
-        model=DEPTH_MODEL | {"class": "ResidualMLP"},
+        model=dataclasses.replace(DEPTH_MODEL, class_name="ResidualMLP"),
         gradscope_version="0.1.0",
         layers=layers,
         stack=depth,
@@ -280,7 +281,7 @@ def mixed_report() -> Report:
     return Report(
         status="vanishing",
         settings=SETTINGS,
-        model=MODEL | {"class": "Seq2Vec"},
+        model=dataclasses.replace(MODEL, class_name="Seq2Vec"),
         gradscope_version="0.1.0",
         input_grad_norm=[1.0] * 100,
         recurrent=[encoder],

@@ -14,8 +14,10 @@ from gradscope.report import (
     Fix,
     GateSummary,
     JacobianSummary,
+    ModelDescription,
     RecurrentCore,
     Report,
+    Settings,
     WeightSummary,
 )
 
@@ -48,21 +50,8 @@ CORE_KEYS = {
     "status",
 }
 
-SETTINGS = {
-    "steps": 100,
-    "batch": 1,
-    "seed": 0,
-    "dtype": "float64",
-    "probe": "gaussian",
-    "input_shape": None,
-    "horizon": 100,
-    "epsilon": 1e-3,
-    "burn_in": 20,
-    "exponents": 8,
-    "spectrum_steps": "auto",
-    "device": "cpu",
-}
-MODEL = {"path": "net.pt", "format": "state-dict", "class": "Net", "parameters": 26122, "notes": []}
+SETTINGS = Settings(steps=100, batch=1, distance=100, burn_in=20)
+MODEL = ModelDescription("net.pt", "state-dict", "Net", parameters=26122)
 
 
 def core(

@@ -29,8 +29,8 @@ def test_exported_program_probe_comes_from_its_example_inputs(tmp_path):
     report = gradscope.analyze(path, trust=True)
     direct = gradscope.analyze(module, dtype="float32", input_shape=(3, 9, 12))
 
-    assert report.model["format"] == "exported-program"
-    assert report.settings["input_shape"] == [3, 9, 12]
+    assert report.model.checkpoint_kind == "exported-program"
+    assert report.settings.input_shape == [3, 9, 12]
     assert [c.steps for c in report.recurrent] == [9, 9, 9]
     assert report.input_grad_norm == pytest.approx(direct.input_grad_norm, rel=1e-4)
     for got, want in zip(
@@ -52,6 +52,6 @@ def test_an_exported_program_cores_follow_steps_when_given(tmp_path):
 
     assert [c.steps for c in report.recurrent] == [30, 30, 30]
     assert len(report.input_grad_norm) == 7
-    assert any("example" not in n and "(2, 7, 12)" in n for n in report.model["notes"])
+    assert any("example" not in n and "(2, 7, 12)" in n for n in report.model.notes)
     assert len(shaped.input_grad_norm) == 7
-    assert not any("not measured" in note for note in shaped.model["notes"])
+    assert not any("not measured" in note for note in shaped.model.notes)

@@ -19,7 +19,7 @@ def test_output_key_picks_the_tensor_the_loss_reads():
     logits = gradscope.analyze(model, steps=STEPS, output_key="logits")
     features = gradscope.analyze(model, steps=STEPS, output_key="features")
 
-    assert default.settings["input_shape"] == [1, STEPS]  # token ids, batch-first
+    assert default.settings.input_shape == [1, STEPS]  # token ids, batch-first
     assert default.recurrent[0].grad_norm == logits.recurrent[0].grad_norm
     assert features.recurrent[0].grad_norm != logits.recurrent[0].grad_norm
 

@@ -116,8 +116,8 @@ def test_pickled_torch_nn_module_is_analysed_without_trust(tmp_path):
 
     report = gradscope.analyze(path, steps=20)
 
-    assert report.model["format"] == "pickled-module"
-    assert report.model["class"] == "GRU"
+    assert report.model.checkpoint_kind == "pickled-module"
+    assert report.model.class_name == "GRU"
     assert [core.cell for core in report.recurrent] == ["gru"]
 
 

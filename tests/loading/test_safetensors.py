@@ -22,7 +22,7 @@ def test_safetensors_without_a_class_is_inferred(tmp_path):
 
     report = gradscope.analyze(path, steps=STEPS)
 
-    assert report.model["format"] == "safetensors"
+    assert report.model.checkpoint_kind == "safetensors"
     for got, want in zip(
         report.recurrent, gradscope.analyze(module, steps=STEPS).recurrent, strict=True
     ):
@@ -42,13 +42,13 @@ def test_safetensors_metadata_names_the_class_but_only_trust_imports_it(tmp_path
     trusted = gradscope.analyze(path, steps=STEPS, trust=True)
     named = gradscope.analyze(path, steps=STEPS, model="tests.helpers.checkpoints:SpeakerEncoder")
 
-    assert untrusted.model["architecture"] == "inferred from weights"
+    assert untrusted.model.architecture == "inferred from weights"
     assert any(
-        "--model tests.helpers.checkpoints:SpeakerEncoder" in n for n in untrusted.model["notes"]
+        "--model tests.helpers.checkpoints:SpeakerEncoder" in n for n in untrusted.model.notes
     )
     direct = gradscope.analyze(module, steps=STEPS)
     for report in (trusted, named):  # the metadata's arguments build it either way
-        assert report.model["class"] == "SpeakerEncoder"
+        assert report.model.class_name == "SpeakerEncoder"
         assert report.input_grad_norm == pytest.approx(direct.input_grad_norm, rel=1e-9)
 
 

@@ -74,11 +74,9 @@ def test_a_vanilla_rnn_from_weights_assumes_tanh_and_says_so(tmp_path):
     told = gradscope.analyze(path, steps=STEPS, nonlinearity="relu")
 
     assert assumed.recurrent[0].cell == "rnn_tanh"
-    assert any(
-        "assumed tanh" in note and "--nonlinearity" in note for note in assumed.model["notes"]
-    )
+    assert any("assumed tanh" in note and "--nonlinearity" in note for note in assumed.model.notes)
     assert told.recurrent[0].cell == "rnn_relu"
-    assert not any("assumed tanh" in note for note in told.model["notes"])
+    assert not any("assumed tanh" in note for note in told.model.notes)
     assert_same_dynamics(told.recurrent[0], gradscope.analyze(relu, steps=STEPS).recurrent[0])
 
 
@@ -169,9 +167,9 @@ def test_a_probe_file_drives_the_parts_it_fits_and_the_settings_say_so(tmp_path)
     report = gradscope.analyze(path, probe=str(probe))
 
     assert [(c.name, c.steps) for c in report.recurrent] == [("a", 9), ("b", 9)]
-    assert (report.settings["steps"], report.settings["batch"]) == (9, 2)
-    assert report.settings["input_shape"] == [9, 2, 6]
-    assert any(note.startswith("a: the probe does not fit") for note in report.model["notes"])
+    assert (report.settings.steps, report.settings.batch) == (9, 2)
+    assert report.settings.input_shape == [9, 2, 6]
+    assert any(note.startswith("a: the probe does not fit") for note in report.model.notes)
     with pytest.raises(GradscopeError, match=r"fits none of the parts.*a 3, b 6"):
         gradscope.analyze(path, probe=str(wrong))
 
@@ -206,7 +204,7 @@ def test_weight_normed_recurrent_weights_are_folded(tmp_path, style):
 
     report = gradscope.analyze(path, steps=STEPS)
 
-    assert any("weight norm folded into weight_hh_l0" in n for n in report.model["notes"])
+    assert any("weight norm folded into weight_hh_l0" in n for n in report.model.notes)
     assert_same_dynamics(report.recurrent[0], gradscope.analyze(plain, steps=STEPS).recurrent[0])
 
 
@@ -247,4 +245,4 @@ def test_options_for_the_whole_model_are_said_to_be_ignored_without_it(tmp_path)
 
     report = gradscope.analyze(path, steps=STEPS, output_key="logits", cells=["cell"])
 
-    assert any("--output-key logits, --cell cell ignored" in n for n in report.model["notes"])
+    assert any("--output-key logits, --cell cell ignored" in n for n in report.model.notes)

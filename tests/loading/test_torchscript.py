@@ -29,8 +29,8 @@ def test_torchscript_cores_and_input_gradient_match_the_module(tmp_path):
     report = gradscope.analyze(path, trust=True, steps=STEPS, batch=2)
     direct = gradscope.analyze(module, steps=STEPS, batch=2)
 
-    assert report.model["format"] == "torchscript"
-    assert report.model["class"] == "SpeakerEncoder"
+    assert report.model.checkpoint_kind == "torchscript"
+    assert report.model.class_name == "SpeakerEncoder"
     assert [c.label for c in report.recurrent] == [c.label for c in direct.recurrent]
     for got, want in zip(report.recurrent, direct.recurrent, strict=True):
         assert_same_dynamics(got, want)
@@ -45,7 +45,7 @@ def test_torchscript_keeps_the_relu_nonlinearity(tmp_path):
     report = gradscope.analyze(path, trust=True, steps=STEPS)
 
     assert report.recurrent[0].cell == "rnn_relu"
-    assert not any("assumed" in note for note in report.model["notes"])
+    assert not any("assumed" in note for note in report.model.notes)
 
 
 # --- what a first review found: each a reproducer ------------------------------------------------

@@ -31,10 +31,10 @@ def test_a_speaker_encoder_in_a_training_loop_dict(tmp_path):
 
     assert [c.label for c in report.recurrent] == ["lstm[l0]", "lstm[l1]", "lstm[l2]"]
     assert [c.input_size for c in report.recurrent] == [12, 16, 16]
-    assert report.model["architecture"] == "inferred from weights"
-    assert report.model["not_analysed"] == ["linear (2 tensors): not recurrent"]
-    assert any("'model_state'" in note for note in report.model["notes"])
-    assert any("--model" in note for note in report.model["notes"])
+    assert report.model.architecture == "inferred from weights"
+    assert report.model.not_analysed == ["linear (2 tensors): not recurrent"]
+    assert any("'model_state'" in note for note in report.model.notes)
+    assert any("--model" in note for note in report.model.notes)
     direct = gradscope.analyze(model, steps=STEPS)
     for got, want in zip(report.recurrent, direct.recurrent, strict=True):
         assert_same_dynamics(got, want)
@@ -90,5 +90,5 @@ def test_separate_weight_entries_without_a_known_key_are_all_analysed(tmp_path):
     report = gradscope.analyze(path, steps=STEPS)
 
     assert sorted({c.name for c in report.recurrent}) == ["de", "en"]
-    assert "weights from the entries 'en', 'de'" in report.model["notes"][0]
-    assert report.model["not_analysed"] == ["de.out (1 tensor): not recurrent"]
+    assert "weights from the entries 'en', 'de'" in report.model.notes[0]
+    assert report.model.not_analysed == ["de.out (1 tensor): not recurrent"]

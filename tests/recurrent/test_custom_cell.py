@@ -278,7 +278,7 @@ def test_a_model_with_only_a_custom_cell_is_analysed_end_to_end():
 
     (core,) = report.recurrent
     assert (core.name, core.cell, core.steps, core.input_size) == ("cell", "custom", STEPS, 4)
-    assert report.settings["input_shape"] == [2, STEPS, 4]  # from the cell's first Linear
+    assert report.settings.input_shape == [2, STEPS, 4]  # from the cell's first Linear
     assert_same_measurements(core, measure(model, cells=["cell"], exponents=8)[0])
     assert len(report.input_grad_norm) == STEPS
 
@@ -338,5 +338,5 @@ def test_the_input_size_is_read_outside_the_custom_cell_first():
 
     report = gradscope.analyze(build(ProjectedLoop), cells=["cell"], steps=STEPS)
 
-    assert report.settings["input_shape"] == [1, STEPS, 4]
+    assert report.settings.input_shape == [1, STEPS, 4]
     assert report.recurrent[0].cell == "custom"
