@@ -94,16 +94,6 @@ def analyze(
         chi_probes=chi_probes,
         power_iterations=power_iterations,
     )
-    return analyze_with(model_or_path, load_options, options, progress)
-
-
-def analyze_with(
-    model_or_path: Any,
-    load_options: LoadOptions,
-    options: AnalysisOptions,
-    progress: Callable[[str], None] | None = None,
-) -> Report:
-    """:func:`analyze` with its options already gathered (as the command line does)."""
     from gradscope.pipeline import quiet, run
 
     source = str(model_or_path) if isinstance(model_or_path, Path) else model_or_path

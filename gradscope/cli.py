@@ -13,7 +13,7 @@ from rich.console import Console
 
 from gradscope import __version__
 from gradscope.errors import GradscopeError, first_line
-from gradscope.options import DEFAULTS, AnalysisOptions, LoadOptions
+from gradscope.options import DEFAULTS
 from gradscope.render import FORMATS
 from gradscope.report import FAILING_STATUSES
 
@@ -277,39 +277,37 @@ def analyze(
     """Analyse CHECKPOINT: gradient norms over time, Jacobian spectra, Lyapunov exponents."""
     failing = parse_fail_on(fail_on)
     check_format(output_format)
-    load_options = LoadOptions(
-        model=model,
-        model_args=model_args,
-        trust=trust,
-        allow_globals=tuple(allow_global or ()),
-        nonlinearity=nonlinearity,
-        batch_first=batch_first,
-    )
-    options = AnalysisOptions(
-        steps=steps,
-        batch=batch,
-        seed=seed,
-        dtype=dtype,
-        probe=probe,
-        input_shape=input_shape,
-        batch_first=batch_first,
-        distance=horizon,
-        epsilon=epsilon,
-        burn_in=burn_in,
-        exponents=exponents,
-        spectrum_steps=spectrum_steps,
-        device=device,
-        output_key=output_key,
-        cells=tuple(cell or ()),
-        granularity=depth,
-        chi_probes=chi_probes,
-        power_iterations=power_iterations,
-    )
-    from gradscope.api import analyze_with
+    from gradscope.api import analyze as run_analysis
     from gradscope.render import write
 
     with progress_on_stderr() as progress:
-        report = analyze_with(checkpoint, load_options, options, progress)
+        report = run_analysis(
+            checkpoint,
+            model=model,
+            model_args=model_args,
+            trust=trust,
+            allow_globals=tuple(allow_global or ()),
+            nonlinearity=nonlinearity,
+            steps=steps,
+            batch=batch,
+            seed=seed,
+            dtype=dtype,
+            probe=probe,
+            input_shape=input_shape,
+            batch_first=batch_first,
+            horizon=horizon,
+            epsilon=epsilon,
+            burn_in=burn_in,
+            exponents=exponents,
+            spectrum_steps=spectrum_steps,
+            device=device,
+            output_key=output_key,
+            cells=tuple(cell or ()),
+            depth=depth,
+            chi_probes=chi_probes,
+            power_iterations=power_iterations,
+            progress=progress,
+        )
     write(report, output_format, stdout_console())
     return 0 if exit_zero or not report.fails(failing) else 1
 

@@ -499,7 +499,7 @@ def _broken_analyze(*args, **kwargs):
 
 
 def test_internal_error_is_one_line(rnn_path, capsys, monkeypatch):
-    monkeypatch.setattr(gradscope.api, "analyze_with", _broken_analyze)
+    monkeypatch.setattr(gradscope.api, "analyze", _broken_analyze)
 
     code = main(["analyze", str(rnn_path)])
 
@@ -509,7 +509,7 @@ def test_internal_error_is_one_line(rnn_path, capsys, monkeypatch):
 
 
 def test_internal_error_with_debug_shows_the_traceback(rnn_path, capsys, monkeypatch):
-    monkeypatch.setattr(gradscope.api, "analyze_with", _broken_analyze)
+    monkeypatch.setattr(gradscope.api, "analyze", _broken_analyze)
 
     code = main(["analyze", str(rnn_path), "--debug"])
 
@@ -524,7 +524,7 @@ def test_interrupt_exits_2(rnn_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gradscope.api, "analyze_with", interrupted)
+    monkeypatch.setattr(gradscope.api, "analyze", interrupted)
 
     code = main(["analyze", str(rnn_path)])
 

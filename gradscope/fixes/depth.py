@@ -4,7 +4,6 @@ that calls for each."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -29,67 +28,11 @@ from gradscope.diagnosis.rules import (
     saturated_blocks,
     skip_candidates,
 )
-from gradscope.fixes.recurrent import OVER_TIME, clip_snippet, module_expression
+from gradscope.fixes.code import literal, module_expression, paths_list, progression
+from gradscope.fixes.recurrent import OVER_TIME, clip_snippet
 from gradscope.fixes.registry import Advice
 from gradscope.report import DepthLayer, DepthStack, FixId, Status
 from gradscope.taxonomy import SATURATING_KEYS, activation_key, saturates
-
-#: Largest line in a snippet.
-SNIPPET_WIDTH = 76
-
-
-def _literal(name: str, items: list[str], brackets: str = "[]") -> list[str]:
-    """``name = [a, b, ...]`` in lines of at most SNIPPET_WIDTH characters."""
-    opening, closing = brackets
-    head = f"{name} = {opening}"
-    line = head + ", ".join(items) + closing
-    if len(line) <= SNIPPET_WIDTH:
-        return [line]
-    lines, current = [head], "   "
-    for item in items:
-        if len(current) + len(item) + 2 > SNIPPET_WIDTH and current.strip():
-            lines.append(current)
-            current = "   "
-        current += f" {item},"
-    return [*lines, current, closing]
-
-
-def _indexed(paths: list[str]) -> tuple[str, list[int]] | None:
-    """``["blocks.0.fc2", "blocks.1.fc2"]`` -> ``("blocks.{i}.fc2", [0, 1])``.
-
-    None unless the paths differ in one part only, and that part is a child index.
-    """
-    parts = [path.split(".") for path in paths]
-    if len({len(split) for split in parts}) != 1:
-        return None
-    varying = [k for k in range(len(parts[0])) if len({split[k] for split in parts}) > 1]
-    if len(varying) != 1 or not all(split[varying[0]].isdigit() for split in parts):
-        return None
-    template = list(parts[0])
-    template[varying[0]] = "{i}"
-    return ".".join(template), [int(split[varying[0]]) for split in parts]
-
-
-def _progression(numbers: list[int]) -> str | None:
-    """``range(2, 100, 2)`` for an arithmetic progression of three or more numbers."""
-    if len(numbers) < 3:
-        return None
-    step = numbers[1] - numbers[0]
-    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(numbers)):
-        return None
-    stop = numbers[-1] + step
-    return f"range({numbers[0]}, {stop})" if step == 1 else f"range({numbers[0]}, {stop}, {step})"
-
-
-def _paths(paths: list[str]) -> list[str]:
-    """``paths = [...]``: module paths, as a comprehension when they index one container."""
-    indexed = _indexed(paths) if paths else None
-    span = _progression(indexed[1]) if indexed else None
-    if indexed and span:
-        template = indexed[0]
-        item = "str(i)" if template == "{i}" else f'f"{template}"'
-        return [f"paths = [{item} for i in {span}]"]
-    return _literal("paths", [f'"{path}"' for path in paths])
 
 
 def _block_paths(layers: Sequence[DepthLayer]) -> list[str]:
@@ -140,11 +83,11 @@ def _rebuild_container(parent: str, blocks: list[DepthLayer]) -> list[str]:
     spans = {min(layer.indices): len(layer.indices) for layer in blocks}
     starts = sorted(spans)
     sizes = set(spans.values())
-    span = _progression(starts) if len(sizes) == 1 else None
+    span = progression(starts) if len(sizes) == 1 else None
     if span is not None:
         wrap = [f"wrap = {{i: {sizes.pop()} for i in {span}}}"]
     else:
-        wrap = _literal("wrap", [f"{start}: {spans[start]}" for start in starts], "{}")
+        wrap = literal("wrap", [f"{start}: {spans[start]}" for start in starts], "{}")
     target = module_expression(parent)
     if parent:
         rebuild = [
@@ -199,7 +142,7 @@ def _skip_blocks(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
         lines += _rebuild_container(parent, blocks)
     if singles:
         lines += [
-            *_paths(singles),
+            *paths_list(singles),
             "for path in paths:",
             "    model.set_submodule(path, Residual(model.get_submodule(path)))",
         ]
@@ -228,7 +171,7 @@ def _change_activation(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     lines += [
         f"SATURATING = ({', '.join(classes)},)",
         LAYER_TYPES,
-        *_paths(_block_paths(blocks)),
+        *paths_list(_block_paths(blocks)),
         "for path in paths:",
         "    block = model.get_submodule(path)",
         "    for name, module in list(block.named_modules()):",
@@ -244,7 +187,7 @@ def _change_activation(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
 
 
 def _plain_paths(layers: Sequence[DepthLayer]) -> list[str]:
-    return _paths(_block_paths([layer for layer in layers if not layer.residual]))
+    return paths_list(_block_paths([layer for layer in layers if not layer.residual]))
 
 
 def _init_gain(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
@@ -287,7 +230,7 @@ def _normalization(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
             f"# centred, {' and '.join(where)}.",
             "NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,",
             "         nn.Conv3d: nn.BatchNorm3d}",
-            *_paths(_block_paths(blocks)),
+            *paths_list(_block_paths(blocks)),
             "for path in paths:",
             "    block = model.get_submodule(path)",
             "    for name, module in list(block.named_modules()):",
@@ -323,7 +266,7 @@ def _scale_branches(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     known = [layer.branch_last for layer in residual if layer.branch_last]
     if known:
         lines += [
-            *_paths(known),
+            *paths_list(known),
             "with torch.no_grad():",
             "    for path in paths:",
             "        layer = model.get_submodule(path)",

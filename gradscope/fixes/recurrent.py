@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gradscope.fixes.code import module_expression
 from gradscope.fixes.registry import Advice
 from gradscope.report import FixId, RecurrentCore
 from gradscope.theory import suggested_gate_bias
-
-
-def module_expression(name: str, root: str = "model") -> str:
-    """Python for a module path: ``layers.0.rnn`` -> ``model.layers[0].rnn``."""
-    if not name:
-        return root
-    parts = [f"[{p}]" if p.isdigit() else f".{p}" for p in name.split(".")]
-    return root + "".join(parts)
 
 
 def _modules(cores: list[RecurrentCore]) -> list[RecurrentCore]:

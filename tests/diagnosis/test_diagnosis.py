@@ -7,7 +7,7 @@ import math
 import pytest
 
 from gradscope.diagnosis.verdict import core_status, with_distances, worst
-from gradscope.fixes.recurrent import module_expression
+from gradscope.fixes.code import module_expression
 from gradscope.report import Extremes, JacobianSummary, WeightSummary
 from gradscope.theory import memory_horizon, suggested_gate_bias
 
