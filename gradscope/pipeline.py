@@ -97,24 +97,12 @@ def _probe_notes(probe: Probe) -> list[Note]:
     return notes
 
 
-#: What each view tells the progress callback as it starts.
-PROGRESS = {
-    RecurrentView: "probing {steps} steps and measuring the recurrent cores",
-    DepthView: "measuring the gradient through the model's blocks",
-    PartsView: "measuring {parts} rebuilt part(s)",
-}
-
-
 def measure(planned: Plan, progress: Progress) -> list[Measured]:
     """Run every view in turn; a model with neither cores nor a stack is refused."""
     subject = planned.subject
     results: list[Measured] = []
     for view in planned.views:
-        progress(
-            PROGRESS[type(view)].format(
-                steps=subject.options.steps, parts=len(subject.loaded.parts or [])
-            )
-        )
+        progress(view.starting(subject))
         results.append(view.measure(subject, results))
     if subject.loaded.parts is None and not any(r.cores or r.stack for r in results):
         raise GradscopeError(

@@ -49,6 +49,10 @@ class Measured:
 class View(Protocol):
     """One way of following the gradient through a model."""
 
+    def starting(self, subject: Subject) -> str:
+        """What the view is about to do, for the progress line."""
+        ...
+
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
         """Measure ``subject``; ``earlier`` holds what the views before this one found."""
         ...
@@ -62,6 +66,9 @@ def has_recurrence(module: nn.Module, options: AnalysisOptions) -> bool:
 class RecurrentView:
     """Every recurrent core of the model: one probe run, one backward pass."""
 
+    def starting(self, subject: Subject) -> str:
+        return f"probing {subject.options.steps} steps and measuring the recurrent cores"
+
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
         from gradscope.recurrent.measure import measure_recurrent
 
@@ -73,6 +80,9 @@ class RecurrentView:
 
 class DepthView:
     """The blocks of the model over depth; beside recurrent cores a failure is only a note."""
+
+    def starting(self, subject: Subject) -> str:
+        return "measuring the gradient through the model's blocks"
 
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
         from gradscope.depth.measure import measure_depth
@@ -101,6 +111,9 @@ class DepthView:
 
 class PartsView:
     """Cores rebuilt from weights, each on its own; the whole program's input gradient."""
+
+    def starting(self, subject: Subject) -> str:
+        return f"measuring {len(subject.loaded.parts or [])} rebuilt part(s)"
 
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
         from gradscope.recurrent.parts import measure_parts
