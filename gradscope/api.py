@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import GradscopeError
-from gradscope.options import DEFAULTS, AnalysisOptions, LoadOptions
+from gradscope.options import DEFAULTS, AnalysisOptions, LoadOptions, parse_spectrum_steps
 from gradscope.report import Report
 
 
@@ -62,6 +62,8 @@ def analyze(
 
     Raises :class:`gradscope.errors.GradscopeError` for unusable input or options.
     """
+    if isinstance(spectrum_steps, str):  # read first, as the command line always has
+        spectrum_steps = parse_spectrum_steps(spectrum_steps)
     if example_input is not None:
         if not (isinstance(probe, str) and probe == DEFAULTS.probe):
             raise GradscopeError("give the example input or probe=, not both")

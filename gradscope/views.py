@@ -134,8 +134,7 @@ class PartsView:
                 )
         else:
             try:
-                probe, probe_notes = program_probe(loaded, options, device)
-                notes += probe_notes
+                probe = program_probe(loaded, options, device, notes)
             except GradscopeError as error:
                 notes.append(Note("parts", f"input gradient not measured: {error}"))
         if probe is not None and not options.explicit_length:
@@ -201,9 +200,9 @@ def _program_input_gradient(
 
 
 def program_probe(
-    loaded: LoadedModel, options: AnalysisOptions, device: torch.device
-) -> tuple[Probe, list[Note]]:
-    """The probe of a whole saved program.
+    loaded: LoadedModel, options: AnalysisOptions, device: torch.device, notes: list[Note]
+) -> Probe:
+    """The probe of a whole saved program; what it assumes is added to ``notes`` at once.
 
     An exported program is pinned to the shapes, dtype and device it was exported with: its
     probe is shaped as its example inputs (unless --input-shape or --probe say otherwise), in
@@ -211,8 +210,7 @@ def program_probe(
     """
     module = loaded.module
     if loaded.checkpoint_kind != "exported-program":
-        return make_probe(module, options.with_length(), device), []
-    notes = []
+        return make_probe(module, options, device)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype in (torch.float32, torch.float64) and dtype != getattr(torch, options.dtype):
         options = dataclasses.replace(options, dtype=str(dtype).removeprefix("torch."))
@@ -234,7 +232,7 @@ def program_probe(
     )
     if example is not None and not options.input_shape and options.builtin_probe:
         options = dataclasses.replace(options, input_shape=tuple(example.shape))
-    return probe_for(layout, options.with_length(), device), notes
+    return probe_for(layout, options, device)
 
 
 def _pinned_device(loaded: LoadedModel, device: torch.device) -> str | None:

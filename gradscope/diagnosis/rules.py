@@ -20,20 +20,12 @@ ERROR_IDS = {
 }
 #: sigma_max this many times the spectral radius marks a strongly non-normal Jacobian.
 NON_NORMAL_RATIO = 10.0
-
-
 #: The largest slope of an activation where it caps chi without any saturation.
 MAX_SLOPE = {"sigmoid": 0.25, "hardsigmoid": 1 / 6}
-
-
 #: Share of a block's units saturated (or dead) above which the block is called saturated.
 ACTIVITY_LIMIT = 0.1
-
-
 #: A per-block gain chi outside [1/CHI_TOLERANCE, CHI_TOLERANCE] is far from 1.
 CHI_TOLERANCE = 1.25
-
-
 #: Singular-value spread (largest over RMS) worth naming: far from dynamical isometry.
 SPREAD_LIMIT = 10.0
 

@@ -10,19 +10,21 @@ from __future__ import annotations
 from gradscope.diagnosis import Diagnosis
 from gradscope.fixes.depth import OVER_DEPTH
 from gradscope.fixes.recurrent import OVER_TIME
-from gradscope.report import Finding, Fix, FixId
+from gradscope.report import Evidence, Finding, Fix, FixId
 
 __all__ = ["OVER_DEPTH", "OVER_TIME", "build_fixes"]
 
 
+def _evidence(finding: Finding) -> Evidence:
+    """What a finding rests on; every finding diagnosis makes carries it."""
+    if finding.evidence is None:
+        raise ValueError(f"finding {finding.id} carries no evidence for its fixes")
+    return finding.evidence
+
+
 def _reasons(findings: list[Finding]) -> list[str]:
     """The deciding measurement of each finding, as diagnosis stated it."""
-    reasons = []
-    for finding in findings:
-        if finding.evidence is None:
-            raise ValueError(f"finding {finding.id} carries no evidence for its fixes")
-        reasons.append(finding.evidence.reason)
-    return reasons
+    return [_evidence(finding).reason for finding in findings]
 
 
 def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
@@ -35,14 +37,14 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
     by_key = {(c.name, c.layer, c.direction): c for c in diagnosis.cores}
     fixes = []
     for fix_id in dict.fromkeys(fix_id for finding in findings for fix_id in finding.fixes):
-        calling = [f for f in findings if fix_id in f.fixes and f.evidence is not None]
-        on_cores = [f for f in calling if f.evidence.part == "core"]
-        on_stack = [f for f in calling if f.evidence.part == "stack"]
+        calling = [f for f in findings if fix_id in f.fixes]
+        on_cores = [f for f in calling if _evidence(f).part == "core"]
+        on_stack = [f for f in calling if _evidence(f).part == "stack"]
         stack = diagnosis.stack if on_stack else None
         whys, whats, snippets = [], [], []
         if on_cores:
             advice = OVER_TIME[FixId(fix_id)]
-            involved = [by_key[f.evidence.key] for f in on_cores]
+            involved = [by_key[_evidence(f).key] for f in on_cores]
             whys.append("; ".join(dict.fromkeys(_reasons(on_cores))))
             whats.append(advice.what)
             snippets.append(advice.snippet(involved, epsilon))

@@ -183,7 +183,11 @@ def _with_class(
 
 
 def _inferred(
-    state_dict: dict[str, Tensor], path: Path, fmt: str, notes: list[str], options: LoadOptions
+    state_dict: dict[str, Tensor],
+    path: Path,
+    checkpoint_kind: str,
+    notes: list[str],
+    options: LoadOptions,
 ) -> LoadedModel:
     inference = infer_recurrent(state_dict, options.nonlinearity, options.batch_first)
     if not inference.parts:
@@ -202,7 +206,7 @@ def _inferred(
     size = sum(v.numel() for v in state_dict.values())
     return LoadedModel(
         None,
-        fmt,
+        checkpoint_kind,
         str(path),
         notes,
         parts=inference.parts,
@@ -212,7 +216,7 @@ def _inferred(
 
 
 def _from_program(
-    program: Program, fmt: str, path: str | None, options: LoadOptions
+    program: Program, checkpoint_kind: str, path: str | None, options: LoadOptions
 ) -> LoadedModel:
     inference = infer_recurrent(
         program.state_dict, options.nonlinearity, options.batch_first, program.hints
@@ -225,12 +229,12 @@ def _from_program(
     notes = inference.assumptions()
     what = {files.TORCHSCRIPT: "a TorchScript archive", files.EXPORTED: "an exported program"}
     notes.append(
-        f"{what[fmt]} runs as a whole, so its recurrent cores were rebuilt from its weights and "
-        "analysed on their own; the input gradient is the whole model's"
+        f"{what[checkpoint_kind]} runs as a whole, so its recurrent cores were rebuilt from its "
+        "weights and analysed on their own; the input gradient is the whole model's"
     )
     return LoadedModel(
         program.module,
-        fmt,
+        checkpoint_kind,
         path,
         notes,
         parts=inference.parts,
@@ -294,9 +298,9 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
         if options.model:
             notes.append(f"--model {options.model} ignored: the file holds a whole module")
         return LoadedModel(found.model, "pickled-module", str(path), notes)
-    fmt = "safetensors" if kind == files.SAFETENSORS else "state-dict"
+    checkpoint_kind = "safetensors" if kind == files.SAFETENSORS else "state-dict"
     if found.lightning:
-        fmt = "lightning-checkpoint"
+        checkpoint_kind = "lightning-checkpoint"
     original = tensors_only(found.model)
     state_dict, removed = strip_wrappers(original)
     spec, saved_kwargs = options.model, found.kwargs
@@ -317,10 +321,10 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
             keys = ", ".join(repr(k) for k in [found.key, *found.others])
             notes = [f"weights from the entries {keys} of the checkpoint, each named by its key"]
         notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
-        return _inferred(state_dict, path, fmt, notes, options)
+        return _inferred(state_dict, path, checkpoint_kind, notes, options)
     notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
     module, class_notes = _with_class(state_dict, original, spec, saved_kwargs, options)
-    return LoadedModel(module, fmt, str(path), notes + class_notes)
+    return LoadedModel(module, checkpoint_kind, str(path), notes + class_notes)
 
 
 def _all_weights(found: Found) -> dict[str, Tensor]:

@@ -85,6 +85,7 @@ def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device)
 
 def probe_for(layout: Layout, options: AnalysisOptions, device: torch.device) -> Probe:
     """Build the probe input the options ask for, in ``layout``."""
+    options = options.with_length()
     dtype = getattr(torch, options.dtype)
     generator = torch.Generator().manual_seed(options.seed)
     if options.builtin_probe:
@@ -98,8 +99,9 @@ def probe_for(layout: Layout, options: AnalysisOptions, device: torch.device) ->
             inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
     else:
         if options.input_shape:
+            given = "a --probe file" if options.probe_kind == "file" else "the probe tensor"
             raise GradscopeError(
-                "--input-shape and a --probe file both set the input shape: drop --input-shape"
+                f"--input-shape and {given} both set the input shape: drop --input-shape"
             )
         inputs = given_probe(options)
         name = options.probe if options.probe_kind == "file" else "(a tensor)"

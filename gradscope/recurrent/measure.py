@@ -33,12 +33,8 @@ from gradscope.theory import memory_horizon
 
 #: ``auto`` spectra: every step while states have at most this many dimensions ...
 ALL_SPECTRA_UP_TO = 128
-
-
 #: ... otherwise an eigendecomposition budget worth this many steps at that size ...
 SPECTRA_BUDGET_STEPS = 100
-
-
 #: ... but never fewer than this many spectra.
 MIN_SPECTRA = 2
 
