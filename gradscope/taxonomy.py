@@ -78,6 +78,25 @@ def type_name(module: nn.Module) -> str:
     return getattr(module, "original_name", None) or type(module).__name__
 
 
+def is_kind(module: nn.Module, names: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of the ``torch.nn`` classes ``names`` (subclasses too), or a
+    TorchScript module scripted from one. A user class that only shares a name is not."""
+    import torch
+
+    if isinstance(module, classes(names)):
+        return True
+    return isinstance(module, torch.jit.ScriptModule) and type_name(module) in names
+
+
+def size_attribute(module: nn.Module, name: str) -> int | None:
+    """A size the module states (``in_features``, ``num_embeddings``, ...), if it is a positive
+    integer; None when the attribute is missing or of another kind."""
+    value = getattr(module, name, None)
+    if isinstance(value, (tuple, list)) and value:  # normalized_shape, a torch.Size
+        value = value[-1]
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def is_builtin_recurrent(module: nn.Module) -> bool:
     """Whether ``module`` is one of PyTorch's recurrent modules or cells (subclasses too)."""
     return isinstance(module, classes(RECURRENT))

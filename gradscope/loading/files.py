@@ -14,6 +14,7 @@ import inspect
 import json
 import re
 import sys
+import traceback
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -259,13 +260,38 @@ def _refuse_code(path: Path, names: list[str], unused: list[str] = ()) -> Gradsc
     listed = ", ".join(names)
     ignored = f" (--allow-global {', '.join(unused)}: not needed by the file)" if unused else ""
     if all(_looks_like_data_class(name) for name in names):
-        flags = " ".join(f"--allow-global {name}" for name in names[:3])
+        flags = " ".join(f"--allow-global {name}" for name in names)
         way = f"if these are plain classes you trust, pass {flags}; or pass --trust"
     else:
         way = "pass --trust"
     return GradscopeError(
         f"{path} is code, not just weights: it needs {listed}{ignored}; {way} to load the file "
         "as code (only for files you trust); or save model.state_dict()"
+    )
+
+
+def _raised_by_own_code(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error`` lies outside PyTorch and the standard library:
+    the model's own code (run by unpickling it) raised it, not a damaged file."""
+    import sysconfig
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    where = Path(frames[-1].filename).resolve()
+    ours = [Path(torch.__file__).parent, Path(__file__).parents[1]]
+    ours.append(Path(sysconfig.get_paths()["stdlib"]).resolve())
+    return not any(where.is_relative_to(root.resolve()) for root in ours)
+
+
+def _failed_to_load(path: Path, error: Exception) -> GradscopeError:
+    """Loading as code failed: in the model's own code, or because the file is damaged."""
+    if not _raised_by_own_code(error):
+        return _not_a_checkpoint(path, error)
+    return GradscopeError(
+        f"{path}: the model's own code raised {type(error).__name__} while it was being loaded "
+        f"({first_line(error)}); check that the code it imports is the version the file was "
+        "saved with, or save model.state_dict() and pass --model"
     )
 
 
@@ -303,7 +329,7 @@ def read_pickle(path: Path, trust: bool, allow_globals: tuple[str, ...] = ()) ->
                 "--model"
             ) from None
         except Exception as error:
-            raise _not_a_checkpoint(path, error) from None
+            raise _failed_to_load(path, error) from None
     allowed = {global_name(spec): spec for spec in allow_globals}
     needed = _needed_globals(path, legacy)
     safe = {name: _safe_global(name, allowed) for name in needed}

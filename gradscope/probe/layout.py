@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from gradscope.errors import GradscopeError
-from gradscope.taxonomy import CONVOLUTIONS, is_recurrent, recurrent_modules, type_name
+from gradscope.taxonomy import (
+    CONVOLUTIONS,
+    is_kind,
+    is_recurrent,
+    recurrent_modules,
+    size_attribute,
+    type_name,
+)
 
 
 @dataclass(frozen=True)
@@ -79,18 +86,22 @@ def first_parametrised(
 
 
 def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None, int | None]:
-    """(feature size, vocabulary) of the input that ``module`` reads, when it says."""
+    """(feature size, vocabulary) of the input that ``module`` reads, when it says.
+
+    Kinds are PyTorch's classes (or TorchScript modules scripted from them), never a name
+    alone, and sizes are read defensively: any other module is unknown, not an error.
+    """
     kind = type_name(module)
-    if kind == "Embedding" or isinstance(module, nn.Embedding):
-        return None, module.num_embeddings
-    if kind == "Linear" or isinstance(module, nn.Linear):
-        return module.in_features, None
-    if kind == "LayerNorm" or isinstance(module, nn.LayerNorm):
-        return module.normalized_shape[-1], None
+    if is_kind(module, ("Embedding",)):
+        return None, size_attribute(module, "num_embeddings")
+    if is_kind(module, ("Linear",)):
+        return size_attribute(module, "in_features"), None
+    if is_kind(module, ("LayerNorm",)):
+        return size_attribute(module, "normalized_shape"), None
     if is_recurrent(module):
-        return module.input_size, None
-    if kind in CONVOLUTIONS and needs_shape:
-        channels = module.in_channels
+        return size_attribute(module, "input_size"), None
+    channels = size_attribute(module, "in_channels")
+    if is_kind(module, CONVOLUTIONS) and needs_shape and channels is not None:
         example = {"Conv1d": "B,{c},L", "Conv2d": "B,{c},H,W", "Conv3d": "B,{c},D,H,W"}[kind]
         raise GradscopeError(
             f"the model starts with {name or 'its root'} ({kind}, {channels} input channels): "
@@ -129,7 +140,7 @@ def input_layout(
         entry_features, vocab = _entry(*first, needs_shape=input_shape is None)
         features = entry_features or features
         token_module = first[0] if vocab is not None else None
-        time_last = type_name(first[1]) in CONVOLUTIONS
+        time_last = is_kind(first[1], CONVOLUTIONS)
     if features is None and vocab is None and input_shape is None:
         raise GradscopeError(
             f"the input size of the model around {source} is unknown; pass --input-shape, e.g. "
@@ -157,7 +168,8 @@ def feedforward_layout(model: nn.Module, input_shape: tuple | None = None) -> La
     if features is None and vocab is None and input_shape is None:
         raise GradscopeError(
             f"the model starts with {name} ({type_name(first[1])}), whose input shape gradscope "
-            "cannot infer; pass --input-shape with the batch first, e.g. 16,3,32,32"
+            "cannot infer; pass --input-shape with the batch first, then what it reads (e.g. "
+            "16,F for F features)"
         )
     tokens = vocab is not None
     return Layout(

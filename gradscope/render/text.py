@@ -22,6 +22,8 @@ STATUS_STYLE = {
     "nonfinite": "bold magenta",
 }
 SHORT_DIRECTION = {"forward": "fwd", "reverse": "rev"}
+#: At most this many "not analysed" lines; the JSON lists every part.
+MAX_NOT_ANALYSED = 8
 #: At most this many gradient charts; the rest of the cores are in the table only.
 MAX_CHARTS = 8
 #: A stack of more blocks shows the blocks at each end and evenly spaced blocks between.
@@ -293,7 +295,13 @@ class TextRenderer:
         console.print(verdict(report))
         for panel in fix_panels(report):
             console.print(panel)
-        for part in report.model.not_analysed:
+        not_analysed = report.model.not_analysed
+        for part in not_analysed[:MAX_NOT_ANALYSED]:
             console.print(f"not analysed: {part}", style="dim")
+        if len(not_analysed) > MAX_NOT_ANALYSED:
+            more = len(not_analysed) - MAX_NOT_ANALYSED
+            console.print(
+                f"not analysed: {more} more parts (the JSON lists every one)", style="dim"
+            )
         for note in report.model.notes:
             console.print(f"note: {note}", style="dim")

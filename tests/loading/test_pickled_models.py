@@ -86,3 +86,64 @@ def test_complex_weights_are_a_one_line_error(tmp_path, capsys):
     message = one_line_error(["analyze", str(path)], capsys)
 
     assert "complex" in message
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4)
+
+
+class Decoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 4)
+
+
+class Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Linear(4, 2)
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.head = Encoder(), Decoder(), Head()
+
+
+class Recursive(nn.Module):
+    """A module whose own unpickling code fails, as a library's can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4)
+
+    def __setstate__(self, state):
+        raise RecursionError("maximum recursion depth exceeded while restoring the module")
+
+
+def test_the_allow_global_suggestion_names_every_class_the_file_needs(tmp_path):
+    path = tmp_path / "seq2seq.pt"
+    torch.save(Seq2Seq(), path)
+    with pytest.raises(GradscopeError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    for name in ("Seq2Seq", "Encoder", "Decoder", "Head"):
+        assert f"--allow-global tests.loading.test_pickled_models.{name}" in message
+    assert "\n" not in message
+
+
+def test_an_error_in_the_model_s_own_code_is_not_called_corruption(tmp_path, capsys):
+    path = tmp_path / "recursive.pt"
+    torch.save(Recursive(), path)
+    message = one_line_error(["analyze", str(path), "--trust"], capsys)
+    assert "the model's own code raised RecursionError" in message
+    assert "corrupt" not in message
+
+
+def test_a_damaged_file_loaded_as_code_is_still_called_damaged(tmp_path, capsys):
+    path = tmp_path / "damaged.pt"
+    torch.save(Seq2Seq(), path)
+    path.write_bytes(path.read_bytes()[:300])
+    assert "corrupt" in one_line_error(["analyze", str(path), "--trust"], capsys)

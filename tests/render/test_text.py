@@ -182,3 +182,13 @@ def test_depth_only_header_names_the_input_shape_not_steps():
     text = rendered(depth_samples.relu_mlp_report())
     assert "probe gaussian: input 64×512, seed 0, float64 on cpu · epsilon 0.001" in text
     assert "burn-in" not in text
+
+
+def test_a_long_list_of_parts_not_analysed_is_cut_to_a_few_lines():
+    report = report_of(core("rnn_tanh", -0.675))
+    report.model.not_analysed = [f"head.{i} (2 tensors): not recurrent" for i in range(20)]
+    lines = [line for line in rendered(report).splitlines() if line.startswith("not analysed")]
+    assert len(lines) == 9
+    assert lines[0] == "not analysed: head.0 (2 tensors): not recurrent"
+    assert lines[-1] == "not analysed: 12 more parts (the JSON lists every one)"
+    assert len(report.to_dict()["model"]["not_analysed"]) == 20
