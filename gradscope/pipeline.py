@@ -122,12 +122,16 @@ def judge(results: list[Measured], options: AnalysisOptions, steps: int) -> Diag
 
 
 def assemble(
-    planned: Plan, results: list[Measured], diagnosis: Diagnosis, requested: AnalysisOptions
+    planned: Plan,
+    results: list[Measured],
+    diagnosis: Diagnosis,
+    requested: AnalysisOptions,
+    length: tuple[int, int, list[int]],
 ) -> Report:
     """The report: settings as they ran, the model as loaded, and the judged numbers."""
     subject = planned.subject
-    steps, batch, shape = _length(planned, results)
-    options = requested.with_length().for_steps(steps, batch)
+    steps, batch, shape = length
+    options = requested.for_steps(steps, batch)
     cores = diagnosis.cores
     notes = [*planned.notes, *(note for result in results for note in result.notes)]
     input_grad_norm = next(
@@ -194,5 +198,6 @@ def run(
     progress("loading the model")
     planned = plan(load(source, load_options, options))
     results = measure(planned, progress)
-    steps = _length(planned, results)[0]
-    return assemble(planned, results, judge(results, options, steps), options)
+    length = _length(planned, results)
+    diagnosis = judge(results, options, steps=length[0])
+    return assemble(planned, results, diagnosis, options, length)

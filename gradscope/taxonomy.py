@@ -104,11 +104,7 @@ def is_builtin_recurrent(module: nn.Module) -> bool:
 
 def is_recurrent(module: nn.Module) -> bool:
     """A PyTorch recurrent module or cell, or a TorchScript module scripted from one."""
-    import torch
-
-    return is_builtin_recurrent(module) or (
-        isinstance(module, torch.jit.ScriptModule) and type_name(module) in RECURRENT
-    )
+    return is_kind(module, RECURRENT)
 
 
 def is_recurrent_cell(module: nn.Module) -> bool:
