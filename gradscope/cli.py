@@ -15,7 +15,7 @@ from gradscope import __version__
 from gradscope.errors import GradscopeError, first_line
 from gradscope.options import DEFAULTS
 from gradscope.render import FORMATS
-from gradscope.report import FAILING_STATUSES
+from gradscope.report import DEFAULT_FAIL_ON, FAIL_ON_CHOICES
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
@@ -70,10 +70,10 @@ def root(
 def parse_fail_on(text: str) -> tuple[str, ...]:
     """``vanishing,exploding`` -> ('vanishing', 'exploding'); unknown names are refused."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in FAILING_STATUSES]
+    unknown = [name for name in names if name not in FAIL_ON_CHOICES]
     if unknown or not names:
         raise GradscopeError(
-            f"--fail-on {text!r}: choose from {','.join(FAILING_STATUSES)} (comma-separated)"
+            f"--fail-on {text!r}: choose from {','.join(FAIL_ON_CHOICES)} (comma-separated)"
         )
     return names
 
@@ -267,8 +267,12 @@ def analyze(
     ] = "text",
     fail_on: Annotated[
         str,
-        typer.Option(help="Statuses that exit 1 (comma-separated).", rich_help_panel=OUTPUT),
-    ] = ",".join(FAILING_STATUSES),
+        typer.Option(
+            help="What exits 1 (comma-separated): statuses; unmeasured-recurrence (a recurrence "
+            "no view measured); incomplete (any module with parameters not measured).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = ",".join(DEFAULT_FAIL_ON),
     exit_zero: Annotated[
         bool, typer.Option(help="Always exit 0 after a report.", rich_help_panel=OUTPUT)
     ] = False,

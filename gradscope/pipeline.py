@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gradscope import __version__
+from gradscope.coverage import module_coverage, parts_coverage
 from gradscope.diagnosis import Diagnosis, diagnose
 from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
@@ -21,7 +22,7 @@ from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
 from gradscope.options import DEFAULT_DEPTH_BATCH, AnalysisOptions, LoadOptions
 from gradscope.probe import Probe, make_probe
-from gradscope.report import Note, RecurrentCore, Report, Settings
+from gradscope.report import Coverage, Note, RecurrentCore, Report, Settings
 from gradscope.views import (
     DepthView,
     Measured,
@@ -112,12 +113,37 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
     return results
 
 
-def judge(results: list[Measured], options: AnalysisOptions, steps: int) -> Diagnosis:
+def cover(planned: Plan, results: list[Measured]) -> Coverage:
+    """Which modules with parameters the views measured, and why the others were not."""
+    loaded = planned.subject.loaded
+    if loaded.parts is not None:
+        sizes = {
+            part.name or "(model)": sum(p.numel() for p in part.module.parameters())
+            for part in loaded.parts
+        }
+        total = loaded.parameters or sum(p.numel() for p in loaded.module.parameters())
+        return parts_coverage(sizes, total, loaded.not_analysed)
+    views: dict[str, list[str]] = {}
+    for result in results:
+        for view, modules in result.modules.items():
+            views[view] = list(dict.fromkeys([*views.get(view, []), *modules]))
+    used = next((r.used for r in results if r.used is not None), None)
+    units = next((r.units for r in results if r.units), [])
+    return module_coverage(planned.subject.module, views, used, units)
+
+
+def judge(
+    results: list[Measured], options: AnalysisOptions, steps: int, coverage: Coverage
+) -> Diagnosis:
     """Each core's distance (``--horizon``, else the steps it ran), then the verdict."""
     cores = with_distances([c for r in results for c in r.cores], options.distance, steps)
     stack = next((r for r in results if r.stack is not None), None)
     return diagnose(
-        cores, options.epsilon, stack.stack if stack else None, stack.layers if stack else []
+        cores,
+        options.epsilon,
+        stack.stack if stack else None,
+        stack.layers if stack else [],
+        coverage,
     )
 
 
@@ -148,6 +174,7 @@ def assemble(
         stack=diagnosis.stack,
         findings=diagnosis.findings,
         fixes=build_fixes(diagnosis, options.epsilon),
+        coverage=diagnosis.coverage,
     )
 
 
@@ -199,5 +226,5 @@ def run(
     planned = plan(load(source, load_options, options))
     results = measure(planned, progress)
     length = _length(planned, results)
-    diagnosis = judge(results, options, steps=length[0])
+    diagnosis = judge(results, options, length[0], cover(planned, results))
     return assemble(planned, results, diagnosis, options, length)

@@ -40,6 +40,13 @@ class Status(Word):
 #: Statuses from best to worst, as text.
 STATUSES = tuple(status.value for status in Status)
 FAILING_STATUSES = STATUSES[1:]
+#: ``--fail-on`` words beside the statuses: a recurrence that no view measured over time, and
+#: any module with parameters that no view measured.
+UNMEASURED_RECURRENCE = "unmeasured-recurrence"
+INCOMPLETE = "incomplete"
+FAIL_ON_CHOICES = (*FAILING_STATUSES, UNMEASURED_RECURRENCE, INCOMPLETE)
+#: What fails by default: every non-healthy status, and a recurrence left unmeasured.
+DEFAULT_FAIL_ON = (*FAILING_STATUSES, UNMEASURED_RECURRENCE)
 
 
 class Severity(Word):
@@ -251,6 +258,43 @@ class DepthStack:
     distance: int = field(default=0, metadata={"json": "horizon"})
 
 
+@dataclass
+class Unmeasured:
+    """Modules with parameters that no view measured, for one reason.
+
+    ``recurrent`` marks a recurrence (a recurrent module or cell) that ran and was not
+    measured over time: what the default ``--fail-on`` fails on.
+    """
+
+    reason: str
+    modules: list[str]
+    parameters: int
+    recurrent: bool = False
+
+
+@dataclass
+class Coverage:
+    """Which parameterised modules each view measured, and what share of the parameters.
+
+    ``views`` maps a view (``recurrent``, ``depth``, ``end-to-end``) to the modules it
+    measured; ``end-to-end`` is a feed-forward part too short to be a stack (fewer than three
+    blocks beside recurrent cores), whose effect is in the gradients measured at the cores and
+    the input. ``complete`` is True when every parameter was measured.
+    """
+
+    parameters: int
+    measured_parameters: int
+    share: float
+    views: dict[str, list[str]] = field(default_factory=dict)
+    not_measured: list[Unmeasured] = field(default_factory=list)
+    complete: bool = True
+
+    @property
+    def unmeasured_recurrence(self) -> list[Unmeasured]:
+        """The groups that are a recurrence left unmeasured."""
+        return [group for group in self.not_measured if group.recurrent]
+
+
 @dataclass(frozen=True)
 class Note:
     """Something a reader of the report should know, from the stage that found it: an
@@ -314,6 +358,7 @@ class Report:
     stack: DepthStack | None = field(default=None, metadata={"json": "depth"})
     findings: list[Finding] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
+    coverage: Coverage | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,25 +382,44 @@ class Report:
 
         return max(self.recurrent, key=badness)
 
-    def fails(self, fail_on: tuple[str, ...] = FAILING_STATUSES) -> bool:
-        """Whether any part's status is one of ``fail_on``."""
+    @property
+    def complete(self) -> bool:
+        """Whether every module with parameters was measured."""
+        return self.coverage is None or self.coverage.complete
+
+    def fails(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:
+        """Whether any part's status is one of ``fail_on``, or the coverage falls short of
+        what ``fail_on`` asks (``unmeasured-recurrence``, ``incomplete``)."""
         statuses = {core.status for core in self.recurrent} | {self.status}
         if self.stack is not None:
             statuses.add(self.stack.status)
+        coverage = self.coverage
+        if UNMEASURED_RECURRENCE in fail_on and coverage and coverage.unmeasured_recurrence:
+            return True
+        if INCOMPLETE in fail_on and not self.complete:
+            return True
         return bool(statuses & set(fail_on))
 
     def summary(self) -> str:
         """The diagnosis in a few plain lines."""
-        lines = [f"gradscope: {self.status}"]
+        lines = [f"gradscope: {self.status}{'' if self.complete else ' in what was measured'}"]
         lines += [f"- [{f.kind}] {f.message}" for f in self.findings]
         if self.fixes:
             lines.append("fixes: " + ", ".join(fix.id for fix in self.fixes))
         return "\n".join(lines)
 
     def assert_healthy(self) -> None:
-        """Raise :class:`GradientHealthError` with the diagnosis unless every part is healthy."""
-        if self.status != Status.HEALTHY:
+        """Raise :class:`GradientHealthError` with the diagnosis unless every part is healthy
+        and no recurrence was left unmeasured."""
+        if self.fails(DEFAULT_FAIL_ON):
             raise GradientHealthError(self.summary())
+
+
+def named(names: list[str], limit: int = 4) -> str:
+    """``a, b, c, d and 5 more``: at most ``limit`` names of a long list."""
+    shown = ", ".join(names[:limit])
+    more = len(names) - limit
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def to_data(value: Any) -> Any:

@@ -36,7 +36,12 @@ class Subject:
 
 @dataclass
 class Measured:
-    """What one view found; ``steps``, ``batch`` and ``input_shape`` of the probe it ran."""
+    """What one view found; ``steps``, ``batch`` and ``input_shape`` of the probe it ran.
+
+    ``modules`` maps a view name to the modules it measured (for coverage); ``used`` holds the
+    ids of the parameters the model's output depended on, and ``units`` the modules the depth
+    view looked for, where the view knows them.
+    """
 
     cores: list[RecurrentCore] = field(default_factory=list)
     input_grad_norm: list[float] | None = None
@@ -44,6 +49,9 @@ class Measured:
     layers: list[DepthLayer] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     length: tuple[int, int, list[int]] | None = None
+    modules: dict[str, list[str]] = field(default_factory=dict)
+    used: set[int] | None = None
+    units: list[str] = field(default_factory=list)
 
 
 class View(Protocol):
@@ -75,7 +83,8 @@ class RecurrentView:
         assert subject.module is not None and subject.probe is not None
         with torch.enable_grad():
             measured = measure_recurrent(subject.module, subject.probe, subject.options)
-        return Measured(measured.cores, measured.input_grad_norm)
+        names = list(dict.fromkeys(core.name for core in measured.cores))
+        return Measured(measured.cores, measured.input_grad_norm, modules={"recurrent": names})
 
 
 class DepthView:
@@ -103,10 +112,17 @@ class DepthView:
                 return Measured(notes=[Note("depth", message)])
             other = "--depth blocks" if options.granularity == "leaves" else "--depth leaves"
             raise GradscopeError(f"{message}; try {other}") from None
-        if depth is None:
-            return Measured()
-        stack, layers = depth
-        return Measured(stack=stack, layers=layers)
+        if depth.stack is None:
+            # beside cores, a short feed-forward part is in the gradients measured end to end
+            modules = {"end-to-end": depth.block_modules} if beside_cores else {}
+            return Measured(modules=modules, used=depth.used, units=depth.units)
+        return Measured(
+            stack=depth.stack,
+            layers=depth.layers,
+            modules={"depth": depth.block_modules},
+            used=depth.used,
+            units=depth.units,
+        )
 
 
 class PartsView:

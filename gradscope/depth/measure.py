@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from gradscope.depth.blocks import Block, blocks_of, recording
+from gradscope.coverage import parameters_reached
+from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
 from gradscope.numerics import pooled_norm
 from gradscope.options import AnalysisOptions
-from gradscope.probe import Probe, projected_output, projection_loss, run_model
+from gradscope.probe import Probe, output_tensors, projected_output, projection_loss, run_model
 from gradscope.report import DepthLayer, DepthStack
 from gradscope.taxonomy import RECTIFYING, classes
 
@@ -20,6 +22,19 @@ from gradscope.taxonomy import RECTIFYING, classes
 MIN_BLOCKS = 3
 #: Dead ReLU units are only counted over a batch at least this large.
 MIN_BATCH_FOR_DEAD = 8
+
+
+@dataclass
+class DepthResult:
+    """The depth view of a model: its stack (None with fewer than MIN_BLOCKS blocks), the
+    modules of every block found, the units it looked for, and the parameters the output
+    depends on (by id)."""
+
+    stack: DepthStack | None
+    layers: list[DepthLayer] = field(default_factory=list)
+    block_modules: list[str] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    used: set[int] = field(default_factory=set)
 
 
 def saturated_fraction(module: nn.Module, y: Tensor) -> float | None:
@@ -90,21 +105,23 @@ def _whole_gains(
     return (None if math.isnan(sigma) else sigma), rms
 
 
-def measure_depth(
-    model: nn.Module, probe: Probe, options: AnalysisOptions
-) -> tuple[DepthStack, list[DepthLayer]] | None:
-    """The depth view of ``model`` on ``probe``; None when it has fewer than MIN_BLOCKS blocks."""
+def measure_depth(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthResult:
+    """The depth view of ``model`` on ``probe``; no stack with fewer than MIN_BLOCKS blocks."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warnings would break the one-line stderr
         return _measure(model, probe, options)
 
 
-def _measure(
-    model: nn.Module, probe: Probe, options: AnalysisOptions
-) -> tuple[DepthStack, list[DepthLayer]] | None:
+def _measure(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthResult:
     output, blocks = _forward(model, probe, options.granularity, options.input_shape is not None)
+    found = DepthResult(
+        None,
+        block_modules=list(dict.fromkeys(call.name for b in blocks for call in b.calls)),
+        units=[name for name, _ in units(model, options.granularity)],
+        used=parameters_reached(output_tensors(output)),
+    )
     if len(blocks) < MIN_BLOCKS:
-        return None
+        return found
     loss = projection_loss(output, probe)
     first = blocks[0].input
     sources = [first] if first.requires_grad else []
@@ -183,4 +200,5 @@ def _measure(
             "random u per example",
         },
     )
-    return stack, layers
+    found.stack, found.layers = stack, layers
+    return found

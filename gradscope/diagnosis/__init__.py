@@ -12,10 +12,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gradscope.diagnosis.coverage import coverage_findings
 from gradscope.diagnosis.depth import depth_findings
 from gradscope.diagnosis.recurrent import core_findings
 from gradscope.diagnosis.verdict import assess_cores, assess_depth, worst
-from gradscope.report import DepthLayer, DepthStack, Finding, RecurrentCore, Severity, Status
+from gradscope.report import (
+    STATUSES,
+    Coverage,
+    DepthLayer,
+    DepthStack,
+    Finding,
+    RecurrentCore,
+    Severity,
+    Status,
+)
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -29,11 +39,17 @@ class Diagnosis:
     stack: DepthStack | None
     layers: list[DepthLayer] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    coverage: Coverage | None = None
+
+
+def _rank(kind: str) -> int:
+    """A status kind's rank; a finding of another kind (not measured) ranks below them."""
+    return Status(kind).rank if kind in STATUSES else -1
 
 
 def by_severity(findings: list[Finding]) -> list[Finding]:
     """Errors first, the worst kind first; otherwise in the order found."""
-    return sorted(findings, key=lambda f: (f.severity != Severity.ERROR, -Status(f.kind).rank))
+    return sorted(findings, key=lambda f: (f.severity != Severity.ERROR, -_rank(f.kind)))
 
 
 def diagnose(
@@ -41,10 +57,13 @@ def diagnose(
     epsilon: float,
     stack: DepthStack | None = None,
     layers: Sequence[DepthLayer] = (),
+    coverage: Coverage | None = None,
 ) -> Diagnosis:
-    """Judge each core over its own ``horizon`` and the stack (when measured) over its blocks.
+    """Judge each core over its own ``horizon`` and the stack (when measured) over its blocks,
+    and say every part ``coverage`` shows was not measured.
 
-    The overall status is the worst of them.
+    The overall status is the worst of the measured parts; what was not measured is a
+    ``not-measured`` finding (an error for a recurrence), never a healthy part.
     """
     judged = assess_cores(cores, epsilon)
     findings = core_findings(judged, epsilon)
@@ -54,4 +73,7 @@ def diagnose(
         judged_stack = assess_depth(stack, list(layers), epsilon)
         findings += depth_findings(judged_stack, layers)
         statuses.append(judged_stack.status)
-    return Diagnosis(worst(statuses), judged, judged_stack, list(layers), by_severity(findings))
+    findings += coverage_findings(coverage)
+    return Diagnosis(
+        worst(statuses), judged, judged_stack, list(layers), by_severity(findings), coverage
+    )

@@ -67,7 +67,7 @@ class LoadedModel:
     path: str | None
     notes: list[str] = field(default_factory=list)
     parts: list[InferredPart] | None = None
-    not_analysed: list[str] = field(default_factory=list)
+    not_analysed: dict[str, int] = field(default_factory=dict)  # why -> elements left out
     example_inputs: tuple[Tensor, ...] = ()
     fixed_dtype: bool = False
     parameters: int = 0
@@ -85,7 +85,7 @@ class LoadedModel:
             parameters=self.parameters
             or sum(p.numel() for p in (self.module.parameters() if self.module else [])),
             architecture="inferred from weights" if self.parts is not None else "module",
-            not_analysed=self.not_analysed,
+            not_analysed=list(self.not_analysed),
             notes=[*self.notes, *later_notes],
         )
 

@@ -62,7 +62,7 @@ class Inference:
     """Every recurrent part found in a state dict, and what was left out and why."""
 
     parts: list[InferredPart]
-    not_analysed: list[str]
+    not_analysed: dict[str, int]  # what was left out and why -> its number of elements
     recomposed: list[str] = field(default_factory=list)
 
     def assumptions(self) -> list[str]:
@@ -189,23 +189,24 @@ def infer_recurrent(
     hints = hints or {}
     state_dict, recomposed = recompose_weight_norm(state_dict)
     groups: dict[str, dict[str, Tensor]] = defaultdict(dict)
-    others: dict[str, int] = defaultdict(int)
+    others: dict[str, list[Tensor]] = defaultdict(list)
     for key, value in state_dict.items():
         match = PARAMETER.match(key)
         if match:
             groups[match["prefix"]][key[len(match["prefix"]) :]] = value
         else:
-            others[key.rsplit(".", 1)[0] if "." in key else key] += 1
-    parts, not_analysed = [], []
+            others[key.rsplit(".", 1)[0] if "." in key else key].append(value)
+    parts, sizes = [], {}
     for prefix, params in groups.items():
         name = _owner(prefix)
         built = _build(name, params, nonlinearity, batch_first, hints.get(name, {}))
         if isinstance(built, InferredPart):
             parts.append(built)
         else:
-            not_analysed.append(f"{name or '(root)'}: {built}")
-    not_analysed.extend(
-        f"{owner} ({count} tensor{'s' * (count > 1)}): not recurrent"
-        for owner, count in others.items()
-    )
-    return Inference(parts, not_analysed, recomposed)
+            sizes[f"{name or '(root)'}: {built}"] = sum(v.numel() for v in params.values())
+    for owner, values in others.items():
+        count = len(values)
+        sizes[f"{owner} ({count} tensor{'s' * (count > 1)}): not recurrent"] = sum(
+            v.numel() for v in values
+        )
+    return Inference(parts, sizes, recomposed)

@@ -13,17 +13,16 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.render.chart import log_chart
-from gradscope.report import DepthLayer, DepthStack, RecurrentCore, Report
+from gradscope.report import Coverage, DepthLayer, DepthStack, RecurrentCore, Report, named
 
 STATUS_STYLE = {
     "healthy": "bold green",
     "vanishing": "bold yellow",
     "exploding": "bold red",
     "nonfinite": "bold magenta",
+    "not-measured": "bold cyan",
 }
 SHORT_DIRECTION = {"forward": "fwd", "reverse": "rev"}
-#: At most this many "not analysed" lines; the JSON lists every part.
-MAX_NOT_ANALYSED = 8
 #: At most this many gradient charts; the rest of the cores are in the table only.
 MAX_CHARTS = 8
 #: A stack of more blocks shows the blocks at each end and evenly spaced blocks between.
@@ -246,15 +245,37 @@ def _nothing_found(report: Report) -> str:
 
 
 def verdict(report: Report) -> Panel:
-    """The overall status and every finding."""
+    """The overall status and every finding; "in what was measured" where a part was not."""
     lines = []
+    if report.status == "healthy":
+        survive = _nothing_found(report)
+        lines.append(Text(survive if report.complete else f"In what was measured: {survive}"))
     for finding in report.findings:
         marker = "✖" if finding.severity == "error" else "!"
         line = Text(f"{marker} ", style=STATUS_STYLE.get(finding.kind, ""))
         lines.append(line.append(finding.message, style="default"))
-    body = Text("\n").join(lines) or Text(_nothing_found(report))
     title = Text("Verdict: ").append(status_text(report.status.upper()))
-    return Panel(body, title=title, title_align="left")
+    if not report.complete:
+        title.append(" in what was measured")
+    return Panel(Text("\n").join(lines), title=title, title_align="left")
+
+
+VIEW_WORDS = {"recurrent": "over time", "depth": "over depth", "end-to-end": "end to end"}
+
+
+def coverage_line(coverage: Coverage) -> Text:
+    """What share of the parameters was measured, and by which view."""
+    views = "; ".join(
+        f"{VIEW_WORDS.get(view, view)}: "
+        + (named(modules) if len(modules) <= 4 else f"{len(modules)} modules")
+        for view, modules in coverage.views.items()
+    )
+    share = "all" if coverage.complete else f"{number(100 * coverage.share, '{:.1f}')}% of"
+    return Text(
+        f"coverage: {share} {coverage.parameters:,} parameters measured"
+        + (f" ({views})" if views else ""),
+        style="dim",
+    )
 
 
 def fix_panels(report: Report) -> list[Panel]:
@@ -295,13 +316,7 @@ class TextRenderer:
         console.print(verdict(report))
         for panel in fix_panels(report):
             console.print(panel)
-        not_analysed = report.model.not_analysed
-        for part in not_analysed[:MAX_NOT_ANALYSED]:
-            console.print(f"not analysed: {part}", style="dim")
-        if len(not_analysed) > MAX_NOT_ANALYSED:
-            more = len(not_analysed) - MAX_NOT_ANALYSED
-            console.print(
-                f"not analysed: {more} more parts (the JSON lists every one)", style="dim"
-            )
+        if report.coverage is not None:
+            console.print(coverage_line(report.coverage))
         for note in report.model.notes:
             console.print(f"note: {note}", style="dim")

@@ -15,6 +15,8 @@ import re
 import pytest
 from rich.console import Console
 
+from gradscope.coverage import parts_coverage
+from gradscope.diagnosis.coverage import coverage_findings
 from gradscope.render import write
 from gradscope.render.text import MAX_DEPTH_ROWS, shown_blocks
 from gradscope.report import Report
@@ -184,11 +186,17 @@ def test_depth_only_header_names_the_input_shape_not_steps():
     assert "burn-in" not in text
 
 
-def test_a_long_list_of_parts_not_analysed_is_cut_to_a_few_lines():
-    report = report_of(core("rnn_tanh", -0.675))
-    report.model.not_analysed = [f"head.{i} (2 tensors): not recurrent" for i in range(20)]
-    lines = [line for line in rendered(report).splitlines() if line.startswith("not analysed")]
-    assert len(lines) == 9
-    assert lines[0] == "not analysed: head.0 (2 tensors): not recurrent"
-    assert lines[-1] == "not analysed: 12 more parts (the JSON lists every one)"
-    assert len(report.to_dict()["model"]["not_analysed"]) == 20
+def test_a_long_list_of_parts_not_measured_is_named_in_a_few_words():
+    report = report_of(core("rnn_tanh", -0.01))
+    entries = {f"head.{i} (2 tensors)": 10 for i in range(20)}
+    report.coverage = parts_coverage({"rnn": 80}, 280, entries)
+    report.findings += coverage_findings(report.coverage)
+    text = rendered(report)
+    assert (
+        "head.0 (2 tensors), head.1 (2 tensors), head.2 (2 tensors), head.3 (2 tensors) "
+        "and 16 more" in " ".join(text.replace("│", " ").split())
+    )
+    assert "coverage: 28.6% of 280 parameters measured (over time: rnn)" in text
+    assert "Verdict: HEALTHY in what was measured" in text
+    assert "In what was measured: Gradients survive" in text
+    assert len(report.to_dict()["coverage"]["not_measured"][0]["modules"]) == 20
