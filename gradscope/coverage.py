@@ -2,8 +2,10 @@
 
 A module counts as measured when a view measured a part that holds it: a recurrent core over
 time, a block of the depth stack, or a short feed-forward part beside recurrent cores (its
-effect is in the gradients measured end to end). Whether a parameter took part in the model's
-output at all is read from the autograd graph of the probe run, by data flow, not guessed.
+effect is in the gradients measured end to end). An embedding lookup that takes part counts too
+(``lookup``): no gradient passes through it, and the gradient at its output is measured.
+Whether a parameter took part in the model's output at all is read from the autograd graph of
+the probe run, by data flow, not guessed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from collections.abc import Iterable, Mapping
 from torch import Tensor, nn
 
 from gradscope.report import Coverage, Unmeasured
-from gradscope.taxonomy import is_recurrent, type_name
+from gradscope.taxonomy import is_kind, is_recurrent, type_name
+
+#: Embedding lookups: no gradient flows through them to their ids, so the gradient at their
+#: output (the stack's input side, which the views measure) is all there is to measure.
+LOOKUPS = ("Embedding", "EmbeddingBag")
 
 NOT_USED = "did not take part in the output on the probe (not called, or its result unused)"
 RECURRENT = "recurrent, not measured over time (name a custom cell with --cell)"
@@ -78,12 +84,24 @@ def module_coverage(
     parameter an expanded module reads itself is told apart from a module left out.
     """
     owners = _owners(model)
+    views = {view: list(paths) for view, paths in views.items()}
     covered = {
         id(parameter)
         for paths in views.values()
         for path in paths
         for parameter in model.get_submodule(path).parameters()
     }
+    lookups = [
+        path
+        for path, module in model.named_modules()
+        if is_kind(module, LOOKUPS)
+        and any(
+            id(p) not in covered and (used is None or id(p) in used) for p in module.parameters()
+        )
+    ]
+    if lookups:
+        views["lookup"] = lookups
+        covered |= {id(p) for path in lookups for p in model.get_submodule(path).parameters()}
     recurrent = _recurrent_paths(model)
     units = set(unit_paths)
     groups: dict[tuple[str, bool], dict[str, int]] = {}

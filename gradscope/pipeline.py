@@ -76,7 +76,8 @@ def plan(subject: Subject) -> Plan:
         return Plan(subject, [PartsView()])
     module, options = subject.module, subject.options
     recurrent = has_recurrence(module, options)
-    options = options.with_length(batch=None if recurrent else DEFAULT_DEPTH_BATCH)
+    if not recurrent and options.batch is None:  # the steps are the probe's to choose
+        options = dataclasses.replace(options, batch=DEFAULT_DEPTH_BATCH)
     probe = make_probe(module, options, subject.device)
     probed = dataclasses.replace(
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe

@@ -211,6 +211,8 @@ class DepthLayer:
     matrix-free. A residual block (Jacobian ``I + B``) has ``branch_chi``, the gain of ``B``.
     ``chained`` is False when what the next block reads is not this block's output: work the
     depth view does not see (a functional ``F.relu``, a skip added in ``forward``) sits between.
+    ``side_outputs`` are what the block gives besides the stream (a skip, a cache, attention
+    weights), as ``module[1]``: branches off the stack, not followed by the depth view.
     """
 
     name: str
@@ -232,6 +234,7 @@ class DepthLayer:
     branch_last: str | None = None
     same_shape: bool | None = None
     chained: bool = True
+    side_outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -276,10 +279,11 @@ class Unmeasured:
 class Coverage:
     """Which parameterised modules each view measured, and what share of the parameters.
 
-    ``views`` maps a view (``recurrent``, ``depth``, ``end-to-end``) to the modules it
-    measured; ``end-to-end`` is a feed-forward part too short to be a stack (fewer than three
+    ``views`` maps a view (``recurrent``, ``depth``, ``end-to-end``, ``lookup``) to the modules
+    it measured; ``end-to-end`` is a feed-forward part too short to be a stack (fewer than three
     blocks beside recurrent cores), whose effect is in the gradients measured at the cores and
-    the input. ``complete`` is True when every parameter was measured.
+    the input; ``lookup`` an embedding, through which no gradient passes. ``complete`` is True
+    when every parameter was measured.
     """
 
     parameters: int

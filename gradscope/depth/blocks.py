@@ -2,7 +2,7 @@
 
 Granularity ``blocks`` (the default) expands the root and every container (``nn.Sequential``,
 ``nn.ModuleList``, ``nn.ModuleDict``), and every module that holds a stack of layers in one
-(``nn.TransformerEncoder``), and keeps every other module whole, so a ResNet's
+(``nn.TransformerEncoder``, see :func:`is_stack`), and keeps every other module whole, so a ResNet's
 ``BasicBlock`` is one block; an activation, normalisation or dropout that reads the output of
 the module just before it joins that module's block (``Linear`` + ``Sigmoid``). ``leaves``
 expands everything down to modules without children; an integer N expands every module down to
@@ -18,21 +18,55 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from gradscope import taxonomy
+from gradscope.probe.structure import Path, path_text, pick, tensor_leaves
 from gradscope.taxonomy import classes, is_builtin_recurrent
 
 
 @dataclass
 class Call:
-    """One call of a unit during the probe run: its module, input and output.
+    """One call of a unit during the probe run: its module, what it read and what it gave.
 
-    ``value`` is a copy of the input as it was at the call, safe from later in-place changes.
+    A unit may take several arguments and return a structure of tensors: ``input`` is the
+    stream it read (the tensor the data flow brings from the block before, see
+    :func:`stream_argument`), ``value`` a copy of it as it was at the call (safe from later
+    in-place changes), and ``output`` the stream it gave, at ``output_path`` in ``result``;
+    every other argument is held fixed, and every other floating-point output is a side
+    output (a skip, a cache, attention weights): a branch, not the stream.
     """
 
     name: str
     module: nn.Module
     input: Tensor
-    output: Tensor
     value: Tensor
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    result: object = None
+    outputs: list[tuple[Path, Tensor]] = field(default_factory=list)
+    output_path: Path = ()
+
+    @property
+    def output(self) -> Tensor:
+        """The stream the unit gave."""
+        return next(t for path, t in self.outputs if path == self.output_path)
+
+    @property
+    def side_outputs(self) -> list[Path]:
+        """Where the unit's other floating-point outputs sit in its result."""
+        return [path for path, _ in self.outputs if path != self.output_path]
+
+    def apply(self, x: Tensor) -> Tensor:
+        """The unit again on ``x`` in place of its stream input, every other argument as it was;
+        the stream of its output."""
+        stream = self.input
+        args = tuple(x if a is stream else _fixed(a) for a in self.args)
+        kwargs = {k: x if a is stream else _fixed(a) for k, a in self.kwargs.items()}
+        result = self.module(*args, **kwargs)
+        return pick(result, self.output_path)  # type: ignore[return-value]
+
+
+def _fixed(value: object) -> object:
+    """An argument held fixed: a tensor detached from the probe's graph."""
+    return value.detach() if isinstance(value, Tensor) else value
 
 
 @dataclass
@@ -70,14 +104,19 @@ class Block:
         """What the block gave."""
         return self.calls[-1].output
 
+    @property
+    def side_outputs(self) -> list[str]:
+        """The block's side outputs (branches), as ``module[1]``."""
+        return [f"{c.name or '(model)'}{path_text(p)}" for c in self.calls for p in c.side_outputs]
+
     def function(self) -> Callable[[Tensor], Tensor]:
-        """The block as a function of its input."""
-        modules = [call.module for call in self.calls]
+        """The block as a function of its stream input."""
+        calls = list(self.calls)
 
         def apply(x: Tensor) -> Tensor:
             x = x.clone()  # an in-place first module must not write into the input
-            for module in modules:
-                x = module(x)
+            for call in calls:
+                x = call.apply(x)
             return x
 
         return apply
@@ -102,6 +141,20 @@ class Block:
         )
 
 
+def is_stack(container: nn.Module) -> bool:
+    """Whether a container holds a stack of layers: three or more with weights of their own
+    (a deep ``Sequential``), or repeated composite blocks (``TransformerEncoder.layers``); a
+    block's small MLP (``Linear, GELU, Linear``) is not one."""
+    children = list(container.children())
+    weighted = [c for c in children if next(c.parameters(recurse=False), None) is not None]
+    repeated = (
+        len(children) > 1
+        and len({type(c) for c in children}) == 1
+        and all(next(c.children(), None) is not None for c in children)
+    )
+    return len(weighted) >= 3 or repeated
+
+
 def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
     """The modules whose calls are recorded, by module path."""
     limit = int(granularity) if granularity.isdigit() else None
@@ -112,7 +165,9 @@ def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
             return
         containers = classes(taxonomy.CONTAINERS)
         children = list(module.named_children())
-        holds_stack = any(isinstance(child, containers) and len(child) > 1 for _, child in children)
+        holds_stack = any(
+            isinstance(child, containers) and is_stack(child) for _, child in children
+        )
         expand = bool(children) and (
             level == 0
             or isinstance(module, containers)
@@ -130,25 +185,71 @@ def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def stream_argument(args: tuple, kwargs: dict, produced: dict[int, int]) -> Tensor | None:
+    """The argument that carries the stream into a unit, by data flow.
+
+    Among the floating-point tensors passed (positionally or by keyword): the one produced
+    most recently by a recorded unit (or the model's own input); else the first that carries a
+    gradient (a mask or a constant does not); else the first. None without any.
+    """
+    candidates = [a for a in (*args, *kwargs.values()) if _is_float(a)]
+    if not candidates:
+        return None
+    flowing = [a for a in candidates if id(a) in produced]
+    if flowing:
+        return max(flowing, key=lambda a: produced[id(a)])
+    return next((a for a in candidates if a.requires_grad), candidates[0])
+
+
+def _is_float(value: object) -> bool:
+    return isinstance(value, Tensor) and value.is_floating_point()
+
+
 @contextmanager
 def recording(model: nn.Module, granularity: str) -> Iterator[list[Call]]:
-    """Record every call of a unit that maps one tensor to one tensor, in execution order."""
+    """Record every call of a unit that reads and gives floating-point tensors, in order.
+
+    Units may take any arguments and return any structure of tensors; the stream each reads is
+    found by data flow (:func:`stream_argument`), the stream each gives when the calls are
+    grouped into blocks (:func:`blocks_of`).
+    """
     calls: list[Call] = []
     handles = []
-    copies: dict[int, Tensor] = {}
+    produced: dict[int, int] = {}  # id of a tensor a unit gave (or the model's input) -> order
+    keep: list[Tensor] = []  # the tensors behind those ids stay alive while recording
+    pending: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def model_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        for tensor in (*args, *kwargs.values()):
+            if _is_float(tensor) and id(tensor) not in produced:
+                produced[id(tensor)] = -1
+                keep.append(tensor)
+
+    handles.append(model.register_forward_pre_hook(model_input, with_kwargs=True))
     for name, module in units(model, granularity):
 
-        def before(module: nn.Module, args: tuple) -> None:
-            if len(args) == 1 and isinstance(args[0], Tensor) and args[0].is_floating_point():
-                copies[id(module)] = args[0].detach().clone()  # before an in-place change
+        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            stream = stream_argument(args, kwargs, produced)
+            if stream is not None:  # copied before an in-place change
+                pending.setdefault(id(module), []).append((stream, stream.detach().clone()))
 
-        def hook(module: nn.Module, args: tuple, output: object, name: str = name) -> None:
-            value = copies.pop(id(module), None)
-            if value is not None and isinstance(output, Tensor) and output.is_floating_point():
-                calls.append(Call(name, module, args[0], output, value))
+        def after(
+            module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
+        ) -> None:
+            waiting = pending.get(id(module))
+            if not waiting:
+                return
+            stream, value = waiting.pop()
+            outputs = [(path, t) for path, t in tensor_leaves(result) if t.is_floating_point()]
+            if not outputs:
+                return
+            calls.append(Call(name, module, stream, value, args, kwargs, result, outputs))
+            for _, tensor in outputs:
+                produced[id(tensor)] = len(calls)
+                keep.append(tensor)
 
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(hook))
+        handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(module.register_forward_hook(after, with_kwargs=True))
     try:
         yield calls
     finally:
@@ -161,8 +262,25 @@ def _parent_and_index(name: str) -> tuple[str, int | None]:
     return parent, int(last) if last.isdigit() else None
 
 
-def blocks_of(calls: list[Call]) -> list[Block]:
-    """Group calls into blocks: a follower that reads the previous call's output joins it."""
+def choose_streams(calls: list[Call], final: object = None) -> None:
+    """Set the stream each call gave: the output a later call reads as its stream, or the
+    model returns (data flow); else the output shaped as the stream it read; else its first
+    floating-point output."""
+    readers = {id(call.input) for call in calls} | {id(t) for _, t in tensor_leaves(final)}
+    for call in calls:
+        if len(call.outputs) == 1:
+            call.output_path = call.outputs[0][0]
+            continue
+        read = [path for path, t in call.outputs if id(t) in readers]
+        shaped = [path for path, t in call.outputs if t.shape == call.input.shape]
+        call.output_path = (read or shaped or [call.outputs[0][0]])[0]
+
+
+def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
+    """Group calls into blocks: a follower that reads the previous call's output joins it.
+
+    ``final`` is what the model returned, which tells the stream of the last blocks."""
+    choose_streams(calls, final)
     blocks: list[Block] = []
     for call in calls:
         previous = blocks[-1] if blocks else None

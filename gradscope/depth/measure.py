@@ -81,7 +81,7 @@ def _forward(
 ) -> tuple[object, list[Block]]:
     with recording(model, granularity) as calls:
         output = run_model(model, probe, given_shape)
-    return output, blocks_of(calls)
+    return output, blocks_of(calls, output)
 
 
 def _whole_gains(
@@ -172,6 +172,7 @@ def _measure(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthR
                 branch_last=_branch_last(block) if gain.residual else None,
                 same_shape=block.value.shape == block.output.shape,
                 chained=after is None or after is block.output,
+                side_outputs=block.side_outputs,
             )
         )
         below = norm

@@ -3,6 +3,7 @@ model's layout, as a leaf that requires grad."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError, first_line
-from gradscope.options import AnalysisOptions
+from gradscope.options import DEFAULT_STEPS, AnalysisOptions
 from gradscope.probe.layout import Layout, input_layout
+from gradscope.probe.positions import TRIAL_STEPS, Positions, layout_by_data_flow
+from gradscope.taxonomy import is_kind
 
 
 @dataclass
@@ -78,9 +81,53 @@ def given_probe(options: AnalysisOptions) -> Tensor | None:
 
 
 def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device) -> Probe:
-    """Build the probe input the options ask for, shaped for ``model``."""
+    """Build the probe input the options ask for, shaped for ``model``.
+
+    The layout read from the model's modules is checked by data flow on a short trial run
+    (a positional embedding is not the token input); a positional embedding also bounds the
+    probe's length when the user left it open.
+    """
     layout = input_layout(model, options.batch_first, options.input_shape, options.cells)
+    if any(is_kind(module, ("Embedding",)) for module in model.modules()):
+        layout, positions = layout_by_data_flow(
+            model, layout, options, lambda trial: _trial_inputs(trial, options, device)
+        )
+        options, note = _within_positions(options, positions)
+        if note:
+            probe = probe_for(layout, options, device)
+            probe.note = " ".join(filter(None, [probe.note, note]))
+            return probe
     return probe_for(layout, options, device)
+
+
+def _trial_inputs(layout: Layout, options: AnalysisOptions, device: torch.device) -> Tensor:
+    """A short input in ``layout``: the user's own input when they gave one."""
+    if options.builtin_probe and not options.input_shape:
+        options = dataclasses.replace(options, steps=TRIAL_STEPS, batch=2, probe="gaussian")
+    return probe_for(layout, options, device).inputs.detach()
+
+
+def _within_positions(
+    options: AnalysisOptions, positions: Positions
+) -> tuple[AnalysisOptions, str | None]:
+    """The options with the probe no longer than a positional embedding serves, and a note;
+    an explicit longer ``--steps`` is refused."""
+    limit = positions.limit
+    if limit is None or options.input_shape or not options.builtin_probe:
+        return options, None
+    name, size = limit
+    if options.steps is None:
+        if size >= DEFAULT_STEPS:
+            return options, None
+        return dataclasses.replace(options, steps=size), (
+            f"the probe runs {size} steps, the positions the positional embedding {name} has"
+        )
+    if options.steps > size:
+        raise GradscopeError(
+            f"--steps {options.steps} is longer than the positional embedding {name} serves "
+            f"({size} positions): pass --steps {size} or fewer"
+        )
+    return options, None
 
 
 def probe_for(layout: Layout, options: AnalysisOptions, device: torch.device) -> Probe:

@@ -64,17 +64,19 @@ class Layout:
 
 
 def first_parametrised(
-    model: nn.Module, inside: tuple[str, ...] = ()
+    model: nn.Module, inside: tuple[str, ...] = (), positional: tuple[str, ...] = ()
 ) -> tuple[str, nn.Module] | None:
     """The first module (in registration order) that holds parameters of its own.
 
     Modules inside the custom cells ``inside`` come last: a cell's first layer may read the
-    state as well as the input.
+    state as well as the input. ``positional`` embeddings (they read positions, not the
+    model's input) are passed over.
     """
     found = [
         (name, module)
         for name, module in model.named_modules()
-        if is_recurrent(module) or next(module.parameters(recurse=False), None) is not None
+        if (is_recurrent(module) or next(module.parameters(recurse=False), None) is not None)
+        and name not in positional
     ]
     within = [
         entry
@@ -116,6 +118,7 @@ def input_layout(
     batch_first: bool | None = None,
     input_shape: tuple | None = None,
     cells: tuple[str, ...] = (),
+    positional: tuple[str, ...] = (),
 ) -> Layout:
     """The model's input: from its first parametrised module, time layout from its first RNN.
 
@@ -132,10 +135,10 @@ def input_layout(
     elif cells:
         name, module, inferred, features, source = cells[0], None, None, None, cells[0]
     else:
-        return feedforward_layout(model, input_shape)
+        return feedforward_layout(model, input_shape, positional)
     chosen = inferred if batch_first is None else batch_first
     vocab, token_module, time_last = None, None, False
-    first = first_parametrised(model, cells)
+    first = first_parametrised(model, cells, positional)
     if first is not None and first[1] is not module:
         entry_features, vocab = _entry(*first, needs_shape=input_shape is None)
         features = entry_features or features
@@ -151,13 +154,15 @@ def input_layout(
     )
 
 
-def feedforward_layout(model: nn.Module, input_shape: tuple | None = None) -> Layout:
+def feedforward_layout(
+    model: nn.Module, input_shape: tuple | None = None, positional: tuple[str, ...] = ()
+) -> Layout:
     """The input of a model without recurrent modules: a batch of what its first module reads.
 
     ``nn.Linear`` first: (batch, in_features); ``nn.Embedding``: token ids (batch, steps);
     anything else (a convolution, say) needs ``--input-shape``, whose first axis is the batch.
     """
-    first = first_parametrised(model)
+    first = first_parametrised(model, positional=positional)
     if first is None:
         raise GradscopeError(
             "the model has no module with parameters; gradscope analyses trained or initialised "

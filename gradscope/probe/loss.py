@@ -3,7 +3,6 @@ the last time step and ``w`` a fixed, seeded random unit vector; and the model r
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import torch
@@ -11,29 +10,12 @@ from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError, first_line
 from gradscope.probe.inputs import Probe
-
-
-def _fields(output: object) -> dict[str, object] | None:
-    """The named parts of a dict, a dataclass or a model-output object; None for others."""
-    if isinstance(output, dict):
-        return dict(output)
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        return {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
-    return None
+from gradscope.probe.structure import fields, tensor_leaves
 
 
 def output_tensors(output: object) -> list[Tensor]:
     """Every tensor in a model output (tensor, or nested tuple/list/dict of them), in order."""
-    if isinstance(output, Tensor):
-        return [output]
-    fields = _fields(output)
-    if fields is not None:
-        items = list(fields.values())
-    elif isinstance(output, (tuple, list)):
-        items = list(output)
-    else:
-        return []
-    return [tensor for item in items for tensor in output_tensors(item)]
+    return [tensor for _, tensor in tensor_leaves(output)]
 
 
 def select_output(output: object, key: str | None) -> object:
@@ -41,19 +23,19 @@ def select_output(output: object, key: str | None) -> object:
 
     Without a key: the ``logits`` of a dict or model-output object, when it has them.
     """
-    fields = _fields(output)
+    named = fields(output)
     if key is None:
-        if fields is not None and isinstance(fields.get("logits"), Tensor):
-            return fields["logits"]
+        if named is not None and isinstance(named.get("logits"), Tensor):
+            return named["logits"]
         return output
-    if fields is not None and key in fields:
-        return fields[key]
+    if named is not None and key in named:
+        return named[key]
     if isinstance(output, (tuple, list)) and key.lstrip("-").isdigit():
         index = int(key)
         if -len(output) <= index < len(output):
             return output[index]
-    if fields is not None:
-        available = ", ".join(map(str, fields)) or "none"
+    if named is not None:
+        available = ", ".join(map(str, named)) or "none"
     elif isinstance(output, (tuple, list)):
         available = f"indices 0 to {len(output) - 1}"
     else:

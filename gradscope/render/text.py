@@ -260,7 +260,12 @@ def verdict(report: Report) -> Panel:
     return Panel(Text("\n").join(lines), title=title, title_align="left")
 
 
-VIEW_WORDS = {"recurrent": "over time", "depth": "over depth", "end-to-end": "end to end"}
+VIEW_WORDS = {
+    "recurrent": "over time",
+    "depth": "over depth",
+    "end-to-end": "end to end",
+    "lookup": "lookups",
+}
 
 
 def coverage_line(coverage: Coverage) -> Text:

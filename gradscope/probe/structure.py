@@ -1,0 +1,46 @@
+"""Tensors inside the structures models pass around: tuples, lists, dicts, dataclasses and
+model-output objects, each tensor found by a path of indices, keys and field names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+Path = tuple[int | str, ...]
+
+
+def fields(value: object) -> dict[str, object] | None:
+    """The named parts of a dict, a dataclass or a model-output object; None for others."""
+    if isinstance(value, dict):
+        return dict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return None
+
+
+def tensor_leaves(value: object, path: Path = ()) -> list[tuple[Path, Tensor]]:
+    """Every tensor in ``value`` with its path, in order (depth first)."""
+    if isinstance(value, Tensor):
+        return [(path, value)]
+    named = fields(value)
+    if named is not None:
+        items: list[tuple[int | str, object]] = list(named.items())
+    elif isinstance(value, (tuple, list)):
+        items = list(enumerate(value))
+    else:
+        return []
+    return [leaf for key, item in items for leaf in tensor_leaves(item, (*path, key))]
+
+
+def pick(value: object, path: Path) -> object:
+    """The part of ``value`` at ``path``."""
+    for key in path:
+        named = fields(value)
+        value = named[key] if named is not None else value[key]  # type: ignore[index]
+    return value
+
+
+def path_text(path: Path) -> str:
+    """``[1]``, ``["skip"]``: a path as it would be written in Python."""
+    return "".join(f"[{key!r}]" if isinstance(key, str) else f"[{key}]" for key in path)

@@ -1,0 +1,148 @@
+"""Small models in the style of published sequence-model libraries, written here (no
+downloads): how real code calls its blocks, with tuples, masks, caches and its own classes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class TupleBlock(nn.Module):
+    """``forward(x) -> (x + tanh(f(x)), tanh(f(x)))``: the stream and a side output."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.f = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.tanh(self.f(x))
+        return x + h, h
+
+
+class TupleStack(nn.Module):
+    """Six tuple-returning residual blocks in a ModuleList, then a head."""
+
+    def __init__(self, width: int = 16, depth: int = 6) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TupleBlock(width) for _ in range(depth))
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.head(x)
+
+
+class TemporalBlock(nn.Module):
+    """A temporal-convolution block: a weight-normed causal dilated convolution with a
+    residual, returning ``(out, skip)``."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.pad = 2 * dilation
+        self.conv = weight_norm(nn.Conv1d(channels, channels, 3, dilation=dilation))
+        self.skip = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = torch.relu(self.conv(F.pad(x, (self.pad, 0))))
+        return x + y, self.skip(y)
+
+
+class TemporalConvNet(nn.Module):
+    """An input projection, four temporal blocks whose skips are summed, an output layer.
+
+    Input (batch, features, length), as 1-D convolutions read it.
+    """
+
+    def __init__(self, features: int = 3, channels: int = 8, blocks: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Conv1d(features, channels, 1)
+        self.blocks = nn.ModuleList(TemporalBlock(channels, 2**i) for i in range(blocks))
+        self.out = nn.Conv1d(channels, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.inp(x)
+        skips = torch.zeros_like(x)
+        for block in self.blocks:
+            x, skip = block(x)
+            skips = skips + skip
+        return self.out(torch.relu(skips))
+
+
+class LayerNorm(nn.Module):
+    """A library's own layer norm: no ``normalized_shape`` attribute, an optional bias."""
+
+    def __init__(self, width: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention called with a mask; returns (output, attention weights)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        batch, steps, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=-1)
+        q, k, v = (t.view(batch, steps, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(batch, steps, width)
+        return self.proj(out), weights
+
+
+class PreNormBlock(nn.Module):
+    """``x + attn(ln1(x), mask)``, then ``x + mlp(ln2(x))``; called as ``block(x, mask, cache)``."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.ln2 = LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+
+    def forward(self, x: Tensor, mask: Tensor, cache: dict | None = None) -> Tensor:
+        attended, weights = self.attn(self.ln1(x), mask)
+        if cache is not None:
+            cache["weights"] = weights
+        x = x + attended
+        return x + self.mlp(self.ln2(x))
+
+
+class PreNormTransformer(nn.Module):
+    """A causal language model: the positional embedding is registered first and called on
+    ``torch.arange(steps)``; four pre-norm blocks with a mask; its own final LayerNorm."""
+
+    def __init__(
+        self, vocab: int = 50, width: int = 16, heads: int = 2, depth: int = 4, context: int = 64
+    ) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(context, width)
+        self.tok = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList(PreNormBlock(width, heads) for _ in range(depth))
+        self.ln_f = LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        steps = ids.shape[1]
+        x = self.tok(ids) + self.pos(torch.arange(steps, device=ids.device))
+        mask = torch.ones(steps, steps, dtype=torch.bool, device=ids.device).tril()
+        cache: dict = {}
+        for block in self.blocks:
+            x = block(x, mask, cache=cache)
+        return self.head(self.ln_f(x))
