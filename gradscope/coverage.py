@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from torch import Tensor, nn
+from torch import nn
 
 from gradscope.report import Coverage, Unmeasured
 from gradscope.taxonomy import is_kind, is_recurrent, type_name
@@ -30,28 +30,6 @@ NOT_REBUILT = (
     "not recurrent: only recurrent parts are rebuilt from weights "
     "(pass --model package.module:Class to analyse the whole model)"
 )
-
-
-def parameters_reached(outputs: Iterable[Tensor]) -> set[int]:
-    """The ids of the leaf tensors (parameters) that ``outputs`` depend on, from their graph."""
-    found: set[int] = set()
-    seen: set[int] = set()
-    stack = []
-    for tensor in outputs:
-        if tensor.grad_fn is not None:
-            stack.append(tensor.grad_fn)
-        elif tensor.requires_grad:
-            found.add(id(tensor))
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, Tensor):
-            found.add(id(variable))
-        stack.extend(child for child, _ in node.next_functions if child is not None)
-    return found
 
 
 def _owners(model: nn.Module) -> dict[int, tuple[str, str, nn.Parameter]]:

@@ -19,9 +19,9 @@ from gradscope.coverage import (
     READ_DIRECTLY,
     RECURRENT,
     module_coverage,
-    parameters_reached,
     parts_coverage,
 )
+from gradscope.dataflow import parameters_reached
 from gradscope.report import DEFAULT_FAIL_ON, GradientHealthError
 
 from tests.helpers.coverage_models import SpareLSTM, TiedHead

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from gradscope import taxonomy
+from gradscope.dataflow import depends_on
 from gradscope.probe.structure import Path, path_text, pick, tensor_leaves
 from gradscope.taxonomy import classes, is_builtin_recurrent
 
@@ -263,17 +264,24 @@ def _parent_and_index(name: str) -> tuple[str, int | None]:
 
 
 def choose_streams(calls: list[Call], final: object = None) -> None:
-    """Set the stream each call gave: the output a later call reads as its stream, or the
-    model returns (data flow); else the output shaped as the stream it read; else its first
-    floating-point output."""
+    """Set the stream each call gave, by data flow: the output a later call reads as its
+    stream, or the model returns; else, among the outputs the model's output depends on (all,
+    if none), the first shaped as the stream the call read; else the first of them."""
     readers = {id(call.input) for call in calls} | {id(t) for _, t in tensor_leaves(final)}
+    returned = depends_on(t for _, t in tensor_leaves(final) if t.requires_grad)
     for call in calls:
         if len(call.outputs) == 1:
             call.output_path = call.outputs[0][0]
             continue
         read = [path for path, t in call.outputs if id(t) in readers]
-        shaped = [path for path, t in call.outputs if t.shape == call.input.shape]
-        call.output_path = (read or shaped or [call.outputs[0][0]])[0]
+        used = [path for path, t in call.outputs if returned(t)]
+        shaped = [path for path in used or [p for p, _ in call.outputs] if _shape(call, path)]
+        call.output_path = (read or shaped or used or [call.outputs[0][0]])[0]
+
+
+def _shape(call: Call, path: Path) -> bool:
+    """Whether the output at ``path`` is shaped as the stream the call read."""
+    return next(t for p, t in call.outputs if p == path).shape == call.input.shape
 
 
 def blocks_of(calls: list[Call], final: object = None) -> list[Block]:

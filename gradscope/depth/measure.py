@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gradscope.coverage import parameters_reached
+from gradscope.dataflow import parameters_reached
 from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
 from gradscope.numerics import pooled_norm

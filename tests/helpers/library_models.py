@@ -146,3 +146,22 @@ class PreNormTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask, cache=cache)
         return self.head(self.ln_f(x))
+
+
+class FloatPositional(nn.Module):
+    """Features projected and added to a positional embedding registered before the
+    projection; a small stack of residual blocks after."""
+
+    def __init__(self, features: int = 8, width: int = 16, context: int = 64) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(context, width)
+        self.proj = nn.Linear(features, width)
+        self.blocks = nn.ModuleList(TupleBlock(width) for _ in range(3))
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps = x.shape[1]
+        x = self.proj(x) + self.pos(torch.arange(steps, device=x.device))
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.head(x)

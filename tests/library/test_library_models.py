@@ -1,0 +1,144 @@
+"""Models in the style of published libraries: blocks of any call signature are followed by
+their stream, residuals counted as a reader of the code would count them, and every count and
+gradient checked against autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.autograd.functional import jacobian
+
+import gradscope
+from gradscope.errors import GradscopeError
+from gradscope.options import AnalysisOptions
+from gradscope.probe import make_probe, projection_loss
+
+from tests.helpers.library_models import (
+    FloatPositional,
+    PreNormTransformer,
+    TemporalConvNet,
+    TupleStack,
+)
+
+
+def identity_share(function, x: Tensor) -> float:
+    """tr(J)/n of ``function`` at one example of ``x``, by autograd."""
+    full = jacobian(lambda row: function(row[None])[0], x[0]).reshape(x[0].numel(), -1)
+    return float(torch.trace(full) / full.shape[0])
+
+
+def stream_gradients(
+    model: nn.Module, modules: list[nn.Module], options: AnalysisOptions, index=None
+):
+    """The pooled gradient norm at each module's stream output (the first output, or the one
+    ``index`` names for a module), by autograd on gradscope's own probe and loss."""
+    index = index or {}
+    probe = make_probe(model, options, torch.device("cpu"))
+    outputs = []
+
+    def keep(module, args, output):
+        stream = output[index.get(module, 0)] if isinstance(output, tuple) else output
+        stream.retain_grad()
+        outputs.append(stream)
+
+    handles = [module.register_forward_hook(keep) for module in modules]
+    try:
+        projection_loss(model(probe.inputs), probe).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [float(o.grad.pow(2).sum() / probe.batch) ** 0.5 for o in outputs]
+
+
+def test_blocks_returning_a_tuple_are_followed_through_their_stream():
+    torch.manual_seed(0)
+    model = TupleStack().double()
+    report = gradscope.analyze(model, batch=4)
+
+    assert [layer.name for layer in report.layers] == [*(f"blocks.{i}" for i in range(6)), "head"]
+    assert [layer.side_outputs for layer in report.layers[:6]] == [
+        [f"blocks.{i}[1]"] for i in range(6)
+    ]
+    x = torch.randn(4, 16, dtype=torch.float64)
+    expected = [identity_share(lambda v, b=b: b(v)[0], x) > 0.5 for b in model.blocks]
+    assert expected == [True] * 6  # x + tanh(f(x)): an identity path, as the code reads
+    assert [layer.residual for layer in report.layers] == [*expected, False]
+    assert report.stack.residual_blocks == 6
+    twin = stream_gradients(model, [*model.blocks, model.head], AnalysisOptions(batch=4))
+    assert [layer.grad_norm for layer in report.layers] == pytest.approx(twin, rel=1e-10)
+    assert report.complete
+
+
+def test_temporal_convolution_blocks_with_skips_and_weight_norm():
+    torch.manual_seed(0)
+    model = TemporalConvNet().double()
+    report = gradscope.analyze(model, input_shape=(8, 3, 40))
+
+    assert [layer.name for layer in report.layers] == [
+        "inp",
+        *(f"blocks.{i}" for i in range(4)),
+        "out",
+    ]
+    # the stream is what the next block reads; the last block's residual output is dropped
+    # (only the skips reach the output), so its stream is the skip, by data flow
+    x = torch.randn(2, 8, 40, dtype=torch.float64)
+    streams = [lambda v, b=b: b(v)[0] for b in model.blocks[:3]]
+    streams.append(lambda v: model.blocks[3](v)[1])
+    shares = [identity_share(stream, x) for stream in streams]
+    assert [layer.residual for layer in report.layers[1:5]] == [s > 0.5 for s in shares]
+    assert report.stack.residual_blocks == 3
+    assert [layer.side_outputs for layer in report.layers[1:5]] == [
+        ["blocks.0[1]"],
+        ["blocks.1[1]"],
+        ["blocks.2[1]"],
+        ["blocks.3[0]"],
+    ]
+    assert not report.layers[4].chained  # the output layer reads the summed skips
+    options = AnalysisOptions(input_shape=(8, 3, 40))
+    modules = [model.inp, *model.blocks, model.out]
+    twin = stream_gradients(model, modules, options, {model.blocks[3]: 1})
+    assert [layer.grad_norm for layer in report.layers] == pytest.approx(twin, rel=1e-10)
+    assert report.complete
+
+
+def test_a_pre_norm_transformer_with_its_own_layer_norm_and_a_positional_embedding():
+    torch.manual_seed(0)
+    model = PreNormTransformer().double()
+    report = gradscope.analyze(model, batch=4)
+
+    assert report.settings.input_shape == [4, 64]  # token ids, as long as the positions allow
+    assert any("64 steps" in note and "pos" in note for note in report.model.notes)
+    names = [layer.name for layer in report.layers]
+    assert names == [*(f"blocks.{i}" for i in range(4)), "ln_f", "head"]
+    x = model.tok(torch.randint(0, 50, (1, 6)))
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    shares = [identity_share(lambda v, b=b: b(v, mask), x) for b in model.blocks]
+    assert [layer.residual for layer in report.layers[:4]] == [s > 0.5 for s in shares]
+    assert report.stack.residual_blocks == sum(s > 0.5 for s in shares) == 4
+    twin = stream_gradients(
+        model, [*model.blocks, model.ln_f, model.head], AnalysisOptions(batch=4)
+    )
+    assert [layer.grad_norm for layer in report.layers] == pytest.approx(twin, rel=1e-10)
+    assert report.coverage.views["lookup"] == ["pos", "tok"]
+    assert report.complete
+
+
+def test_steps_beyond_the_positions_are_refused_with_the_limit():
+    with pytest.raises(GradscopeError, match="--steps 64 or fewer"):
+        gradscope.analyze(PreNormTransformer(), steps=100)
+
+
+def test_a_positional_embedding_registered_first_is_not_taken_for_the_input():
+    torch.manual_seed(0)
+    report = gradscope.analyze(FloatPositional().double(), input_shape=(4, 50, 8))
+
+    assert report.settings.input_shape == [4, 50, 8]
+    assert [layer.name for layer in report.layers][-4:] == [
+        "blocks.0",
+        "blocks.1",
+        "blocks.2",
+        "head",
+    ]
+    assert report.stack.residual_blocks == 3
+    assert "pos" in report.coverage.views["lookup"]
