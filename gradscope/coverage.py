@@ -25,6 +25,10 @@ NOT_USED = "did not take part in the output on the probe (not called, or its res
 RECURRENT = "recurrent, not measured over time (name a custom cell with --cell)"
 READ_DIRECTLY = "parameters the model's forward reads itself, outside any module it calls"
 OUTSIDE_BLOCKS = "ran outside every block the depth view measured"
+TIME_OUTSIDE = (
+    "its forward mixes time steps outside every module (a parallel scan, a cumulative sum, "
+    "a loop over steps); if a module computes one step, name it with --cell"
+)
 REBUILD_FAILED = "recurrent weights that could not be rebuilt as a module"
 NOT_REBUILT = (
     "not recurrent: only recurrent parts are rebuilt from weights "
@@ -54,12 +58,14 @@ def module_coverage(
     views: Mapping[str, list[str]],
     used: set[int] | None,
     unit_paths: Iterable[str] = (),
+    time_outside: bool = False,
 ) -> Coverage:
     """The coverage of ``model`` when each view measured the modules ``views`` names.
 
     ``used`` holds the ids of the parameters the probe's output depends on (None: unknown, all
     count as used); ``unit_paths`` the modules the depth view would treat as blocks, so that a
-    parameter an expanded module reads itself is told apart from a module left out.
+    parameter an expanded module reads itself is told apart from a module left out;
+    ``time_outside`` that the model's own code mixes time steps (a recurrence no view measured).
     """
     owners = _owners(model)
     views = {view: list(paths) for view, paths in views.items()}
@@ -107,6 +113,8 @@ def module_coverage(
         Unmeasured(reason, list(modules), sum(modules.values()), recurrence)
         for (reason, recurrence), modules in groups.items()
     ]
+    if time_outside:
+        not_measured.insert(0, Unmeasured(TIME_OUTSIDE, [_label(model, "", [])], 0, True))
     return _coverage(total, {k: v for k, v in views.items() if v}, not_measured)
 
 

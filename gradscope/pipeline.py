@@ -130,7 +130,8 @@ def cover(planned: Plan, results: list[Measured]) -> Coverage:
             views[view] = list(dict.fromkeys([*views.get(view, []), *modules]))
     used = next((r.used for r in results if r.used is not None), None)
     units = next((r.units for r in results if r.units), [])
-    return module_coverage(planned.subject.module, views, used, units)
+    time_outside = any(r.time_outside for r in results)
+    return module_coverage(planned.subject.module, views, used, units, time_outside)
 
 
 def judge(

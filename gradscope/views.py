@@ -40,7 +40,8 @@ class Measured:
 
     ``modules`` maps a view name to the modules it measured (for coverage); ``used`` holds the
     ids of the parameters the model's output depended on, and ``units`` the modules the depth
-    view looked for, where the view knows them.
+    view looked for, where the view knows them; ``time_outside`` says the model mixes time in
+    code outside every block (a recurrence no view follows).
     """
 
     cores: list[RecurrentCore] = field(default_factory=list)
@@ -52,6 +53,7 @@ class Measured:
     modules: dict[str, list[str]] = field(default_factory=dict)
     used: set[int] | None = None
     units: list[str] = field(default_factory=list)
+    time_outside: bool = False
 
 
 class View(Protocol):
@@ -101,7 +103,7 @@ class DepthView:
         options = subject.options
         try:
             with torch.enable_grad():
-                depth = measure_depth(subject.module, subject.probe, options)
+                depth = measure_depth(subject.module, subject.probe, options, beside_cores)
         except GradscopeError:
             if beside_cores:
                 return Measured()
@@ -115,13 +117,19 @@ class DepthView:
         if depth.stack is None:
             # beside cores, a short feed-forward part is in the gradients measured end to end
             modules = {"end-to-end": depth.block_modules} if beside_cores else {}
-            return Measured(modules=modules, used=depth.used, units=depth.units)
+            return Measured(
+                modules=modules,
+                used=depth.used,
+                units=depth.units,
+                time_outside=depth.time_outside,
+            )
         return Measured(
             stack=depth.stack,
             layers=depth.layers,
             modules={"depth": depth.block_modules},
             used=depth.used,
             units=depth.units,
+            time_outside=depth.time_outside,
         )
 
 

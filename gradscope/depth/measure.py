@@ -12,9 +12,17 @@ from torch import Tensor, nn
 from gradscope.dataflow import parameters_reached
 from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
+from gradscope.depth.time_mixing import mixing_outside_blocks
 from gradscope.numerics import pooled_norm
 from gradscope.options import AnalysisOptions
-from gradscope.probe import Probe, output_tensors, projected_output, projection_loss, run_model
+from gradscope.probe import (
+    Probe,
+    differentiable_output,
+    output_tensors,
+    projected_output,
+    projection_loss,
+    run_model,
+)
 from gradscope.report import DepthLayer, DepthStack
 from gradscope.taxonomy import RECTIFYING, classes
 
@@ -27,14 +35,16 @@ MIN_BATCH_FOR_DEAD = 8
 @dataclass
 class DepthResult:
     """The depth view of a model: its stack (None with fewer than MIN_BLOCKS blocks), the
-    modules of every block found, the units it looked for, and the parameters the output
-    depends on (by id)."""
+    modules of every block found, the units it looked for, the parameters the output depends
+    on (by id), and whether time is mixed outside every block (checked only where no
+    recurrent view follows time)."""
 
     stack: DepthStack | None
     layers: list[DepthLayer] = field(default_factory=list)
     block_modules: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     used: set[int] = field(default_factory=set)
+    time_outside: bool = False
 
 
 def saturated_fraction(module: nn.Module, y: Tensor) -> float | None:
@@ -105,14 +115,22 @@ def _whole_gains(
     return (None if math.isnan(sigma) else sigma), rms
 
 
-def measure_depth(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthResult:
-    """The depth view of ``model`` on ``probe``; no stack with fewer than MIN_BLOCKS blocks."""
+def measure_depth(
+    model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool = False
+) -> DepthResult:
+    """The depth view of ``model`` on ``probe``; no stack with fewer than MIN_BLOCKS blocks.
+
+    ``over_time``: a recurrent view follows the model's time axis, so time mixing outside the
+    blocks is its to measure, not a gap.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warnings would break the one-line stderr
-        return _measure(model, probe, options)
+        return _measure(model, probe, options, over_time)
 
 
-def _measure(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthResult:
+def _measure(
+    model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool
+) -> DepthResult:
     output, blocks = _forward(model, probe, options.granularity, options.input_shape is not None)
     found = DepthResult(
         None,
@@ -120,7 +138,8 @@ def _measure(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthR
         units=[name for name, _ in units(model, options.granularity)],
         used=parameters_reached(output_tensors(output)),
     )
-    if len(blocks) < MIN_BLOCKS:
+    check_time = not over_time and probe.time_axis is not None and bool(blocks)
+    if len(blocks) < MIN_BLOCKS and not check_time:
         return found
     loss = projection_loss(output, probe)
     first = blocks[0].input
@@ -128,6 +147,16 @@ def _measure(model: nn.Module, probe: Probe, options: AnalysisOptions) -> DepthR
     grads = torch.autograd.grad(
         loss, [*sources, *(b.output for b in blocks)], allow_unused=True, retain_graph=False
     )
+    if check_time:
+        found.time_outside = mixing_outside_blocks(
+            blocks,
+            differentiable_output(output, probe.output_key),
+            grads[0] if sources else None,
+            probe.time_axis,
+            probe.steps,
+        )
+    if len(blocks) < MIN_BLOCKS:
+        return found
     batch = probe.batch
     norms = [pooled_norm(g, batch) for g in grads[len(sources) :]]
     # an input that carries no gradient (ids): the stack starts at the first block's output

@@ -9,7 +9,9 @@ NOT_MEASURED = "not-measured"
 
 def _message(group: Unmeasured, total: int) -> str:
     share = f"{100 * group.parameters / total:.1f}%" if total else "n/a"
-    what = f"{named(group.modules)} ({group.parameters:,} parameters, {share})"
+    what = named(group.modules)
+    if group.parameters:
+        what += f" ({group.parameters:,} parameters, {share})"
     if group.recurrent:
         return (
             f"not measured over time: {what}, a recurrence; the verdict does not cover it: "

@@ -135,7 +135,7 @@ def input_layout(
     elif cells:
         name, module, inferred, features, source = cells[0], None, None, None, cells[0]
     else:
-        return feedforward_layout(model, input_shape, positional)
+        return feedforward_layout(model, input_shape, positional, batch_first)
     chosen = inferred if batch_first is None else batch_first
     vocab, token_module, time_last = None, None, False
     first = first_parametrised(model, cells, positional)
@@ -155,12 +155,18 @@ def input_layout(
 
 
 def feedforward_layout(
-    model: nn.Module, input_shape: tuple | None = None, positional: tuple[str, ...] = ()
+    model: nn.Module,
+    input_shape: tuple | None = None,
+    positional: tuple[str, ...] = (),
+    batch_first: bool | None = None,
 ) -> Layout:
     """The input of a model without recurrent modules: a batch of what its first module reads.
 
     ``nn.Linear`` first: (batch, in_features); ``nn.Embedding``: token ids (batch, steps);
     anything else (a convolution, say) needs ``--input-shape``, whose first axis is the batch.
+    A three-axis ``--input-shape`` is a sequence: (batch, steps, features) for a module that
+    reads the last axis (``--time-major``: steps first), (batch, channels, length) for a
+    ``Conv1d``.
     """
     first = first_parametrised(model, positional=positional)
     if first is None:
@@ -177,11 +183,18 @@ def feedforward_layout(
             "16,F for F features)"
         )
     tokens = vocab is not None
+    over_length = is_kind(first[1], ("Conv1d",))
+    sequence = tokens or (
+        input_shape is not None
+        and len(input_shape) == 3
+        and (over_length or (features is not None and input_shape[-1] == features))
+    )
     return Layout(
         features,
-        True,
+        batch_first is not False,
         name,
         vocab=vocab,
         token_module=first[0] if tokens else None,
-        sequence=tokens,
+        time_last=bool(sequence and over_length),
+        sequence=bool(sequence),
     )

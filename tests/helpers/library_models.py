@@ -165,3 +165,66 @@ class FloatPositional(nn.Module):
         for block in self.blocks:
             x, _ = block(x)
         return self.head(x)
+
+
+class ParallelScanGRU(nn.Module):
+    """A minimal GRU computed by a parallel scan: ``h_t = (1 - z_t) h_{t-1} + z_t h~_t`` with
+    ``z_t`` and ``h~_t`` from the input alone, evaluated with cumulative products and sums
+    (no loop, no recurrent module). :class:`SteppedScanGRU` is the same, one step at a time."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, gate_bias: float = 0.7) -> None:
+        super().__init__()
+        self.to_z = nn.Linear(features, hidden)
+        self.to_h = nn.Linear(features, hidden)
+        self.head = nn.Linear(hidden, 1)
+        with torch.no_grad():
+            self.to_z.bias.fill_(gate_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = torch.sigmoid(self.to_z(x))
+        candidate = self.to_h(x)
+        keep = torch.cumprod(1 - z, dim=1)  # prod_{s<=t} (1 - z_s)
+        h = keep * torch.cumsum(z * candidate / keep, dim=1)
+        return self.head(h)
+
+
+class PerStepPooled(nn.Module):
+    """An MLP applied to each step, then a mean over time: time is mixed by pooling alone."""
+
+    def __init__(self, features: int = 8, width: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, width), nn.Tanh(), nn.Linear(width, width))
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.net(x).mean(dim=1))
+
+
+class ScanStep(nn.Module):
+    """One step of :class:`ParallelScanGRU`'s recurrence, as a cell: ``cell(x_t, h) -> h``."""
+
+    def __init__(self, scan: ParallelScanGRU) -> None:
+        super().__init__()
+        self.to_z, self.to_h = scan.to_z, scan.to_h
+
+    def forward(self, x_t: Tensor, h: Tensor) -> Tensor:
+        z = torch.sigmoid(self.to_z(x_t))
+        return (1 - z) * h + z * self.to_h(x_t)
+
+
+class SteppedScanGRU(nn.Module):
+    """The same weights as a :class:`ParallelScanGRU`, stepped one step at a time."""
+
+    def __init__(self, scan: ParallelScanGRU) -> None:
+        super().__init__()
+        self.cell = ScanStep(scan)
+        self.head = scan.head
+        self.hidden = scan.to_h.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden)
+        states = []
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+            states.append(h)
+        return self.head(torch.stack(states, dim=1))

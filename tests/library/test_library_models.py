@@ -10,13 +10,18 @@ from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
 import gradscope
+from gradscope.cli import main
 from gradscope.errors import GradscopeError
 from gradscope.options import AnalysisOptions
 from gradscope.probe import make_probe, projection_loss
+from gradscope.report import GradientHealthError
 
 from tests.helpers.library_models import (
     FloatPositional,
+    ParallelScanGRU,
+    PerStepPooled,
     PreNormTransformer,
+    SteppedScanGRU,
     TemporalConvNet,
     TupleStack,
 )
@@ -142,3 +147,68 @@ def test_a_positional_embedding_registered_first_is_not_taken_for_the_input():
     ]
     assert report.stack.residual_blocks == 3
     assert "pos" in report.coverage.views["lookup"]
+
+
+# --- a recurrence written as a parallel scan -----------------------------------------------------
+
+
+def test_a_parallel_scan_is_a_recurrence_not_measured_and_fails_the_default_gate(tmp_path, capsys):
+    torch.manual_seed(0)
+    scan = ParallelScanGRU().double()
+    report = gradscope.analyze(scan, input_shape=(4, 50, 8))
+
+    assert report.recurrent == []
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert [f.id for f in errors] == ["not-measured"]
+    assert "mixes time steps outside every module" in errors[0].message
+    assert report.fails() and not report.complete
+    with pytest.raises(GradientHealthError):
+        report.assert_healthy()
+
+    path = tmp_path / "scan.pt"
+    torch.save(scan.state_dict(), path)
+    model = "tests.helpers.library_models:ParallelScanGRU"
+    code = main(["analyze", str(path), "--model", model, "--input-shape", "4,50,8"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "in what was measured" in out and "not measured over time" in " ".join(out.split())
+
+
+def test_the_same_scan_stepped_as_a_cell_is_measured_over_time_and_vanishes():
+    torch.manual_seed(0)
+    stepped = SteppedScanGRU(ParallelScanGRU().double())
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(stepped(x), stepped_source(stepped)(x))
+
+    options = AnalysisOptions(input_shape=(4, 50, 8), cells=("cell",))
+    report = gradscope.analyze(stepped, input_shape=(4, 50, 8), cells=("cell",))
+
+    (core,) = report.recurrent
+    # J_t = diag(1 - z_t): lambda_1 is the largest time average of ln(1 - z) over the units
+    probe = make_probe(stepped, options, torch.device("cpu"))
+    log_keep = torch.log1p(-torch.sigmoid(stepped.cell.to_z(probe.inputs))).detach()
+    oracle = float(log_keep[:, core.burn_in :].mean(dim=(0, 1)).max())
+    assert core.top_exponent == pytest.approx(oracle, rel=0.05)
+    assert report.status == "vanishing" and report.complete
+
+
+def stepped_source(stepped: SteppedScanGRU) -> ParallelScanGRU:
+    """A ParallelScanGRU holding the stepped model's own weights."""
+    scan = ParallelScanGRU().double()
+    scan.to_z, scan.to_h, scan.head = stepped.cell.to_z, stepped.cell.to_h, stepped.head
+    return scan
+
+
+@pytest.mark.parametrize(
+    "factory, shape",
+    [
+        (PerStepPooled, (4, 50, 8)),  # time mixed by a mean only: not a recurrence
+        (TemporalConvNet, (8, 3, 40)),  # time mixed inside the measured blocks
+        (PreNormTransformer, None),  # attention inside the measured blocks
+    ],
+)
+def test_time_mixed_inside_blocks_or_by_pooling_is_no_unmeasured_recurrence(factory, shape):
+    report = gradscope.analyze(factory(), input_shape=shape)
+    assert not report.coverage.unmeasured_recurrence
+    assert not any(f.id == "not-measured" for f in report.findings)

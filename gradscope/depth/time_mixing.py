@@ -1,0 +1,83 @@
+"""Time mixing that no block accounts for: a recurrence written in the model's own code.
+
+A sequence model without recurrent modules mixes time somewhere: in blocks the depth view
+measures (attention, a temporal convolution), or in code between them (a parallel scan, a
+cumulative sum, a loop over steps). The second is a recurrence no view follows over time. It
+shows as an output whose last step depends on earlier input steps while no block's output
+at one step depends on its input at another.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import jvp
+
+from gradscope.depth.blocks import Block
+
+#: Changes smaller than this fraction of the largest are rounding, not dependence.
+TOLERANCE = 1e-9
+#: Fewer steps than this leave no earlier step to speak of.
+MIN_STEPS = 3
+
+
+def _at(tensor: Tensor, axis: int, steps: int) -> bool:
+    return tensor.dim() > axis and tensor.shape[axis] == steps
+
+
+def reaches_back(gradient: Tensor | None, axis: int) -> bool:
+    """Whether a gradient taken at the last step reaches any earlier step of ``axis``."""
+    if gradient is None:
+        return False
+    per_step = gradient.detach().movedim(axis, 0).reshape(gradient.shape[axis], -1).abs()
+    largest = float(per_step.max())
+    return largest > 0 and float(per_step[:-1].max()) > TOLERANCE * largest
+
+
+def block_mixes_time(blocks: list[Block], axis: int, steps: int) -> bool:
+    """Whether some block's output at one step depends on its input at another: one JVP of
+    every block whose input has the time axis, with a tangent at the middle step only."""
+    chosen = [b for b in blocks if _at(b.value, axis, steps)]
+    if not chosen:
+        return False
+    middle = steps // 2
+    tangents = []
+    for block in chosen:
+        tangent = torch.zeros_like(block.value)
+        tangent.select(axis, middle).normal_(generator=torch.Generator().manual_seed(0))
+        tangents.append(tangent)
+    functions = [block.function() for block in chosen]
+
+    def stacked(*xs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(f(x) for f, x in zip(functions, xs, strict=True))
+
+    try:
+        _, pushed = jvp(stacked, tuple(b.value for b in chosen), tuple(tangents))
+    except Exception:
+        return True  # a block forward-mode cannot follow: do not claim the mixing is outside
+    for change in pushed:
+        if not _at(change, axis, steps):
+            return True  # the block reduces over time (a pooling): it mixes time
+        moved = change.detach().movedim(axis, 0).abs()
+        largest = float(moved.max())
+        others = torch.cat([moved[:middle], moved[middle + 1 :]])
+        if largest > 0 and float(others.max()) > TOLERANCE * largest:
+            return True
+    return False
+
+
+def mixing_outside_blocks(
+    blocks: list[Block],
+    output: Tensor | None,
+    first_gradient: Tensor | None,
+    axis: int,
+    steps: int,
+) -> bool:
+    """Whether the model mixes time outside every block: its output keeps the time axis, the
+    gradient from its last step reaches earlier steps of the first block's input, and no
+    block mixes time itself."""
+    if steps < MIN_STEPS or not blocks or output is None or not _at(output, axis, steps):
+        return False
+    if not _at(blocks[0].input, axis, steps) or not reaches_back(first_gradient, axis):
+        return False
+    return not block_mixes_time(blocks, axis, steps)
