@@ -25,7 +25,9 @@ def analyze(
     seed: int = DEFAULTS.seed,
     dtype: str = DEFAULTS.dtype,
     probe: Any = DEFAULTS.probe,
-    input_shape: str | Sequence[int] | None = DEFAULTS.input_shape,
+    input_shape: str | Sequence[int] | Sequence[str | Sequence[int]] | None = (
+        DEFAULTS.input_shape
+    ),
     batch_first: bool | None = DEFAULTS.batch_first,
     horizon: int | None = DEFAULTS.distance,
     epsilon: float = DEFAULTS.epsilon,
@@ -43,7 +45,8 @@ def analyze(
     """Probe a model and diagnose its gradient flow over time and over depth.
 
     ``model_or_path``: an ``nn.Module`` (copied, never changed) or a checkpoint path;
-    ``example_input``: a tensor shaped as the model's input, used as the probe.
+    ``example_input``: a tensor shaped as the model's input, used as the probe; a dict, tuple
+    or list of tensors for a model called with several inputs.
 
     Loading: ``model`` (``package.module:Class`` or ``file.py:Class`` for a state dict),
     ``model_args`` (its keyword arguments, a dict or JSON), ``trust`` (load files that hold
@@ -52,7 +55,8 @@ def analyze(
 
     The probe: ``steps`` and ``batch`` (default 100 and 1; 32 for a model without recurrent
     modules), ``seed``, ``dtype`` (float64 or float32), ``probe`` (``gaussian``, ``zeros``,
-    a tensor file or a tensor), ``input_shape``, ``batch_first``, ``output_key`` (which output
+    a tensor file or a tensor), ``input_shape`` (one shape, or several: ``["4,50,8",
+    "mask=4,50"]``), ``batch_first``, ``output_key`` (which output
     the loss reads), ``cells`` (module paths of custom recurrent cells), ``device``.
 
     Judging: ``horizon`` (the distance L to learn across; default each core's length),

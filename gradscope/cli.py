@@ -153,7 +153,8 @@ def analyze(
     probe: Annotated[
         str,
         typer.Option(
-            help="gaussian, zeros, or a tensor file (.pt/.npy) shaped as the input.",
+            help="gaussian, zeros, or a tensor file (.pt/.npy) shaped as the input; a .pt "
+            "file may hold a dict, tuple or list of tensors for several inputs.",
             rich_help_panel=ANALYSIS,
         ),
     ] = DEFAULTS.probe,
@@ -180,9 +181,10 @@ def analyze(
         str, typer.Option(help="float64 or float32.", rich_help_panel=ANALYSIS)
     ] = DEFAULTS.dtype,
     input_shape: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="Full input shape, e.g. 1,100,32, where it cannot be inferred.",
+            help="Full input shape, e.g. 1,100,32, where it cannot be inferred; once per "
+            "input for a model called with several (name=4,50 for a keyword).",
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
@@ -297,7 +299,7 @@ def analyze(
             seed=seed,
             dtype=dtype,
             probe=probe,
-            input_shape=input_shape,
+            input_shape=input_shape or None,
             batch_first=batch_first,
             horizon=horizon,
             epsilon=epsilon,

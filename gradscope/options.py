@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,9 +57,11 @@ class AnalysisOptions:
     """What to probe with and how to judge it. ``None`` means "derive from the probe".
 
     ``probe`` is ``gaussian``, ``zeros``, the path of a tensor file, or a tensor (or array)
-    shaped as the model's input. ``distance`` is the distance L the model must learn across
-    (``--horizon``; by default each core's own length); ``granularity`` that of the depth view
-    (``--depth``).
+    shaped as the model's input, or a dict, tuple or list of them (``model(**probe)``,
+    ``model(*probe)``). ``input_shape`` is one shape; several, or named ones
+    (``x=4,50,8``), are kept in ``input_shapes`` for a model called with several inputs.
+    ``distance`` is the distance L the model must learn across (``--horizon``; by default each
+    core's own length); ``granularity`` that of the depth view (``--depth``).
     """
 
     steps: int | None = None
@@ -80,12 +82,15 @@ class AnalysisOptions:
     granularity: str = "blocks"
     chi_probes: int = 2
     power_iterations: int = 2
+    input_shapes: tuple[tuple[str | None, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.input_shape, str):
-            object.__setattr__(self, "input_shape", parse_shape(self.input_shape))
-        elif self.input_shape is not None:
-            object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        shapes = parse_input_shapes(self.input_shape) if self.input_shape is not None else ()
+        if len(shapes) == 1 and shapes[0][0] is None:
+            object.__setattr__(self, "input_shape", shapes[0][1])
+        elif shapes:
+            object.__setattr__(self, "input_shape", None)
+            object.__setattr__(self, "input_shapes", shapes)
         if isinstance(self.cells, str):
             object.__setattr__(self, "cells", (self.cells,))
         else:
@@ -197,6 +202,32 @@ def parse_shape(text: str) -> tuple[int, ...]:
             f"--input-shape {text!r} is not a shape: give positive sizes like 1,100,32"
         )
     return shape
+
+
+def parse_input_shapes(value: Any) -> tuple[tuple[str | None, tuple[int, ...]], ...]:
+    """Input shapes as given: ``"4,50,8"``, ``(4, 50, 8)``, ``"x=4,50,8"``, or a sequence of
+    them -> ((name or None, shape), ...); positional ones must come before named ones."""
+    if isinstance(value, str) or (
+        isinstance(value, Sequence) and all(isinstance(d, int) for d in value)
+    ):
+        value = [value]
+    shapes: list[tuple[str | None, tuple[int, ...]]] = []
+    for item in value:
+        name = None
+        if isinstance(item, str):
+            name, _, text = item.rpartition("=")
+            shape = parse_shape(text)
+        else:
+            shape = tuple(int(d) for d in item)
+            if not shape or any(d <= 0 for d in shape):
+                raise GradscopeError(f"--input-shape needs positive sizes, not {shape}")
+        shapes.append((name.strip() or None if name else None, shape))
+    first_named = next((i for i, (name, _) in enumerate(shapes) if name), len(shapes))
+    if any(name is None for name, _ in shapes[first_named:]):
+        raise GradscopeError(
+            "--input-shape: give the positional inputs first, then the named ones (name=4,50,8)"
+        )
+    return tuple(shapes)
 
 
 def parse_spectrum_steps(text: str) -> int | str:

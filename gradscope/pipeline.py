@@ -167,7 +167,13 @@ def assemble(
     )
     return Report(
         status=diagnosis.status,
-        settings=_settings(options, subject.device, shape, cores),
+        settings=_settings(
+            options,
+            subject.device,
+            shape,
+            cores,
+            subject.probe.shapes() if subject.probe is not None else {},
+        ),
         model=subject.loaded.describe([note.text for note in notes]),
         gradscope_version=__version__,
         input_grad_norm=input_grad_norm,
@@ -181,7 +187,11 @@ def assemble(
 
 
 def _settings(
-    options: AnalysisOptions, device: torch.device, shape: list[int], cores: list[RecurrentCore]
+    options: AnalysisOptions,
+    device: torch.device,
+    shape: list[int],
+    cores: list[RecurrentCore],
+    inputs: dict[str, list[int]],
 ) -> Settings:
     """The settings as they ran: the probe's shape, and no time axis for a stack alone."""
     over_time = bool(cores)
@@ -192,6 +202,7 @@ def _settings(
         dtype=options.dtype,
         probe=options.probe if isinstance(options.probe, str) else "tensor",
         input_shape=shape,
+        inputs=inputs,
         batch_first=options.batch_first,
         distance=options.distance if over_time else None,
         epsilon=options.epsilon,

@@ -78,6 +78,8 @@ class Settings:
     """What the analysis ran with: the options as applied, and the probe it built.
 
     Over depth alone, ``steps``, ``distance`` and ``burn_in`` are None: there is no time axis.
+    ``input_shape`` is the main input's; ``inputs`` every input's shape, by position or name,
+    for a model called with several.
     """
 
     steps: int | None = DEFAULTS.steps
@@ -86,6 +88,7 @@ class Settings:
     dtype: str = DEFAULTS.dtype
     probe: str = DEFAULTS.probe
     input_shape: list[int] | None = None
+    inputs: dict[str, list[int]] = field(default_factory=dict)
     batch_first: bool | None = DEFAULTS.batch_first
     distance: int | None = field(default=DEFAULTS.distance, metadata={"json": "horizon"})
     epsilon: float = DEFAULTS.epsilon

@@ -171,9 +171,25 @@ class TwoInputs(nn.Module):
         return self.gru(src)[0] + tgt
 
 
-def test_a_forward_that_needs_more_inputs_says_to_wrap_the_model():
-    with pytest.raises(GradscopeError, match=r"missing 1 required.*'tgt'.*wrap the model"):
+def test_a_forward_that_needs_more_inputs_says_how_to_give_them_all():
+    with pytest.raises(GradscopeError, match=r"missing 1 required.*'tgt'.*tuple or dict"):
         gradscope.analyze(TwoInputs(), steps=5)
+
+
+def test_several_inputs_are_given_as_a_tuple_or_as_several_shapes():
+    src = torch.randn(2, 5, 3, dtype=torch.float64)
+    tgt = torch.randn(2, 5, 4, dtype=torch.float64)
+    model = TwoInputs()
+
+    as_tuple = gradscope.analyze(model, (src, tgt))
+    as_shapes = gradscope.analyze(model, input_shape=["2,5,3", "tgt=2,5,4"])
+
+    for report in (as_tuple, as_shapes):
+        assert report.settings.input_shape == [2, 5, 3]  # the GRU reads src: the main input
+        (core,) = report.recurrent
+        assert core.steps == 5
+    assert as_tuple.settings.inputs == {"0": [2, 5, 3], "1": [2, 5, 4]}
+    assert as_shapes.settings.inputs == {"0": [2, 5, 3], "tgt": [2, 5, 4]}
 
 
 def test_an_embedding_first_model_gets_token_ids_in_its_vocabulary():

@@ -30,7 +30,7 @@ ALLOWED = {
     "gradscope.dataflow": set(),
     "gradscope.coverage": set(),
     "gradscope.loading": {"gradscope.numerics"},
-    "gradscope.probe": {"gradscope.numerics"},
+    "gradscope.probe": {"gradscope.numerics", "gradscope.dataflow"},
     "gradscope.recurrent": {"gradscope.numerics", "gradscope.probe", "gradscope.loading"},
     "gradscope.depth": {"gradscope.numerics", "gradscope.probe", "gradscope.dataflow"},
     "gradscope.diagnosis": set(),

@@ -102,7 +102,7 @@ def _whole_gains(
         return None, math.nan
 
     def whole(x: Tensor) -> Tensor:
-        return projected_output(model(x), probe, traced=False)
+        return projected_output(probe.call(model, x), probe, traced=False)
 
     generator = torch.Generator().manual_seed(options.seed + 3)
     try:

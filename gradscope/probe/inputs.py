@@ -15,12 +15,17 @@ from gradscope.errors import GradscopeError, first_line
 from gradscope.options import DEFAULT_STEPS, AnalysisOptions
 from gradscope.probe.layout import Layout, input_layout
 from gradscope.probe.positions import TRIAL_STEPS, Positions, layout_by_data_flow
+from gradscope.probe.structure import tensor_leaves
 from gradscope.taxonomy import is_kind
 
 
 @dataclass
 class Probe:
-    """The probe input (a leaf that requires grad) and how to read the model's output."""
+    """The probe input (a leaf that requires grad) and how to read the model's output.
+
+    ``inputs`` is the main input: its time and batch axes are the probe's, and its gradient
+    is measured. A model called with several inputs has them all in ``payload``.
+    """
 
     inputs: Tensor
     time_axis: int | None
@@ -31,6 +36,8 @@ class Probe:
     layout_module: str | None = None
     token_module: str | None = None
     output_key: str | None = None
+    payload: object = None
+    spread: str = "one"
 
     @property
     def steps(self) -> int:
@@ -42,9 +49,59 @@ class Probe:
         """Number of sequences in the probe."""
         return 1 if self.batch_axis is None else self.inputs.shape[self.batch_axis]
 
+    @property
+    def structured(self) -> bool:
+        """True when the model is called with several inputs (``inputs`` is the main one)."""
+        return self.payload is not None
 
-def load_probe_file(path: Path) -> Tensor:
-    """The tensor in a ``--probe`` file (.pt or .npy), read without running code."""
+    def call(self, model: nn.Module, inputs: Tensor | None = None) -> object:
+        """``model`` on the probe, with ``inputs`` in place of the main input if given.
+
+        A single input is ``model(x)``; several are the ``payload`` passed as ``spread`` says:
+        ``args`` (``model(*payload)``), ``kwargs`` (``model(**payload)``), ``both`` (a
+        payload of (args, kwargs)) or ``one`` (``model(payload)``, a dict read whole).
+        """
+        chosen = self.inputs if inputs is None else inputs
+        if self.payload is None:
+            return model(chosen)
+        value = _swapped(self.payload, self.inputs, chosen)
+        if self.spread == "args":
+            return model(*value)
+        if self.spread == "kwargs":
+            return model(**value)
+        if self.spread == "both":
+            return model(*value[0], **value[1])
+        return model(value)
+
+    def named_inputs(self) -> list[tuple[str, Tensor]]:
+        """Each input tensor, named by position or key (``0``, ``mask``, ``0.past_target``);
+        empty for a single input."""
+        payload = self.payload
+        if payload is None:
+            return []
+        if self.spread == "both":
+            payload = {**dict(enumerate(payload[0])), **payload[1]}
+        return [(".".join(map(str, path)), t) for path, t in tensor_leaves(payload)]
+
+    def shapes(self) -> dict[str, list[int]]:
+        """Every input's shape, by :meth:`named_inputs`; empty for a single input."""
+        return {name: list(tensor.shape) for name, tensor in self.named_inputs()}
+
+
+def _swapped(value: object, old: Tensor, new: Tensor) -> object:
+    """``value`` with the tensor ``old`` replaced by ``new`` wherever it sits."""
+    if value is old:
+        return new
+    if isinstance(value, dict):
+        return {key: _swapped(item, old, new) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_swapped(item, old, new) for item in value)
+    return value
+
+
+def load_probe_file(path: Path) -> object:
+    """The tensor (or dict, tuple or list of tensors) in a ``--probe`` file (.pt or .npy),
+    read without running code."""
     if not path.is_file():
         raise GradscopeError(
             f"--probe {path}: no such file; use gaussian, zeros or a tensor file (.pt or .npy)"
@@ -58,17 +115,21 @@ def load_probe_file(path: Path) -> Tensor:
             f"--probe {path} is not a readable tensor file ({type(error).__name__}); save it "
             "with torch.save(tensor, path) or numpy.save"
         ) from None
-    if not isinstance(loaded, Tensor):
+    if not isinstance(loaded, (Tensor, dict, list, tuple)):
         raise GradscopeError(
-            f"--probe {path} holds a {type(loaded).__name__}, not a tensor; save a single tensor"
+            f"--probe {path} holds a {type(loaded).__name__}; save a tensor, or a dict, tuple "
+            "or list of tensors for a model called with several inputs"
         )
     return loaded
 
 
-def given_probe(options: AnalysisOptions) -> Tensor | None:
-    """The probe the user gave (a tensor file or a tensor), on the CPU; None for built-ins."""
+def given_probe(options: AnalysisOptions) -> object:
+    """The probe the user gave (a tensor file or a tensor; a dict, tuple or list of tensors
+    for several inputs), on the CPU; None for built-ins."""
     if options.probe_kind == "file":
         return load_probe_file(Path(options.probe))
+    if isinstance(options.probe, (dict, list, tuple)) and not _numeric(options.probe):
+        return options.probe
     if options.probe_kind == "tensor":
         try:
             return torch.as_tensor(options.probe).detach().cpu()
@@ -80,13 +141,26 @@ def given_probe(options: AnalysisOptions) -> Tensor | None:
     return None
 
 
+def _numeric(value: object) -> bool:
+    """Whether a list or tuple is numbers (an array given as a list), not several inputs."""
+    return isinstance(value, (list, tuple)) and not any(
+        isinstance(item, (Tensor, dict, np.ndarray)) for item in value
+    )
+
+
 def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device) -> Probe:
     """Build the probe input the options ask for, shaped for ``model``.
 
     The layout read from the model's modules is checked by data flow on a short trial run
     (a positional embedding is not the token input); a positional embedding also bounds the
-    probe's length when the user left it open.
+    probe's length when the user left it open. A model called with several inputs gets them
+    all, its main input found by data flow (:mod:`gradscope.probe.structured`).
     """
+    from gradscope.probe.structured import several_inputs, structured_probe
+
+    payload = several_inputs(options)
+    if payload is not None:
+        return structured_probe(model, options, device, payload)
     layout = input_layout(model, options.batch_first, options.input_shape, options.cells)
     if any(is_kind(module, ("Embedding",)) for module in model.modules()):
         layout, positions = layout_by_data_flow(

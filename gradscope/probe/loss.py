@@ -95,11 +95,33 @@ def projection_loss(output: object, probe: Probe) -> Tensor:
     return (y @ loss_direction(y.shape[1], probe, y)).sum()
 
 
+#: Error messages of a model whose own weights or code clash with the probe's dtype.
+DTYPE_CLASH = r"same dtype|scalar type (Double|Float|Long)|\((double|float|long)\) and"
+
+
+def _dtype_advice(probe: Probe) -> str:
+    """What to change when the model clashes with the probe's dtype; never advice that the
+    probe already follows."""
+    inputs = probe.inputs
+    if inputs.dtype == torch.float64:
+        return "the model fixes its own dtype: rerun with --dtype float32"
+    if not inputs.is_floating_point():
+        return (
+            f"the probe is token ids{f' for {probe.token_module}' if probe.token_module else ''}"
+            ", but the model reads floating-point values there: pass --input-shape with the "
+            "shape it reads (e.g. 4,50,8 for batch, steps, features)"
+        )
+    return (
+        "the model's own code mixes dtypes on a float32 probe: pass --probe with inputs in "
+        "the dtypes it expects"
+    )
+
+
 def run_model(model: nn.Module, probe: Probe, given_shape: bool = False) -> object:
-    """``model(probe.inputs)``; a failure is a one-line error with the model's own reason and
-    the option to change."""
+    """``model(probe.inputs)`` (or the model on all its inputs); a failure is a one-line error
+    with the model's own reason and the option to change."""
     try:
-        return model(probe.inputs)
+        return probe.call(model)
     except GradscopeError:
         raise
     except Exception as error:
@@ -109,14 +131,17 @@ def run_model(model: nn.Module, probe: Probe, given_shape: bool = False) -> obje
             advice = "check --input-shape: the batch comes first, then the model's input"
         elif probe.time_axis is None:
             advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
-        if re.search(r"same dtype|scalar type (Double|Float)|\((double|float)\) and", reason):
-            advice = "the model fixes its own dtype: rerun with --dtype float32"
+        if re.search(DTYPE_CLASH, reason):
+            advice = _dtype_advice(probe)
         elif isinstance(error, TypeError) and "required positional argument" in reason:
             advice = (
-                "gradscope drives forward with one input tensor: wrap the model in a module "
-                "whose forward(x) supplies the other inputs, and analyse that"
+                "give every input: a --probe file holding a tuple or dict of tensors "
+                "(torch.save({'x': x, 'mask': mask}, 'probe.pt')), or --input-shape once per "
+                "input (name=4,50,8 for a keyword)"
             )
+        shapes = probe.shapes() or {"": list(probe.inputs.shape)}
+        shape = ", ".join(f"{k}={tuple(v)}" if k else str(tuple(v)) for k, v in shapes.items())
         raise GradscopeError(
-            f"the model's forward failed on a probe of shape {tuple(probe.inputs.shape)} "
+            f"the model's forward failed on a probe of shape {shape} "
             f"({type(error).__name__}: {reason}); {advice}"
         ) from None

@@ -228,3 +228,22 @@ class SteppedScanGRU(nn.Module):
             h = self.cell(x[:, t], h)
             states.append(h)
         return self.head(torch.stack(states, dim=1))
+
+
+class Forecaster(nn.Module):
+    """A forecasting-library style model: ``forward(batch)`` reads a dict of tensors (past
+    targets, known covariates, a static category), encodes the past with an LSTM and
+    decodes a few steps."""
+
+    def __init__(self, covariates: int = 3, hidden: int = 12, horizon: int = 4) -> None:
+        super().__init__()
+        self.horizon = horizon
+        self.static = nn.Embedding(5, hidden)
+        self.encoder = nn.LSTM(1 + covariates, hidden, batch_first=True)
+        self.decoder = nn.Linear(hidden, horizon)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        past = torch.cat([batch["past_target"].unsqueeze(-1), batch["past_covariates"]], dim=-1)
+        start = self.static(batch["category"]).unsqueeze(0)
+        states, _ = self.encoder(past, (start, torch.zeros_like(start)))
+        return {"prediction": self.decoder(states[:, -1]), "states": states}

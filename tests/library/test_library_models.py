@@ -4,6 +4,8 @@ gradient checked against autograd."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -18,6 +20,7 @@ from gradscope.report import GradientHealthError
 
 from tests.helpers.library_models import (
     FloatPositional,
+    Forecaster,
     ParallelScanGRU,
     PerStepPooled,
     PreNormTransformer,
@@ -212,3 +215,74 @@ def test_time_mixed_inside_blocks_or_by_pooling_is_no_unmeasured_recurrence(fact
     report = gradscope.analyze(factory(), input_shape=shape)
     assert not report.coverage.unmeasured_recurrence
     assert not any(f.id == "not-measured" for f in report.findings)
+
+
+# --- inputs of any structure ----------------------------------------------------------------------
+
+
+def forecaster_batch(batch: int = 3, steps: int = 20) -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    return {
+        "past_target": torch.randn(batch, steps, generator=generator),
+        "past_covariates": torch.randn(batch, steps, 3, generator=generator),
+        "category": torch.randint(0, 5, (batch,), generator=generator),
+    }
+
+
+def test_a_forecasting_model_reading_a_dict_is_driven_by_a_probe_file(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights, probe = tmp_path / "forecaster.pt", tmp_path / "batch.pt"
+    torch.save(Forecaster().state_dict(), weights)
+    torch.save(forecaster_batch(), probe)
+    model = "tests.helpers.library_models:Forecaster"
+
+    code = main(["analyze", str(weights), "--model", model, "--probe", str(probe), "-f", "json"])
+    data = json.loads(capsys.readouterr().out)
+
+    assert code in (0, 1)
+    assert data["settings"]["inputs"] == {
+        "past_target": [3, 20],
+        "past_covariates": [3, 20, 3],
+        "category": [3],
+    }
+    (core,) = data["recurrent"]
+    assert core["name"] == "encoder" and core["steps"] == 20
+    assert any("model(probe)" in note for note in data["model"]["notes"])
+    # the encoder driven by hand on the same sequence and start state: the same trajectory
+    forecaster = Forecaster()
+    forecaster.load_state_dict(torch.load(weights))
+    batch = forecaster_batch()
+    past = torch.cat([batch["past_target"].unsqueeze(-1), batch["past_covariates"]], dim=-1)
+    start = forecaster.static(batch["category"]).unsqueeze(0).detach()
+    direct = gradscope.analyze(EncoderFrom(forecaster.encoder, start), past.double())
+    assert core["lyapunov"] == pytest.approx(direct.recurrent[0].lyapunov, rel=1e-9)
+
+
+class EncoderFrom(nn.Module):
+    """An LSTM run from a fixed start state: ``forward(x)`` alone."""
+
+    def __init__(self, lstm: nn.LSTM, start: Tensor) -> None:
+        super().__init__()
+        self.lstm = lstm
+        self.register_buffer("start", start)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lstm(x, (self.start, torch.zeros_like(self.start)))[0]
+
+
+class KeywordInputs(nn.Module):
+    """``forward(x, scale=None)``: a GRU whose output a keyword input scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        return self.gru(x)[0] * scale
+
+
+def test_several_input_shapes_name_keywords(capsys):
+    model = KeywordInputs()
+    report = gradscope.analyze(model, input_shape=["2,6,3", "scale=2,6,4"])
+    assert report.settings.inputs == {"0": [2, 6, 3], "scale": [2, 6, 4]}
+    assert report.recurrent[0].steps == 6
