@@ -34,13 +34,18 @@ def worst(statuses: Sequence[str]) -> Status:
 def with_distances(
     cores: list[RecurrentCore], requested: int | None, probe_steps: int
 ) -> list[RecurrentCore]:
-    """Each core's distance L: ``--horizon`` when given, else the steps the core ran.
+    """Each core's distance L: ``--horizon`` when given, else the probe length; a core that
+    ran fewer steps than the probe (a decoder, a cell called a few times) at most its own.
 
-    By default L is the probe length, but a core that ran fewer steps (a decoder, a cell called
-    a few times) cannot be asked to carry information further than it ran.
+    A core that runs as long as the probe may be asked about a longer horizon (its rate
+    extrapolates); one whose length the model fixes cannot carry information further than
+    it runs, whatever the horizon.
     """
+    wanted = requested or probe_steps
     return [
-        dataclasses.replace(core, distance=requested or min(probe_steps, core.steps))
+        dataclasses.replace(
+            core, distance=min(wanted, core.steps) if core.steps < probe_steps else wanted
+        )
         for core in cores
     ]
 

@@ -165,7 +165,9 @@ def fit_prefix(
 
     Tries the keys as they are, under every prefix they share (a LightningModule attribute such
     as ``model.`` or ``net.encoder.``, keeping only the keys under it), and with the prefix the
-    expected keys all share added. Returns the best fit and a note (None when unchanged).
+    expected keys all share added. Returns the best fit and a note (None when unchanged); a
+    prefix that fits no more keys than the names as saved is not applied, so that a mismatch
+    is reported under the names the file holds.
     """
     options: list[tuple[dict[str, Tensor], str | None]] = [(dict(state_dict), None)]
     for prefix in sorted(_prefixes(list(state_dict))):
@@ -183,6 +185,8 @@ def fit_prefix(
 
     ranked = sorted(options, key=score, reverse=True)
     best = ranked[0]
+    if score(best)[0] == score(options[0])[0]:
+        return options[0]  # no prefix fits more keys: the names stay as saved, for the message
     ties = [option[1] for option in ranked[1:] if score(option)[:2] == score(best)[:2]]
     if ties and best[1] is not None:
         also = ", ".join(note.removeprefix("read from the keys under ") for note in ties if note)

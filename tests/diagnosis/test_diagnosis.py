@@ -139,15 +139,19 @@ def test_healthy_cores_have_no_findings():
     assert (status, findings, fixes) == ("healthy", [], [])
 
 
-def test_default_horizon_is_capped_at_the_steps_a_core_ran():
+def test_a_core_shorter_than_the_probe_is_judged_over_the_steps_it_ran():
     decoder = core("lstm", -0.4, name="decoder", steps=10)
     encoder = core("lstm", -0.4, name="encoder", steps=100)
     capped = with_distances([encoder, decoder], None, probe_steps=100)
     assert [c.distance for c in capped] == [100, 10]
     assessed = judge(capped, 1e-3)[1]
     assert [c.status for c in assessed] == ["vanishing", "healthy"]  # tau 17.3 vs 100 and 10
+    # a horizon beyond the probe extrapolates the encoder's rate; the decoder's length is
+    # the model's own, so it is judged over the 10 steps it runs, never over 300
     requested = with_distances([encoder, decoder], 300, probe_steps=100)
-    assert [c.distance for c in requested] == [300, 300]
+    assert [c.distance for c in requested] == [300, 10]
+    shorter = with_distances([encoder, decoder], 5, probe_steps=100)
+    assert [c.distance for c in shorter] == [5, 5]
 
 
 def test_gate_bias_suggestion_follows_the_core_horizon():

@@ -128,6 +128,21 @@ def test_the_prefix_that_fits_the_model_is_found(saved, note):
     assert (said is None) == (note is None) and (note is None or note in said)
 
 
+def test_weights_that_fit_under_no_prefix_are_named_as_saved(tmp_path, capsys):
+    """No prefix makes these fit: the mismatch names the keys as the file holds them."""
+    saved = {"model.enc.weight": torch.zeros(4, 3), "model.enc.bias": torch.zeros(4)}
+    saved["loss.weight"] = torch.zeros(2)  # under 'model.' the count would match better
+    expected = {"enc.weight": torch.zeros(5, 5), "proj.bias": torch.zeros(5)}
+    assert fit_prefix(saved, expected) == (saved, None)
+
+    path = tmp_path / "other.pt"
+    torch.save(saved, path)
+    message = one_line_error(
+        ["analyze", str(path), "--model", "tests.helpers.checkpoints:SpeakerEncoder"], capsys
+    )
+    assert "model.enc.weight" in message and "'enc.weight'" not in message
+
+
 def test_a_missing_prefix_is_added():
     expected = Wrapped().state_dict()
     weights = {k.removeprefix("net."): v for k, v in expected.items() if k.startswith("net.")}
