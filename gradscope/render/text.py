@@ -227,6 +227,17 @@ def depth_legend(depth: DepthStack) -> Text:
     )
 
 
+def side_outputs_line(layers: list[DepthLayer]) -> Text | None:
+    """The blocks' side outputs (skips, caches, attention weights): branches not followed."""
+    sides = [side for layer in layers for side in layer.side_outputs]
+    if not sides:
+        return None
+    return Text(
+        f"side outputs, branches off the stack the depth view does not follow: {named(sides)}",
+        style="dim",
+    )
+
+
 def depth_chart(layers: list[DepthLayer]) -> Panel:
     """||dL/da|| against block, input side on the left, log scale; short stacks stretched."""
     repeat = max(1, CHART_WIDTH // len(layers))
@@ -316,6 +327,9 @@ class TextRenderer:
         if report.stack is not None:
             console.print(depth_summary(report.stack))
             console.print(depth_legend(report.stack))
+            sides = side_outputs_line(report.layers)
+            if sides is not None:
+                console.print(sides)
         if report.layers:
             console.print(depth_chart(report.layers))
         console.print(verdict(report))

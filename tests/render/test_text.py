@@ -200,3 +200,13 @@ def test_a_long_list_of_parts_not_measured_is_named_in_a_few_words():
     assert "Verdict: HEALTHY in what was measured" in text
     assert "In what was measured: Gradients survive" in text
     assert len(report.to_dict()["coverage"]["not_measured"][0]["modules"]) == 20
+
+
+def test_side_outputs_are_named_as_branches_under_the_stack():
+    report = depth_samples.relu_mlp_report()
+    report.layers[0].side_outputs = ["blocks.0[1]"]
+    report.layers[1].side_outputs = ["blocks.1[1]"]
+    text = rendered(report)
+    assert "side outputs, branches off the stack the depth view does not follow: " in text
+    assert "blocks.0[1], blocks.1[1]" in text
+    assert "side outputs" not in rendered(depth_samples.relu_mlp_report())
