@@ -183,6 +183,7 @@ def analyze(
     input_shape: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="SHAPE",
             help="Full input shape, e.g. 1,100,32, where it cannot be inferred; once per "
             "input for a model called with several (name=4,50 for a keyword).",
             rich_help_panel=ANALYSIS,
