@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from gradscope.dataflow import parameters_reached
 from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
-from gradscope.depth.time_mixing import mixing_outside_blocks
+from gradscope.depth.time_mixing import first_step_gradient, mixing_outside_blocks
 from gradscope.numerics import pooled_norm
 from gradscope.options import AnalysisOptions
 from gradscope.probe import (
@@ -144,14 +144,19 @@ def _measure(
     loss = projection_loss(output, probe)
     first = blocks[0].input
     sources = [first] if first.requires_grad else []
+    returned = differentiable_output(output, probe.output_key)
+    from_first_step = None
+    if check_time and sources:  # before the main backward pass frees the graph
+        from_first_step = first_step_gradient(returned, first, probe.time_axis, probe.steps)
     grads = torch.autograd.grad(
         loss, [*sources, *(b.output for b in blocks)], allow_unused=True, retain_graph=False
     )
     if check_time:
         found.time_outside = mixing_outside_blocks(
             blocks,
-            differentiable_output(output, probe.output_key),
+            returned,
             grads[0] if sources else None,
+            from_first_step,
             probe.time_axis,
             probe.steps,
         )

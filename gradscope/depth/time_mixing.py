@@ -3,8 +3,9 @@
 A sequence model without recurrent modules mixes time somewhere: in blocks the depth view
 measures (attention, a temporal convolution), or in code between them (a parallel scan, a
 cumulative sum, a loop over steps). The second is a recurrence no view follows over time. It
-shows as an output whose last step depends on earlier input steps while no block's output
-at one step depends on its input at another.
+shows as an output whose last step depends on earlier input steps, causally (its first step
+depends on no later one: a mean over all steps is mixing, not a recurrence), while no
+block's output at one step depends on its input at another.
 """
 
 from __future__ import annotations
@@ -32,6 +33,32 @@ def reaches_back(gradient: Tensor | None, axis: int) -> bool:
     per_step = gradient.detach().movedim(axis, 0).reshape(gradient.shape[axis], -1).abs()
     largest = float(per_step.max())
     return largest > 0 and float(per_step[:-1].max()) > TOLERANCE * largest
+
+
+def reaches_forward(gradient: Tensor | None, axis: int) -> bool:
+    """Whether a gradient taken at the first step reaches any later step of ``axis``."""
+    if gradient is None:
+        return False
+    per_step = gradient.detach().movedim(axis, 0).reshape(gradient.shape[axis], -1).abs()
+    largest = float(per_step.max())
+    return largest > 0 and float(per_step[1:].max()) > TOLERANCE * largest
+
+
+def first_step_gradient(
+    output: Tensor | None, first_input: Tensor, axis: int, steps: int
+) -> Tensor | None:
+    """The gradient of the output's first step (a seeded projection) at the first block's
+    input; None where the output has no time axis. Keeps the graph for the main pass."""
+    if output is None or not _at(output, axis, steps) or not output.requires_grad:
+        return None
+    first = output.select(axis, 0)
+    weights = torch.randn(
+        first.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    (gradient,) = torch.autograd.grad(
+        (first * weights.to(first)).sum(), [first_input], retain_graph=True, allow_unused=True
+    )
+    return gradient
 
 
 def block_mixes_time(blocks: list[Block], axis: int, steps: int) -> bool:
@@ -69,15 +96,18 @@ def block_mixes_time(blocks: list[Block], axis: int, steps: int) -> bool:
 def mixing_outside_blocks(
     blocks: list[Block],
     output: Tensor | None,
-    first_gradient: Tensor | None,
+    from_last_step: Tensor | None,
+    from_first_step: Tensor | None,
     axis: int,
     steps: int,
 ) -> bool:
-    """Whether the model mixes time outside every block: its output keeps the time axis, the
-    gradient from its last step reaches earlier steps of the first block's input, and no
-    block mixes time itself."""
+    """Whether the model mixes time causally outside every block: its output keeps the time
+    axis, the gradient from its last step reaches earlier steps of the first block's input,
+    the gradient from its first step reaches no later one, and no block mixes time itself."""
     if steps < MIN_STEPS or not blocks or output is None or not _at(output, axis, steps):
         return False
-    if not _at(blocks[0].input, axis, steps) or not reaches_back(first_gradient, axis):
+    if not _at(blocks[0].input, axis, steps) or not reaches_back(from_last_step, axis):
+        return False
+    if reaches_forward(from_first_step, axis):
         return False
     return not block_mixes_time(blocks, axis, steps)

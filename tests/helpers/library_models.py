@@ -247,3 +247,19 @@ class Forecaster(nn.Module):
         start = self.static(batch["category"]).unsqueeze(0)
         states, _ = self.encoder(past, (start, torch.zeros_like(start)))
         return {"prediction": self.decoder(states[:, -1]), "states": states}
+
+
+class GlobalContext(nn.Module):
+    """Per-step layers with the mean over all steps added back between them: time is mixed in
+    forward, but not causally, so not by a recurrence."""
+
+    def __init__(self, features: int = 8, width: int = 16) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, width)
+        self.mid = nn.Linear(width, width)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.inp(x))
+        h = h + h.mean(dim=1, keepdim=True)
+        return self.head(torch.tanh(self.mid(h)))

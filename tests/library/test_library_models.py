@@ -21,6 +21,7 @@ from gradscope.report import GradientHealthError
 from tests.helpers.library_models import (
     FloatPositional,
     Forecaster,
+    GlobalContext,
     ParallelScanGRU,
     PerStepPooled,
     PreNormTransformer,
@@ -207,6 +208,7 @@ def stepped_source(stepped: SteppedScanGRU) -> ParallelScanGRU:
     "factory, shape",
     [
         (PerStepPooled, (4, 50, 8)),  # time mixed by a mean only: not a recurrence
+        (GlobalContext, (4, 50, 8)),  # the mean over all steps added back: not causal
         (TemporalConvNet, (8, 3, 40)),  # time mixed inside the measured blocks
         (PreNormTransformer, None),  # attention inside the measured blocks
     ],
