@@ -25,10 +25,6 @@ NOT_USED = "did not take part in the output on the probe (not called, or its res
 RECURRENT = "recurrent, not measured over time (name a custom cell with --cell)"
 READ_DIRECTLY = "parameters the model's forward reads itself, outside any module it calls"
 OUTSIDE_BLOCKS = "ran outside every block the depth view measured"
-TIME_OUTSIDE = (
-    "its forward mixes time steps outside every module (a parallel scan, a cumulative sum, "
-    "a loop over steps); if a module computes one step, name it with --cell"
-)
 REBUILD_FAILED = "recurrent weights that could not be rebuilt as a module"
 NOT_REBUILT = (
     "not recurrent: only recurrent parts are rebuilt from weights "
@@ -46,6 +42,7 @@ def _owners(model: nn.Module) -> dict[int, tuple[str, str, nn.Parameter]]:
 
 
 def _within(path: str, parts: Iterable[str]) -> bool:
+    """Whether the module at ``path`` is one of ``parts`` or inside one (``""`` holds all)."""
     return any(path == part or path.startswith(part + ".") or part == "" for part in parts)
 
 
@@ -58,23 +55,30 @@ def module_coverage(
     views: Mapping[str, list[str]],
     used: set[int] | None,
     unit_paths: Iterable[str] = (),
-    time_outside: bool = False,
+    recurrences: Iterable[tuple[str, str]] = (),
 ) -> Coverage:
     """The coverage of ``model`` when each view measured the modules ``views`` names.
 
     ``used`` holds the ids of the parameters the probe's output depends on (None: unknown, all
     count as used); ``unit_paths`` the modules the depth view would treat as blocks, so that a
     parameter an expanded module reads itself is told apart from a module left out;
-    ``time_outside`` that the model's own code mixes time steps (a recurrence no view measured).
+    ``recurrences`` are (module, what) of recurrences found by behaviour (``""``: the model's
+    own forward): unless a recurrent view measured them, each is an unmeasured recurrence, and
+    its module's parameters count as not measured, whatever view measured them over depth.
     """
     owners = _owners(model)
     views = {view: list(paths) for view, paths in views.items()}
+    over_time = views.get("recurrent", [])
+    hidden = [(path, what) for path, what in recurrences if not _within(path, over_time)]
+    hidden_ids = {
+        id(p) for path, _ in hidden if path for p in model.get_submodule(path).parameters()
+    }
     covered = {
         id(parameter)
         for paths in views.values()
         for path in paths
         for parameter in model.get_submodule(path).parameters()
-    }
+    } - hidden_ids
     lookups = [
         path
         for path, module in model.named_modules()
@@ -90,7 +94,7 @@ def module_coverage(
     units = set(unit_paths)
     groups: dict[tuple[str, bool], dict[str, int]] = {}
     for key, (path, name, parameter) in owners.items():
-        if key in covered:
+        if key in covered or key in hidden_ids:
             continue
         taking_part = used is None or key in used
         is_recurrence = taking_part and _within(path, recurrent)
@@ -109,13 +113,23 @@ def module_coverage(
         modules = groups.setdefault((reason, is_recurrence), {})
         modules[label] = modules.get(label, 0) + parameter.numel()
     total = sum(parameter.numel() for _, _, parameter in owners.values())
-    not_measured = [
+    not_measured = [_hidden(model, path, what) for path, what in hidden]
+    not_measured += [
         Unmeasured(reason, list(modules), sum(modules.values()), recurrence)
         for (reason, recurrence), modules in groups.items()
     ]
-    if time_outside:
-        not_measured.insert(0, Unmeasured(TIME_OUTSIDE, [_label(model, "", [])], 0, True))
     return _coverage(total, {k: v for k, v in views.items() if v}, not_measured)
+
+
+def _hidden(model: nn.Module, path: str, what: str) -> Unmeasured:
+    """An unmeasured recurrence found by behaviour, with what would measure it."""
+    advice = (
+        f"name it with --cell {path} to measure it over time"
+        if path and "cell" in what
+        else "a module that computes one step, named with --cell, is measured over time"
+    )
+    size = sum(p.numel() for p in model.get_submodule(path).parameters()) if path else 0
+    return Unmeasured(f"{what}; {advice}", [_label(model, path, [])], size, recurrent=True)
 
 
 def _label(model: nn.Module, path: str, recurrent: list[str]) -> str:

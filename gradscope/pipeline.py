@@ -130,8 +130,8 @@ def cover(planned: Plan, results: list[Measured]) -> Coverage:
             views[view] = list(dict.fromkeys([*views.get(view, []), *modules]))
     used = next((r.used for r in results if r.used is not None), None)
     units = next((r.units for r in results if r.units), [])
-    time_outside = any(r.time_outside for r in results)
-    return module_coverage(planned.subject.module, views, used, units, time_outside)
+    recurrences = [found for r in results for found in r.recurrences]
+    return module_coverage(planned.subject.module, views, used, units, recurrences)
 
 
 def judge(

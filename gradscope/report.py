@@ -244,7 +244,8 @@ class DepthLayer:
 class DepthStack:
     """The whole stack: gradient change from output to input, and the end-to-end Jacobian.
 
-    ``decades`` is ``log10(||dL/dx|| / ||dL/da_last||)`` (negative: vanishing towards the input);
+    ``decades`` is ``log10(||dL/dx|| / ||dL/da_last||)`` (negative: vanishing towards the input;
+    ``a_last`` is what the model returns when its own code changes the last block's output);
     ``spread`` the largest singular value of the input-output Jacobian over its RMS singular
     value (1 for dynamical isometry).
     """

@@ -40,8 +40,8 @@ class Measured:
 
     ``modules`` maps a view name to the modules it measured (for coverage); ``used`` holds the
     ids of the parameters the model's output depended on, and ``units`` the modules the depth
-    view looked for, where the view knows them; ``time_outside`` says the model mixes time in
-    code outside every block (a recurrence no view follows).
+    view looked for, where the view knows them; ``recurrences`` are (module, what) of the
+    recurrences found by behaviour (``""``: the model's own forward).
     """
 
     cores: list[RecurrentCore] = field(default_factory=list)
@@ -53,7 +53,7 @@ class Measured:
     modules: dict[str, list[str]] = field(default_factory=dict)
     used: set[int] | None = None
     units: list[str] = field(default_factory=list)
-    time_outside: bool = False
+    recurrences: list[tuple[str, str]] = field(default_factory=list)
 
 
 class View(Protocol):
@@ -121,7 +121,7 @@ class DepthView:
                 modules=modules,
                 used=depth.used,
                 units=depth.units,
-                time_outside=depth.time_outside,
+                recurrences=[(r.module, r.what) for r in depth.recurrences],
             )
         return Measured(
             stack=depth.stack,
@@ -129,7 +129,7 @@ class DepthView:
             modules={"depth": depth.block_modules},
             used=depth.used,
             units=depth.units,
-            time_outside=depth.time_outside,
+            recurrences=[(r.module, r.what) for r in depth.recurrences],
         )
 
 

@@ -183,7 +183,10 @@ def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
             visit(f"{name}.{child_name}" if name else child_name, child, level + 1)
 
     visit("", model, 0)
-    return found
+    kept: dict[int, tuple[str, nn.Module]] = {}
+    for name, module in found:  # a module shared under two names is one unit, its first name
+        kept.setdefault(id(module), (name, module))
+    return list(kept.values())
 
 
 def stream_argument(args: tuple, kwargs: dict, produced: dict[int, int]) -> Tensor | None:

@@ -12,7 +12,13 @@ from torch import Tensor, nn
 from gradscope.dataflow import parameters_reached
 from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
-from gradscope.depth.time_mixing import first_step_gradient, mixing_outside_blocks
+from gradscope.depth.recurrences import Recurrence, every_call, looped_modules, scans
+from gradscope.depth.time_mixing import (
+    MIN_STEPS,
+    MIXED_OUTSIDE,
+    first_step_gradient,
+    mixing_outside_blocks,
+)
 from gradscope.numerics import pooled_norm
 from gradscope.options import AnalysisOptions
 from gradscope.probe import (
@@ -28,6 +34,9 @@ from gradscope.taxonomy import RECTIFYING, classes
 
 #: Fewer blocks than this is no stack to speak of.
 MIN_BLOCKS = 3
+#: Autograd nodes that only view or reshape a tensor, and how many of them to follow.
+VIEW_NODES = ("View", "Reshape", "Select", "Slice", "Squeeze", "Unsqueeze", "Permute", "Transpose")
+VIEW_HOPS = 8
 #: Dead ReLU units are only counted over a batch at least this large.
 MIN_BATCH_FOR_DEAD = 8
 
@@ -36,15 +45,15 @@ MIN_BATCH_FOR_DEAD = 8
 class DepthResult:
     """The depth view of a model: its stack (None with fewer than MIN_BLOCKS blocks), the
     modules of every block found, the units it looked for, the parameters the output depends
-    on (by id), and whether time is mixed outside every block (checked only where no
-    recurrent view follows time)."""
+    on (by id), and the recurrences found by behaviour (looped modules, scans, time mixed
+    outside every block), which no view measured unless a recurrent view holds them."""
 
     stack: DepthStack | None
     layers: list[DepthLayer] = field(default_factory=list)
     block_modules: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     used: set[int] = field(default_factory=set)
-    time_outside: bool = False
+    recurrences: list[Recurrence] = field(default_factory=list)
 
 
 def saturated_fraction(module: nn.Module, y: Tensor) -> float | None:
@@ -86,12 +95,27 @@ def _branch_last(block: Block) -> str | None:
     return f"{call.name}.{last}" if last and call.name else last
 
 
+def _changed_after(last: Block, returned: Tensor | None) -> bool:
+    """Whether the model's code changes the last block's output before returning it: what it
+    returns is neither that output nor a view of it (a selected step, a reshape)."""
+    if returned is None or not returned.requires_grad or returned is last.output:
+        return False
+    node, stop = returned.grad_fn, last.output.grad_fn
+    for _ in range(VIEW_HOPS):  # views of the output: one input each, no arithmetic
+        if node is stop:
+            return False
+        if node is None or not node.name().startswith(VIEW_NODES):
+            return True
+        node = node.next_functions[0][0]
+    return node is not stop
+
+
 def _forward(
     model: nn.Module, probe: Probe, granularity: str, given_shape: bool = False
-) -> tuple[object, list[Block]]:
-    with recording(model, granularity) as calls:
+) -> tuple[object, list[Block], list[Recurrence]]:
+    with recording(model, granularity) as calls, every_call(model) as log:
         output = run_model(model, probe, given_shape)
-    return output, blocks_of(calls, output)
+    return output, blocks_of(calls, output), looped_modules(log)
 
 
 def _whole_gains(
@@ -131,28 +155,40 @@ def measure_depth(
 def _measure(
     model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool
 ) -> DepthResult:
-    output, blocks = _forward(model, probe, options.granularity, options.input_shape is not None)
+    output, blocks, looped = _forward(
+        model, probe, options.granularity, options.input_shape is not None
+    )
     found = DepthResult(
         None,
         block_modules=list(dict.fromkeys(call.name for b in blocks for call in b.calls)),
         units=[name for name, _ in units(model, options.granularity)],
         used=parameters_reached(output_tensors(output)),
+        recurrences=looped,
     )
+    returned = differentiable_output(output, probe.output_key)
+    if probe.time_axis is not None and probe.steps >= MIN_STEPS:
+        found.recurrences += scans(returned, blocks, probe.steps)
     check_time = not over_time and probe.time_axis is not None and bool(blocks)
     if len(blocks) < MIN_BLOCKS and not check_time:
         return found
     loss = projection_loss(output, probe)
     first = blocks[0].input
     sources = [first] if first.requires_grad else []
-    returned = differentiable_output(output, probe.output_key)
     from_first_step = None
     if check_time and sources:  # before the main backward pass frees the graph
         from_first_step = first_step_gradient(returned, first, probe.time_axis, probe.steps)
+    # the output side: the last block's output, or what the model returns when its own code
+    # changes that output first (a residual added in the parent's loop)
+    ends = [returned] if _changed_after(blocks[-1], returned) else []
     grads = torch.autograd.grad(
-        loss, [*sources, *(b.output for b in blocks)], allow_unused=True, retain_graph=False
+        loss,
+        [*sources, *(b.output for b in blocks), *ends],
+        allow_unused=True,
+        retain_graph=False,
     )
-    if check_time:
-        found.time_outside = mixing_outside_blocks(
+    in_forward = any(r.module == "" for r in found.recurrences)
+    if check_time and not in_forward:
+        outside = mixing_outside_blocks(
             blocks,
             returned,
             grads[0] if sources else None,
@@ -160,10 +196,12 @@ def _measure(
             probe.time_axis,
             probe.steps,
         )
+        if outside:
+            found.recurrences.append(Recurrence("", MIXED_OUTSIDE))
     if len(blocks) < MIN_BLOCKS:
         return found
     batch = probe.batch
-    norms = [pooled_norm(g, batch) for g in grads[len(sources) :]]
+    norms = [pooled_norm(g, batch) for g in grads[len(sources) : len(sources) + len(blocks)]]
     # an input that carries no gradient (ids): the stack starts at the first block's output
     input_grad = pooled_norm(grads[0], batch) if sources else norms[0]
     generator = torch.Generator().manual_seed(options.seed + 2)
@@ -210,7 +248,7 @@ def _measure(
             )
         )
         below = norm
-    output_grad = norms[-1]
+    output_grad = pooled_norm(grads[-1], batch) if ends else norms[-1]
     ratio = input_grad / output_grad if output_grad else math.nan
     with torch.enable_grad():
         sigma, rms = _whole_gains(model, probe, options)

@@ -20,6 +20,11 @@ from gradscope.depth.blocks import Block
 TOLERANCE = 1e-9
 #: Fewer steps than this leave no earlier step to speak of.
 MIN_STEPS = 3
+#: What a model that mixes time outside every block does, in words.
+MIXED_OUTSIDE = (
+    "its forward mixes time steps outside every module, causally (a loop over steps, a "
+    "scan): a recurrence"
+)
 
 
 def _at(tensor: Tensor, axis: int, steps: int) -> bool:

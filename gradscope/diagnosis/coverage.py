@@ -14,8 +14,8 @@ def _message(group: Unmeasured, total: int) -> str:
         what += f" ({group.parameters:,} parameters, {share})"
     if group.recurrent:
         return (
-            f"not measured over time: {what}, a recurrence; the verdict does not cover it: "
-            f"{group.reason}"
+            f"not measured over time: {what}: {group.reason}; the verdict does not cover this "
+            "recurrence"
         )
     return f"not measured: {what}: {group.reason}"
 

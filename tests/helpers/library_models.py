@@ -263,3 +263,106 @@ class GlobalContext(nn.Module):
         h = torch.tanh(self.inp(x))
         h = h + h.mean(dim=1, keepdim=True)
         return self.head(torch.tanh(self.mid(h)))
+
+
+class StepCell(nn.Module):
+    """A tanh cell written by hand: ``cell(x_t, h) -> h``."""
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.ih = nn.Linear(features, hidden)
+        self.hh = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x_t: Tensor, h: Tensor) -> Tensor:
+        return torch.tanh(self.ih(x_t) + self.hh(h))
+
+
+class LoopedCellBlock(nn.Module):
+    """An xLSTM-style block: a hand-written cell looped over time inside the block, with a
+    residual around it."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.cell = StepCell(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], x.shape[2])
+        states = []
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+            states.append(h)
+        return x + torch.stack(states, dim=1)
+
+
+class LoopedCellStack(nn.Module):
+    """An input projection, a looped-cell block, an output layer."""
+
+    def __init__(self, features: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, width)
+        self.block = LoopedCellBlock(width)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.block(self.inp(x)))
+
+
+class ScanMixer(nn.Module):
+    """A state-space mixer in the Mamba style: a decaying linear recurrence over time computed
+    by cumulative sums, inside a module."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+        self.log_decay = nn.Parameter(torch.full((width,), -0.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps = torch.arange(x.shape[1], device=x.device, dtype=x.dtype)[:, None]
+        decay = self.log_decay * steps  # log of a^t
+        return torch.exp(decay) * torch.cumsum(self.proj(x) * torch.exp(-decay), dim=1)
+
+
+class ScanBlockStack(nn.Module):
+    """Residual blocks ``x + mixer(x)`` stacked in a ModuleList, in the parent's loop."""
+
+    def __init__(self, width: int = 8, depth: int = 3) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, width)
+        self.mixers = nn.ModuleList(ScanMixer(width) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.inp(x)
+        for mixer in self.mixers:
+            x = x + mixer(x)
+        return self.out(x)
+
+
+class SharedDepth(nn.Module):
+    """Weights shared over depth (ALBERT style): one layer applied four times to its own
+    output, also registered under a second name; not a recurrence over time."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.shared = nn.Linear(width, width)
+        self.layers = nn.ModuleList([self.shared, nn.Linear(width, width), self.shared])
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in [*self.layers, self.shared]:
+            x = torch.tanh(layer(x))
+        return self.out(x)
+
+
+class ParentResiduals(nn.Module):
+    """Residuals added in the parent's loop with a small branch: ``x + 0.01 sigmoid(l(x))``.
+    Its Jacobian is near the identity, whatever each Linear's gain."""
+
+    def __init__(self, width: int = 16, depth: int = 12) -> None:
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for lin in self.lins:
+            x = x + 0.01 * torch.sigmoid(lin(x))
+        return x

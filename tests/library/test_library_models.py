@@ -5,6 +5,7 @@ gradient checked against autograd."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -22,9 +23,13 @@ from tests.helpers.library_models import (
     FloatPositional,
     Forecaster,
     GlobalContext,
+    LoopedCellStack,
     ParallelScanGRU,
+    ParentResiduals,
     PerStepPooled,
     PreNormTransformer,
+    ScanBlockStack,
+    SharedDepth,
     SteppedScanGRU,
     TemporalConvNet,
     TupleStack,
@@ -164,7 +169,7 @@ def test_a_parallel_scan_is_a_recurrence_not_measured_and_fails_the_default_gate
     assert report.recurrent == []
     errors = [f for f in report.findings if f.severity == "error"]
     assert [f.id for f in errors] == ["not-measured"]
-    assert "mixes time steps outside every module" in errors[0].message
+    assert "scan over the time axis (cumsum, cumprod)" in errors[0].message
     assert report.fails() and not report.complete
     with pytest.raises(GradientHealthError):
         report.assert_healthy()
@@ -288,3 +293,64 @@ def test_several_input_shapes_name_keywords(capsys):
     report = gradscope.analyze(model, input_shape=["2,6,3", "scale=2,6,4"])
     assert report.settings.inputs == {"0": [2, 6, 3], "scale": [2, 6, 4]}
     assert report.recurrent[0].steps == 6
+
+
+# --- recurrences no PyTorch module names ---------------------------------------------------------
+
+
+def test_a_cell_looped_inside_a_block_is_an_unmeasured_recurrence_until_named():
+    torch.manual_seed(0)
+    model = LoopedCellStack().double()
+    report = gradscope.analyze(model, input_shape=(2, 20, 4))
+
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert [f.id for f in errors] == ["not-measured"]
+    assert "block.cell (StepCell)" in errors[0].message and "called 20 times" in errors[0].message
+    assert "--cell block.cell" in errors[0].message
+    assert report.fails()
+    cell_parameters = sum(p.numel() for p in model.block.cell.parameters())
+    assert report.coverage.unmeasured_recurrence[0].parameters == cell_parameters
+
+    named = gradscope.analyze(model, input_shape=(2, 20, 4), cells=("block.cell",))
+    assert [c.name for c in named.recurrent] == ["block.cell"]
+    assert not named.coverage.unmeasured_recurrence
+
+
+def test_a_scan_inside_stacked_blocks_is_named_by_its_block():
+    torch.manual_seed(0)
+    report = gradscope.analyze(ScanBlockStack().double(), input_shape=(2, 20, 4))
+
+    recurrences = report.coverage.unmeasured_recurrence
+    assert [g.modules for g in recurrences] == [[f"mixers.{i} (ScanMixer)"] for i in range(3)]
+    assert all("scan over the time axis (cumsum)" in g.reason for g in recurrences)
+    assert report.fails()
+
+
+def test_weights_shared_over_depth_are_neither_a_recurrence_nor_counted_twice():
+    torch.manual_seed(0)
+    model = SharedDepth().double()
+    report = gradscope.analyze(model, batch=8)
+
+    assert not report.coverage.unmeasured_recurrence
+    # four calls of the layers and the output: five blocks, the shared one under its first name
+    assert [layer.name for layer in report.layers] == [
+        "shared",
+        "layers.1",
+        "shared",
+        "shared",
+        "out",
+    ]
+
+
+def test_residuals_added_in_the_parent_are_judged_on_what_the_model_returns():
+    torch.manual_seed(0)
+    model = ParentResiduals().double()
+    report = gradscope.analyze(model, batch=8)
+
+    x = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(16, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad(model(x) @ (w / w.norm()), x, torch.ones(8))
+    # near the identity: the gradient keeps its size from the output to the input
+    assert abs(math.log10(float(gradient.norm() / 8**0.5))) < 0.05
+    assert abs(report.stack.decades) < 0.05
+    assert report.stack.status == "healthy"
