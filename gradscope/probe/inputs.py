@@ -158,27 +158,36 @@ def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device)
     """
     from gradscope.probe.structured import several_inputs, structured_probe
 
-    payload = several_inputs(options)
+    given = given_probe(options) if not options.builtin_probe else None
+    payload = several_inputs(options, given)
     if payload is not None:
         return structured_probe(model, options, device, payload)
-    layout = input_layout(model, options.batch_first, options.input_shape, options.cells)
+    # a probe the user gave says the shape, as --input-shape would
+    shape = tuple(given.shape) if isinstance(given, Tensor) and given.dim() else None
+    layout = input_layout(model, options.batch_first, options.input_shape or shape, options.cells)
     if any(is_kind(module, ("Embedding",)) for module in model.modules()):
         layout, positions = layout_by_data_flow(
-            model, layout, options, lambda trial: _trial_inputs(trial, options, device)
+            model,
+            layout,
+            options,
+            lambda trial: _trial_inputs(trial, options, device, given),
+            options.input_shape or shape,
         )
         options, note = _within_positions(options, positions)
         if note:
-            probe = probe_for(layout, options, device)
+            probe = probe_for(layout, options, device, given)
             probe.note = " ".join(filter(None, [probe.note, note]))
             return probe
-    return probe_for(layout, options, device)
+    return probe_for(layout, options, device, given)
 
 
-def _trial_inputs(layout: Layout, options: AnalysisOptions, device: torch.device) -> Tensor:
+def _trial_inputs(
+    layout: Layout, options: AnalysisOptions, device: torch.device, given: object = None
+) -> Tensor:
     """A short input in ``layout``: the user's own input when they gave one."""
     if options.builtin_probe and not options.input_shape:
         options = dataclasses.replace(options, steps=TRIAL_STEPS, batch=2, probe="gaussian")
-    return probe_for(layout, options, device).inputs.detach()
+    return probe_for(layout, options, device, given).inputs.detach()
 
 
 def _within_positions(
@@ -204,8 +213,11 @@ def _within_positions(
     return options, None
 
 
-def probe_for(layout: Layout, options: AnalysisOptions, device: torch.device) -> Probe:
-    """Build the probe input the options ask for, in ``layout``."""
+def probe_for(
+    layout: Layout, options: AnalysisOptions, device: torch.device, given: object = None
+) -> Probe:
+    """Build the probe input the options ask for, in ``layout`` (``given``: the user's probe,
+    already read)."""
     options = options.with_length()
     dtype = getattr(torch, options.dtype)
     generator = torch.Generator().manual_seed(options.seed)
@@ -224,7 +236,7 @@ def probe_for(layout: Layout, options: AnalysisOptions, device: torch.device) ->
             raise GradscopeError(
                 f"--input-shape and {given} both set the input shape: drop --input-shape"
             )
-        inputs = given_probe(options)
+        inputs = given_probe(options) if given is None else given
         name = options.probe if options.probe_kind == "file" else "(a tensor)"
         if inputs.is_floating_point():
             inputs = inputs.to(dtype)

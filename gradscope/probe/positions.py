@@ -76,12 +76,14 @@ def layout_by_data_flow(
     layout: Layout,
     options: AnalysisOptions,
     trial: Callable[[Layout], Tensor],
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[Layout, Positions]:
     """``layout`` checked on a short trial run (``trial`` builds its input).
 
     While the layout's token embedding reads positions, or the model cannot run on token ids
     at all, the layout is taken again without that embedding, and kept if the model runs on
-    it. Every embedding seen reading positions is returned.
+    it. Every embedding seen reading positions is returned. ``shape`` is the input's shape
+    where the user said it (``--input-shape`` or their probe).
     """
     positions = Positions()
     set_aside: tuple[str, ...] = ()
@@ -94,9 +96,7 @@ def layout_by_data_flow(
             return layout, positions
         set_aside += (layout.token_module,)
         try:
-            other = input_layout(
-                model, options.batch_first, options.input_shape, options.cells, set_aside
-            )
+            other = input_layout(model, options.batch_first, shape, options.cells, set_aside)
         except GradscopeError:
             return layout, positions
         if not ran and not _trial_run(model, other, trial)[1]:

@@ -16,14 +16,15 @@ from torch import Tensor, nn
 from gradscope.dataflow import depends_on
 from gradscope.errors import GradscopeError
 from gradscope.options import AnalysisOptions
-from gradscope.probe.inputs import Probe, given_probe
+from gradscope.probe.inputs import Probe
 from gradscope.probe.layout import input_layout
 from gradscope.taxonomy import is_kind, is_recurrent, recurrent_modules
 
 
-def several_inputs(options: AnalysisOptions) -> tuple | list | dict | None:
+def several_inputs(options: AnalysisOptions, given: object = None) -> tuple | list | dict | None:
     """The inputs when the options give several, on the CPU: a tuple or list (positional), a
-    dict (by name), or (args, kwargs) from several ``--input-shape`` values; else None."""
+    dict (by name), or (args, kwargs) from several ``--input-shape`` values; else None.
+    ``given`` is the probe the user gave, already read."""
     if options.input_shapes:
         if not options.builtin_probe:
             raise GradscopeError(
@@ -38,7 +39,6 @@ def several_inputs(options: AnalysisOptions) -> tuple | list | dict | None:
             tuple(t for name, t in built if name is None),
             {name: t for name, t in built if name is not None},
         )
-    given = given_probe(options) if not options.builtin_probe else None
     return given if isinstance(given, (dict, list, tuple)) else None
 
 
