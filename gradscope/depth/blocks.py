@@ -11,6 +11,7 @@ N levels below the root. Recurrent modules are left out: they are analysed over 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -287,11 +288,60 @@ def _shape(call: Call, path: Path) -> bool:
     return next(t for p, t in call.outputs if p == path).shape == call.input.shape
 
 
+#: A module called this often, never on its own last output, is applied per step, not stacked.
+PARALLEL_CALLS = 3
+#: How many operations back the next call's input is followed to the last call's output.
+FEED_HOPS = 8
+
+
+def feeds(before: Call, after: Call) -> bool:
+    """Whether ``after`` reads what ``before`` gave, through at most a few operations that
+    take nothing new: activations, norms, a residual add of ``before``'s own input
+    (``x = x + layer(x)``), never a tensor from elsewhere (a step's input)."""
+    node, target = after.input.grad_fn, before.output.grad_fn
+    stream = before.input.grad_fn
+    for _ in range(FEED_HOPS):
+        if node is None:
+            return False
+        if node is target:
+            return True
+        others = [
+            child
+            for child, _ in node.next_functions
+            if child is not None
+            and child is not stream
+            and hasattr(child, "next_functions")
+            and not child.name().endswith("AccumulateGrad")
+        ]
+        if len(others) != 1:
+            return False
+        node = others[0]
+    return False
+
+
+def without_parallel_calls(calls: list[Call]) -> list[Call]:
+    """The calls that form the stack: a module with weights called at least PARALLEL_CALLS
+    times whose calls do not feed each other (:func:`feeds`: a head applied at every decoder step, a
+    layer inside a loop over time) is kept at its last call only; a module applied to its own
+    output again and again (weights shared over depth) keeps every call."""
+    by_module: dict[int, list[Call]] = {}
+    for call in calls:
+        by_module.setdefault(id(call.module), []).append(call)
+    dropped = set()
+    for own in by_module.values():
+        if len(own) < PARALLEL_CALLS or next(own[0].module.parameters(), None) is None:
+            continue  # a shared activation joins each block it follows
+        if not any(feeds(before, after) for before, after in itertools.pairwise(own)):
+            dropped |= {id(call) for call in own[:-1]}
+    return [call for call in calls if id(call) not in dropped]
+
+
 def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
     """Group calls into blocks: a follower that reads the previous call's output joins it.
 
     ``final`` is what the model returned, which tells the stream of the last blocks."""
     choose_streams(calls, final)
+    calls = without_parallel_calls(calls)
     blocks: list[Block] = []
     for call in calls:
         previous = blocks[-1] if blocks else None

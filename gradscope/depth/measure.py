@@ -12,7 +12,14 @@ from torch import Tensor, nn
 from gradscope.dataflow import parameters_reached
 from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
-from gradscope.depth.recurrences import Recurrence, every_call, looped_modules, scans
+from gradscope.depth.recurrences import (
+    Recurrence,
+    every_call,
+    innermost,
+    looped_modules,
+    region,
+    scans,
+)
 from gradscope.depth.time_mixing import (
     MIN_STEPS,
     MIXED_OUTSIDE,
@@ -30,7 +37,7 @@ from gradscope.probe import (
     run_model,
 )
 from gradscope.report import DepthLayer, DepthStack
-from gradscope.taxonomy import RECTIFYING, classes
+from gradscope.taxonomy import RECTIFYING, classes, is_recurrent
 
 #: Fewer blocks than this is no stack to speak of.
 MIN_BLOCKS = 3
@@ -112,10 +119,24 @@ def _changed_after(last: Block, returned: Tensor | None) -> bool:
 
 def _forward(
     model: nn.Module, probe: Probe, granularity: str, given_shape: bool = False
-) -> tuple[object, list[Block], list[Recurrence]]:
+) -> tuple[object, list[Block], dict]:
     with recording(model, granularity) as calls, every_call(model) as log:
         output = run_model(model, probe, given_shape)
-    return output, blocks_of(calls, output), looped_modules(log)
+    return output, blocks_of(calls, output), log
+
+
+def _regions(model: nn.Module, blocks: list[Block], log: dict) -> list:
+    """The graph regions recurrences are named by: every call of a recurrent module (its own
+    steps are not a hidden recurrence), then every block."""
+    recurrent = [
+        region(name, gives, reads)
+        for name, calls in log.items()
+        if is_recurrent(model.get_submodule(name))
+        for reads, gives in calls
+    ]
+    return recurrent + [
+        region(block.calls[0].name, [block.output], [block.input]) for block in blocks
+    ]
 
 
 def _whole_gains(
@@ -155,9 +176,10 @@ def measure_depth(
 def _measure(
     model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool
 ) -> DepthResult:
-    output, blocks, looped = _forward(
+    output, blocks, log = _forward(
         model, probe, options.granularity, options.input_shape is not None
     )
+    looped = looped_modules(log)
     found = DepthResult(
         None,
         block_modules=list(dict.fromkeys(call.name for b in blocks for call in b.calls)),
@@ -167,7 +189,8 @@ def _measure(
     )
     returned = differentiable_output(output, probe.output_key)
     if probe.time_axis is not None and probe.steps >= MIN_STEPS:
-        found.recurrences += scans(returned, blocks, probe.steps)
+        in_graph = scans(returned, _regions(model, blocks, log), probe.steps)
+        found.recurrences = innermost([*looped, *in_graph])
     check_time = not over_time and probe.time_axis is not None and bool(blocks)
     if len(blocks) < MIN_BLOCKS and not check_time:
         return found

@@ -7,6 +7,9 @@ probe run, so that coverage can say they were not measured over time.
 - **Scans**: a cumulative operation (``cumsum``, ``cumprod``, ``logcumsumexp``, ``cummax``,
   ``cummin``) over the time axis in the autograd graph, the way a parallel-scan recurrence
   (a minimal GRU, a state-space model) is computed; named by the block that holds it.
+- **Loops over steps**: per-step results gathered into a sequence (``torch.stack``) where
+  each step's result depends on the one before, as a hand-written recurrent layer computes
+  with its own parameters and no cell module.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from gradscope.depth.blocks import Block
 from gradscope.probe.structure import tensor_leaves
 
 #: A module called fewer times than this is no loop to speak of.
 MIN_LOOP_CALLS = 3
 #: Autograd nodes of the cumulative operations a parallel scan is computed with.
 SCAN_NODES = ("Cumsum", "Cumprod", "Logcumsumexp", "Cummax", "Cummin")
+#: Autograd nodes that gather per-step results into a sequence.
+GATHER_NODES = ("Stack", "Cat")
+#: How many operations back a loop's state is looked for.
+CHAIN_SEARCH = 64
 
 
 @dataclass(frozen=True)
@@ -82,21 +88,47 @@ def looped_modules(log: dict[str, list[tuple[list[Tensor], list[Tensor]]]]) -> l
     return found
 
 
-def _scans_in(node: object, stop: object) -> dict[int, tuple[str, int | None]]:
-    """Every cumulative node from ``node`` back to ``stop``: id -> (operation, scanned size)."""
+def _recurrent_nodes(starts: list[object], stops: set[int], steps: int) -> dict[int, str]:
+    """The nodes from ``starts`` back to ``stops`` (ids) that compute a recurrence over
+    ``steps``: cumulative operations over an axis of that length, and per-step results
+    gathered into a sequence (``torch.stack``/``torch.cat`` of ``steps`` parts) where each
+    part depends on the one before (a loop over steps). id -> the operation, in words."""
     found = {}
     seen: set[int] = set()
-    stack = [node]
+    stack = list(starts)
     while stack:
         current = stack.pop()
-        if current is None or current is stop or id(current) in seen:
+        if current is None or id(current) in stops or id(current) in seen:
             continue
         seen.add(id(current))
         name = current.name()
-        if name.startswith(SCAN_NODES):
-            found[id(current)] = (name.removesuffix("Backward0").lower(), _scanned_size(current))
+        if name.startswith(SCAN_NODES) and _scanned_size(current) in (None, steps):
+            found[id(current)] = name.removesuffix("Backward0").lower()
+        elif name.startswith(GATHER_NODES) and _chained_parts(current, steps):
+            found[id(current)] = "a loop over steps"
         stack.extend(child for child, _ in current.next_functions)
     return found
+
+
+def _chained_parts(node: object, steps: int) -> bool:
+    """Whether a stack or cat gathers ``steps`` (or one fewer) parts, the last of which
+    depends on the one before it within a few operations: the states of a loop."""
+    parts = [child for child, _ in node.next_functions]
+    if len(parts) < max(MIN_LOOP_CALLS, steps - 1) or len(parts) > steps:
+        return False
+    last, before = parts[-1], parts[-2]
+    if last is None or before is None:
+        return False
+    frontier, seen = [last], set()
+    while frontier and len(seen) < CHAIN_SEARCH:
+        current = frontier.pop(0)
+        if current is before:
+            return True
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        frontier.extend(child for child, _ in current.next_functions)
+    return False
 
 
 def _scanned_size(node: object) -> int | None:
@@ -107,24 +139,48 @@ def _scanned_size(node: object) -> int | None:
         return None
 
 
-def scans(output: Tensor | None, blocks: list[Block], steps: int) -> list[Recurrence]:
-    """Cumulative operations over ``steps`` (the time axis) in the graph of ``output``, named
-    by the block that holds them, else by the model's own forward (``""``)."""
+def region(name: str, gives: list[Tensor], reads: list[Tensor]) -> tuple[str, list, set[int]]:
+    """The part of the graph a module computes: from what it gave back to what it read."""
+    return (
+        name,
+        [t.grad_fn for t in gives if t.grad_fn is not None],
+        {id(t.grad_fn) for t in reads if t.grad_fn is not None},
+    )
+
+
+def scans(
+    output: Tensor | None, regions: list[tuple[str, list, set[int]]], steps: int
+) -> list[Recurrence]:
+    """Recurrences over ``steps`` (the time axis) in the graph of ``output`` (scans, loops
+    over steps, see :func:`_recurrent_nodes`), named by the first of ``regions`` (module path,
+    :func:`region`) that holds them, else by the model's own forward (``""``)."""
     if output is None or output.grad_fn is None:
         return []
     operations: dict[str, list[str]] = defaultdict(list)  # module -> operations, in order
     placed: set[int] = set()
-    places = [(b.calls[0].name, b.output.grad_fn, b.input.grad_fn) for b in blocks]
-    for module, start, stop in [*places, ("", output.grad_fn, None)]:
-        for key, (operation, size) in _scans_in(start, stop).items():
-            if key not in placed and size in (None, steps):
+    for module, starts, stops in [*regions, ("", [output.grad_fn], set())]:
+        for key, operation in _recurrent_nodes(starts, stops, steps).items():
+            if key not in placed:
                 placed.add(key)
                 operations[module].append(operation)
-    return [
-        Recurrence(
-            module,
-            f"computes a scan over the time axis ({', '.join(dict.fromkeys(names))}): a "
-            "recurrence in parallel form",
-        )
-        for module, names in operations.items()
-    ]
+    return [_recurrence(module, names) for module, names in operations.items()]
+
+
+def innermost(found: list[Recurrence]) -> list[Recurrence]:
+    """The recurrences without one inside them: a block that loops over steps because a cell
+    inside it is looped is the cell's recurrence, said once, at the cell."""
+
+    def holds(outer: str, inner: str) -> bool:
+        return outer != inner and (outer == "" or inner.startswith(outer + "."))
+
+    return [r for r in found if not any(holds(r.module, other.module) for other in found)]
+
+
+def _recurrence(module: str, operations: list[str]) -> Recurrence:
+    scanned = list(dict.fromkeys(op for op in operations if op != "a loop over steps"))
+    if scanned:
+        what = f"computes a scan over the time axis ({', '.join(scanned)}): a recurrence in "
+        return Recurrence(module, what + "parallel form")
+    return Recurrence(
+        module, "loops over time steps, each step reading the one before: a recurrence"
+    )

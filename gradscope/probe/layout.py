@@ -164,9 +164,9 @@ def feedforward_layout(
 
     ``nn.Linear`` first: (batch, in_features); ``nn.Embedding``: token ids (batch, steps);
     anything else (a convolution, say) needs ``--input-shape``, whose first axis is the batch.
-    A three-axis ``--input-shape`` is a sequence: (batch, steps, features) for a module that
-    reads the last axis (``--time-major``: steps first), (batch, channels, length) for a
-    ``Conv1d``.
+    A three-axis ``--input-shape`` is a sequence: (batch, channels, length) for a ``Conv1d``,
+    else (batch, steps, features) (``--time-major``: steps first) unless the first module
+    reads a last axis of another size.
     """
     first = first_parametrised(model, positional=positional)
     if first is None:
@@ -187,7 +187,7 @@ def feedforward_layout(
     sequence = tokens or (
         input_shape is not None
         and len(input_shape) == 3
-        and (over_length or (features is not None and input_shape[-1] == features))
+        and (features is None or over_length or input_shape[-1] == features)
     )
     return Layout(
         features,

@@ -366,3 +366,57 @@ class ParentResiduals(nn.Module):
         for lin in self.lins:
             x = x + 0.01 * torch.sigmoid(lin(x))
         return x
+
+
+class LSTM(nn.Module):
+    """A library's own 'LSTM': a tanh recurrence looped over steps with raw parameters, no
+    cell module, returning (outputs, last state) as PyTorch's does."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.randn(hidden_size, input_size) * 0.3)
+        self.weight_hh = nn.Parameter(torch.randn(hidden_size, hidden_size) * 0.3)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = x.new_zeros(x.shape[0], self.hidden_size)
+        states = []
+        for t in range(x.shape[1]):
+            h = torch.tanh(x[:, t] @ self.weight_ih.t() + h @ self.weight_hh.t())
+            states.append(h)
+        return torch.stack(states, dim=1), h
+
+
+class OwnLSTMTagger(nn.Module):
+    """A projection, the library's own LSTM, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.lstm = LSTM(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(self.proj(x))
+        return self.head(out)
+
+
+class GreedyDecoder(nn.Module):
+    """A GRU cell encoder, then five decoder steps, each through the same head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.GRUCell(4, 8)
+        self.decoder = nn.GRUCell(1, 8)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], 8)
+        for x_t in x.unbind(1):
+            h = self.encoder(x_t, h)
+        y, outputs = x.new_zeros(x.shape[0], 1), []
+        for _ in range(5):
+            h = self.decoder(y, h)
+            y = self.head(h)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1)

@@ -23,7 +23,9 @@ from tests.helpers.library_models import (
     FloatPositional,
     Forecaster,
     GlobalContext,
+    GreedyDecoder,
     LoopedCellStack,
+    OwnLSTMTagger,
     ParallelScanGRU,
     ParentResiduals,
     PerStepPooled,
@@ -354,3 +356,41 @@ def test_residuals_added_in_the_parent_are_judged_on_what_the_model_returns():
     assert abs(math.log10(float(gradient.norm() / 8**0.5))) < 0.05
     assert abs(report.stack.decades) < 0.05
     assert report.stack.status == "healthy"
+
+
+def test_a_library_lstm_looping_raw_parameters_is_an_unmeasured_recurrence():
+    torch.manual_seed(0)
+    report = gradscope.analyze(OwnLSTMTagger().double(), input_shape=(2, 20, 4))
+
+    (group,) = report.coverage.unmeasured_recurrence
+    assert group.modules == ["lstm (LSTM)"]
+    assert "loops over time steps" in group.reason
+    assert report.fails()
+
+
+def test_a_head_applied_at_every_decoder_step_is_not_a_stack():
+    torch.manual_seed(0)
+    report = gradscope.analyze(GreedyDecoder().double(), steps=12)
+
+    assert [core.name for core in report.recurrent] == ["encoder", "decoder"]
+    assert report.stack is None and report.layers == []
+    assert not report.coverage.unmeasured_recurrence
+
+
+class SharedResidual(nn.Module):
+    """One layer applied three times as residual blocks, ``x + layer(x)`` (ALBERT style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _ in range(3):
+            x = x + torch.tanh(self.layer(x))
+        return self.out(x)
+
+
+def test_a_shared_residual_layer_applied_over_depth_keeps_every_call():
+    report = gradscope.analyze(SharedResidual().double(), batch=8)
+    assert [layer.name for layer in report.layers] == ["layer", "layer", "layer", "out"]
