@@ -95,6 +95,11 @@ def projection_loss(output: object, probe: Probe) -> Tensor:
     return (y @ loss_direction(y.shape[1], probe, y)).sum()
 
 
+#: Error messages of a forward called with other arguments than it takes.
+SIGNATURE_CLASH = (
+    r"required (positional|keyword-only) argument|takes \d+ positional argument|"
+    r"unexpected keyword argument"
+)
 #: Error messages of a model whose own weights or code clash with the probe's dtype.
 DTYPE_CLASH = r"same dtype|scalar type (Double|Float|Long)|\((double|float|long)\) and"
 
@@ -133,11 +138,16 @@ def run_model(model: nn.Module, probe: Probe, given_shape: bool = False) -> obje
             advice += " (a recurrent model that loops a cell of its own: name it with --cell)"
         if re.search(DTYPE_CLASH, reason):
             advice = _dtype_advice(probe)
-        elif isinstance(error, TypeError) and "required positional argument" in reason:
+        elif isinstance(error, TypeError) and re.search(SIGNATURE_CLASH, reason):
             advice = (
                 "give every input: a --probe file holding a tuple or dict of tensors "
                 "(torch.save({'x': x, 'mask': mask}, 'probe.pt')), or --input-shape once per "
                 "input (name=4,50,8 for a keyword)"
+            )
+        elif probe.structured and probe.kind in ("gaussian", "zeros"):
+            advice = (
+                f"--input-shape builds {probe.kind} floating-point inputs; inputs of other "
+                "kinds (lengths, masks, token ids) need a --probe file holding them all"
             )
         shapes = probe.shapes() or {"": list(probe.inputs.shape)}
         shape = ", ".join(f"{k}={tuple(v)}" if k else str(tuple(v)) for k, v in shapes.items())

@@ -227,6 +227,19 @@ def depth_legend(depth: DepthStack) -> Text:
     )
 
 
+def sigma_line(layers: list[DepthLayer]) -> Text | None:
+    """Why some blocks have no σ max: forward-mode AD could not pass through them."""
+    missing = [layer.name for layer in layers if math.isnan(layer.sigma_max)]
+    if not missing:
+        return None
+    return Text(
+        f"σ max n/a for {named(missing)}: forward-mode AD cannot pass through them (some fused "
+        "kernels, such as attention's, have no forward derivative); χ and the gradients are "
+        "measured",
+        style="dim",
+    )
+
+
 def side_outputs_line(layers: list[DepthLayer]) -> Text | None:
     """The blocks' side outputs (skips, caches, attention weights): branches not followed."""
     sides = [side for layer in layers for side in layer.side_outputs]
@@ -327,9 +340,9 @@ class TextRenderer:
         if report.stack is not None:
             console.print(depth_summary(report.stack))
             console.print(depth_legend(report.stack))
-            sides = side_outputs_line(report.layers)
-            if sides is not None:
-                console.print(sides)
+            for line in (sigma_line(report.layers), side_outputs_line(report.layers)):
+                if line is not None:
+                    console.print(line)
         if report.layers:
             console.print(depth_chart(report.layers))
         console.print(verdict(report))

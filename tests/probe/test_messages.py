@@ -42,3 +42,34 @@ def test_token_ids_where_the_model_reads_floats_ask_for_an_input_shape():
     with pytest.raises(GradscopeError, match="reads floating-point values there") as error:
         run_model(reads_floats, probe)
     assert "--dtype" not in str(error.value) and "tok" in str(error.value)
+
+
+class KeywordOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, *, x: Tensor) -> Tensor:
+        return self.gru(x)[0]
+
+
+class WithLengths(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+        return nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True)[0]
+
+
+def test_a_keyword_only_forward_is_told_how_to_name_its_input():
+    with pytest.raises(GradscopeError, match=r"name=4,50,8 for a keyword"):
+        gradscope.analyze(KeywordOnly(), steps=5)
+    report = gradscope.analyze(KeywordOnly(), input_shape=["x=2,5,3"])
+    assert report.recurrent[0].steps == 5
+
+
+def test_inputs_that_are_not_floats_are_asked_for_in_a_probe_file():
+    with pytest.raises(GradscopeError, match="need a --probe file holding them all"):
+        gradscope.analyze(WithLengths(), input_shape=["2,5,3", "2"])

@@ -210,3 +210,11 @@ def test_side_outputs_are_named_as_branches_under_the_stack():
     assert "side outputs, branches off the stack the depth view does not follow: " in text
     assert "blocks.0[1], blocks.1[1]" in text
     assert "side outputs" not in rendered(depth_samples.relu_mlp_report())
+
+
+def test_a_missing_sigma_max_is_explained():
+    report = depth_samples.relu_mlp_report()
+    report.layers[2].sigma_max = math.nan
+    text = " ".join(rendered(report).split())
+    assert f"σ max n/a for {report.layers[2].name}: forward-mode AD cannot pass" in text
+    assert "σ max n/a for" not in rendered(depth_samples.relu_mlp_report())
