@@ -45,8 +45,8 @@ def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
         gate = "forget" if core.cell == "lstm" else "update"
         mean = core.gates.mean if core.gates else math.nan
         advice = (
-            f"the {gate} gate averages {mean:.2f}, so each step keeps about {mean:.0%} of the "
-            "cell's memory: training must first learn to keep information; a total "
+            f"the {gate} gate averages {mean:.2f}, so each step keeps about {mean:.0%} of its "
+            "state: training must first learn to keep information; a total "
             f"{gate}-gate bias of {suggested_gate_bias(core.distance, epsilon):.1f} shortens that"
         )
         if core.gates is None or core.gates.bias_mean is None:
