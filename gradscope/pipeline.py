@@ -83,11 +83,19 @@ def plan(subject: Subject) -> Plan:
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
     )
     views: list[View] = [RecurrentView()] if recurrent else []
-    return Plan(probed, [*views, DepthView()], _probe_notes(probe))
+    return Plan(probed, [*views, DepthView()], _probe_notes(probe, options))
 
 
-def _probe_notes(probe: Probe) -> list[Note]:
+def _probe_notes(probe: Probe, options: AnalysisOptions) -> list[Note]:
     notes = [Note("probe", probe.note)] if probe.note else []
+    if options.steps is not None and probe.time_axis is None:
+        notes.append(
+            Note(
+                "probe",
+                f"--steps {options.steps} ignored: the model's input has no time axis here; "
+                "pass --input-shape B,T,F for a sequence",
+            )
+        )
     if probe.token_module is not None:
         notes.append(
             Note(
@@ -107,6 +115,14 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
         progress(view.starting(subject))
         results.append(view.measure(subject, results))
     if subject.loaded.parts is None and not any(r.cores or r.stack for r in results):
+        hidden = [found for r in results for found in r.recurrences]
+        if hidden:
+            where, what = hidden[0]
+            raise GradscopeError(
+                f"the model has no recurrent module gradscope can step and fewer than 3 "
+                f"blocks, but {where or 'its forward'} {what}; name the module that computes "
+                "one step with --cell"
+            )
         raise GradscopeError(
             "the model has no recurrent module and fewer than 3 blocks to follow the "
             "gradient through; name a custom recurrent cell with --cell, or --depth leaves"

@@ -157,6 +157,18 @@ def is_stack(container: nn.Module) -> bool:
     return len(weighted) >= 3 or repeated
 
 
+def holds_a_stack(module: nn.Module, levels: int = 2) -> bool:
+    """Whether a stack of layers (:func:`is_stack`) sits among the module's children, or
+    theirs (``nn.Transformer`` holds an encoder that holds its layers)."""
+    containers = classes(taxonomy.CONTAINERS)
+    for child in module.children():
+        if isinstance(child, containers) and is_stack(child):
+            return True
+        if levels > 1 and not isinstance(child, containers) and holds_a_stack(child, levels - 1):
+            return True
+    return False
+
+
 def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
     """The modules whose calls are recorded, by module path."""
     limit = int(granularity) if granularity.isdigit() else None
@@ -167,9 +179,7 @@ def units(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
             return
         containers = classes(taxonomy.CONTAINERS)
         children = list(module.named_children())
-        holds_stack = any(
-            isinstance(child, containers) and is_stack(child) for _, child in children
-        )
+        holds_stack = holds_a_stack(module)
         expand = bool(children) and (
             level == 0
             or isinstance(module, containers)
@@ -322,8 +332,9 @@ def feeds(before: Call, after: Call) -> bool:
 def without_parallel_calls(calls: list[Call]) -> list[Call]:
     """The calls that form the stack: a module with weights called at least PARALLEL_CALLS
     times whose calls do not feed each other (:func:`feeds`: a head applied at every decoder step, a
-    layer inside a loop over time) is kept at its last call only; a module applied to its own
-    output again and again (weights shared over depth) keeps every call."""
+    layer inside a loop over time) is kept at its last call only, and the activations that
+    follow the calls dropped go with them; a module applied to its own output again and again
+    (weights shared over depth) keeps every call."""
     by_module: dict[int, list[Call]] = {}
     for call in calls:
         by_module.setdefault(id(call.module), []).append(call)
@@ -333,7 +344,31 @@ def without_parallel_calls(calls: list[Call]) -> list[Call]:
             continue  # a shared activation joins each block it follows
         if not any(feeds(before, after) for before, after in itertools.pairwise(own)):
             dropped |= {id(call) for call in own[:-1]}
-    return [call for call in calls if id(call) not in dropped]
+    kept, gone = [], set()
+    for call in calls:  # an activation after a dropped call goes with it
+        follows = id(call.input) in gone and next(call.module.parameters(), None) is None
+        if id(call) in dropped or follows:
+            gone.add(id(call.output))
+        else:
+            kept.append(call)
+    return kept
+
+
+def _without_repeated_plain_blocks(blocks: list[Block]) -> list[Block]:
+    """Blocks without weights (a dropout and an activation applied at every decoder step)
+    that repeat at least PARALLEL_CALLS times are kept at their last occurrence."""
+    occurrences: dict[tuple[int, ...], list[int]] = {}
+    for index, block in enumerate(blocks):
+        if not block.has_weights():
+            key = tuple(id(call.module) for call in block.calls)
+            occurrences.setdefault(key, []).append(index)
+    dropped = {
+        index
+        for indices in occurrences.values()
+        if len(indices) >= PARALLEL_CALLS
+        for index in indices[:-1]
+    }
+    return [block for index, block in enumerate(blocks) if index not in dropped]
 
 
 def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
@@ -354,6 +389,7 @@ def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
             previous.calls.append(call)
         else:
             blocks.append(Block([call]))
+    blocks = _without_repeated_plain_blocks(blocks)
     for block in blocks:
         places = [_parent_and_index(call.name) for call in block.calls]
         parents = {parent for parent, _ in places}

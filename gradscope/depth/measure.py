@@ -189,7 +189,8 @@ def _measure(
     )
     returned = differentiable_output(output, probe.output_key)
     if probe.time_axis is not None and probe.steps >= MIN_STEPS:
-        in_graph = scans(returned, _regions(model, blocks, log), probe.steps)
+        time = (probe.time_axis, probe.steps, probe.inputs.dim())
+        in_graph = scans(returned, _regions(model, blocks, log), time)
         found.recurrences = innermost([*looped, *in_graph])
     check_time = not over_time and probe.time_axis is not None and bool(blocks)
     if len(blocks) < MIN_BLOCKS and not check_time:

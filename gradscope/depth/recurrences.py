@@ -88,11 +88,14 @@ def looped_modules(log: dict[str, list[tuple[list[Tensor], list[Tensor]]]]) -> l
     return found
 
 
-def _recurrent_nodes(starts: list[object], stops: set[int], steps: int) -> dict[int, str]:
+def _recurrent_nodes(
+    starts: list[object], stops: set[int], time: tuple[int, int, int]
+) -> dict[int, str]:
     """The nodes from ``starts`` back to ``stops`` (ids) that compute a recurrence over
-    ``steps``: cumulative operations over an axis of that length, and per-step results
-    gathered into a sequence (``torch.stack``/``torch.cat`` of ``steps`` parts) where each
-    part depends on the one before (a loop over steps). id -> the operation, in words."""
+    the time axis (``time``: axis, steps, rank of the probe): cumulative operations over it,
+    and per-step results gathered into a sequence (``torch.stack``/``torch.cat`` of ``steps``
+    parts) where each part depends on the one before (a loop over steps). id -> the
+    operation, in words."""
     found = {}
     seen: set[int] = set()
     stack = list(starts)
@@ -102,9 +105,9 @@ def _recurrent_nodes(starts: list[object], stops: set[int], steps: int) -> dict[
             continue
         seen.add(id(current))
         name = current.name()
-        if name.startswith(SCAN_NODES) and _scanned_size(current) in (None, steps):
+        if name.startswith(SCAN_NODES) and _over_time(current, time):
             found[id(current)] = name.removesuffix("Backward0").lower()
-        elif name.startswith(GATHER_NODES) and _chained_parts(current, steps):
+        elif name.startswith(GATHER_NODES) and _chained_parts(current, time[1]):
             found[id(current)] = "a loop over steps"
         stack.extend(child for child, _ in current.next_functions)
     return found
@@ -131,12 +134,33 @@ def _chained_parts(node: object, steps: int) -> bool:
     return False
 
 
-def _scanned_size(node: object) -> int | None:
-    """The length of the axis a cumulative node scans, where autograd says it."""
+def _scanned_axis(node: object) -> tuple[int, int] | None:
+    """(axis, length) a cumulative node scans, where autograd says it; the axis counted from
+    the front (autograd keeps a negative axis as an unsigned number)."""
     try:
-        return int(node._input_metadata[0].shape[node._saved_dim])  # type: ignore[attr-defined]
+        shape = list(node._input_metadata[0].shape)  # type: ignore[attr-defined]
+        dim = int(node._saved_dim)  # type: ignore[attr-defined]
     except Exception:
         return None
+    if dim >= 2**63:
+        dim -= 2**64
+    if not -len(shape) <= dim < len(shape):
+        return None
+    dim %= len(shape)
+    return dim, int(shape[dim])
+
+
+def _over_time(node: object, time: tuple[int, int, int]) -> bool:
+    """Whether a cumulative node scans the time axis: ``time`` is (axis, steps, rank) of the
+    probe; a tensor of the probe's rank must be scanned on that axis, any other along an
+    axis as long as the probe."""
+    scanned = _scanned_axis(node)
+    if scanned is None:
+        return False
+    dim, length = scanned
+    axis, steps, rank = time
+    rank_of_node = len(node._input_metadata[0].shape)  # type: ignore[attr-defined]
+    return length == steps and (rank_of_node != rank or dim == axis)
 
 
 def region(name: str, gives: list[Tensor], reads: list[Tensor]) -> tuple[str, list, set[int]]:
@@ -149,9 +173,10 @@ def region(name: str, gives: list[Tensor], reads: list[Tensor]) -> tuple[str, li
 
 
 def scans(
-    output: Tensor | None, regions: list[tuple[str, list, set[int]]], steps: int
+    output: Tensor | None, regions: list[tuple[str, list, set[int]]], time: tuple[int, int, int]
 ) -> list[Recurrence]:
-    """Recurrences over ``steps`` (the time axis) in the graph of ``output`` (scans, loops
+    """Recurrences over the time axis (``time``: axis, steps, rank of the probe) in the graph
+    of ``output`` (scans, loops
     over steps, see :func:`_recurrent_nodes`), named by the first of ``regions`` (module path,
     :func:`region`) that holds them, else by the model's own forward (``""``)."""
     if output is None or output.grad_fn is None:
@@ -159,7 +184,7 @@ def scans(
     operations: dict[str, list[str]] = defaultdict(list)  # module -> operations, in order
     placed: set[int] = set()
     for module, starts, stops in [*regions, ("", [output.grad_fn], set())]:
-        for key, operation in _recurrent_nodes(starts, stops, steps).items():
+        for key, operation in _recurrent_nodes(starts, stops, time).items():
             if key not in placed:
                 placed.add(key)
                 operations[module].append(operation)

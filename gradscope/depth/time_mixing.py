@@ -3,9 +3,10 @@
 A sequence model without recurrent modules mixes time somewhere: in blocks the depth view
 measures (attention, a temporal convolution), or in code between them (a parallel scan, a
 cumulative sum, a loop over steps). The second is a recurrence no view follows over time. It
-shows as an output whose last step depends on earlier input steps, causally (its first step
-depends on no later one: a mean over all steps is mixing, not a recurrence), while no
-block's output at one step depends on its input at another.
+shows as an output whose last step depends on input steps in the first half of the sequence
+(a shift by one step, as a token shift does, is a window, not a recurrence), causally (its
+first step depends on no later one: a mean over all steps is mixing, not a recurrence),
+while no block's output at one step depends on its input at another.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def _at(tensor: Tensor, axis: int, steps: int) -> bool:
 
 
 def reaches_back(gradient: Tensor | None, axis: int) -> bool:
-    """Whether a gradient taken at the last step reaches any earlier step of ``axis``."""
+    """Whether a gradient taken at the last step reaches back past the first half of ``axis``
+    (as a recurrence does; a shift by a step or a short window does not)."""
     if gradient is None:
         return False
     per_step = gradient.detach().movedim(axis, 0).reshape(gradient.shape[axis], -1).abs()
     largest = float(per_step.max())
-    return largest > 0 and float(per_step[:-1].max()) > TOLERANCE * largest
+    half = per_step.shape[0] // 2
+    return largest > 0 and float(per_step[:half].max()) > TOLERANCE * largest
 
 
 def reaches_forward(gradient: Tensor | None, axis: int) -> bool:

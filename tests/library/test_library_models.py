@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
@@ -394,3 +395,98 @@ class SharedResidual(nn.Module):
 def test_a_shared_residual_layer_applied_over_depth_keeps_every_call():
     report = gradscope.analyze(SharedResidual().double(), batch=8)
     assert [layer.name for layer in report.layers] == ["layer", "layer", "layer", "out"]
+
+
+# --- no false alarms on ordinary code ------------------------------------------------------------
+
+
+class CumulativeFeatures(nn.Module):
+    """A cumulative sum over the features (dim=-1), not over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c(torch.cumsum(torch.softmax(self.b(torch.relu(self.a(x))), -1), -1))
+
+
+class PerStepMLP(nn.Module):
+    """An MLP (with activation modules) applied to each step in a loop, the results stacked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([self.mlp(x[:, t]) for t in range(x.shape[1])], dim=1)
+
+
+class TokenShift(nn.Module):
+    """An RWKV-style token shift (each step sees the one before it), between layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.a(x))
+        h = h + F.pad(h, (0, 0, 1, 0))[:, :-1]
+        return self.c(torch.tanh(self.b(h)))
+
+
+@pytest.mark.parametrize("factory", [CumulativeFeatures, PerStepMLP, TokenShift])
+def test_ordinary_sequence_code_raises_no_recurrence(factory):
+    torch.manual_seed(0)
+    report = gradscope.analyze(factory().double(), input_shape=(2, 12, 8))
+    assert not report.coverage.unmeasured_recurrence and not report.fails()
+    assert report.stack.blocks == 3  # the per-step MLP is three blocks, not one per step
+
+
+class SmallRawRNN(nn.Module):
+    """A recurrence on raw parameters with a single Linear head: too small for a stack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 8) * 0.3)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, states = x.new_zeros(x.shape[0], 8), []
+        for t in range(x.shape[1]):
+            h = torch.tanh(x[:, t] + h @ self.w)
+            states.append(h)
+        return self.head(torch.stack(states, dim=1))
+
+
+def test_a_small_recurrent_model_is_refused_with_its_recurrence_named():
+    with pytest.raises(GradscopeError, match=r"loops over time steps.*--cell"):
+        gradscope.analyze(SmallRawRNN(), input_shape=(2, 12, 8))
+
+
+class Seq2SeqTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.transformer = nn.Transformer(16, 2, 2, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 20)
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return self.head(self.transformer(self.embed(src), self.embed(tgt), tgt_mask=mask))
+
+
+def test_a_whole_nn_transformer_is_opened_into_its_layers():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (2, 10))
+    report = gradscope.analyze(Seq2SeqTransformer().double(), (ids, ids.clone()))
+    names = [layer.name for layer in report.layers]
+    assert sum(name.startswith("transformer.decoder.layers.") for name in names) == 2
+    assert report.stack.residual_blocks >= 2
+
+
+def test_steps_without_a_time_axis_are_said_to_be_ignored():
+    report = gradscope.analyze(nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)]), steps=20)
+    assert any("--steps 20 ignored" in note for note in report.model.notes)
