@@ -299,10 +299,13 @@ def coverage_line(coverage: Coverage) -> Text:
         + (named(modules) if len(modules) <= 4 else f"{len(modules)} modules")
         for view, modules in coverage.views.items()
     )
-    share = "all" if coverage.complete else f"{number(100 * coverage.share, '{:.1f}')}% of"
+    whole = coverage.measured_parameters == coverage.parameters
+    share = "all" if whole else f"{number(100 * coverage.share, '{:.1f}')}% of"
+    recurrences = [m for group in coverage.unmeasured_recurrence for m in group.modules]
     return Text(
         f"coverage: {share} {coverage.parameters:,} parameters measured"
-        + (f" ({views})" if views else ""),
+        + (f" ({views})" if views else "")
+        + (f"; a recurrence not measured over time: {named(recurrences)}" if recurrences else ""),
         style="dim",
     )
 

@@ -19,7 +19,7 @@ from gradscope.coverage import parts_coverage
 from gradscope.diagnosis.coverage import coverage_findings
 from gradscope.render import write
 from gradscope.render.text import MAX_DEPTH_ROWS, shown_blocks
-from gradscope.report import Report
+from gradscope.report import Coverage, Report, Unmeasured
 
 from tests.helpers import depth_samples
 from tests.helpers.rendering import rendered
@@ -218,3 +218,20 @@ def test_a_missing_sigma_max_is_explained():
     text = " ".join(rendered(report).split())
     assert f"σ max n/a for {report.layers[2].name}: forward-mode AD cannot pass" in text
     assert "σ max n/a for" not in rendered(depth_samples.relu_mlp_report())
+
+
+def test_the_coverage_line_names_a_recurrence_no_view_measured():
+    report = depth_samples.relu_mlp_report()
+    report.coverage = Coverage(
+        parameters=10,
+        measured_parameters=10,
+        share=1.0,
+        views={"depth": ["net"]},
+        not_measured=[Unmeasured("its forward computes a scan", ["(model) (Scan)"], 0, True)],
+        complete=False,
+    )
+    text = " ".join(rendered(report).split())
+    assert (
+        "coverage: all 10 parameters measured (over depth: net); a recurrence not measured "
+        "over time: (model) (Scan)" in text
+    )
