@@ -49,6 +49,49 @@ DATA_GLOBALS = (
     "numpy._core.multiarray._reconstruct",
     "numpy._core.multiarray.scalar",
 )
+#: Pure activation functions that PyTorch's own modules hold as attributes (a whole
+#: ``nn.TransformerEncoderLayer`` keeps ``activation=F.relu``): they compute, and read, write,
+#: import or execute nothing. An explicit list; nothing else of ``torch`` is allowed this way.
+PURE_FUNCTIONS = frozenset(
+    [
+        *(
+            f"torch.nn.functional.{name}"
+            for name in (
+                "relu",
+                "relu6",
+                "gelu",
+                "silu",
+                "mish",
+                "elu",
+                "selu",
+                "celu",
+                "leaky_relu",
+                "softplus",
+                "softsign",
+                "hardswish",
+                "hardsigmoid",
+                "hardtanh",
+                "tanh",
+                "sigmoid",
+                "glu",
+                "tanhshrink",
+                "logsigmoid",
+            )
+        ),
+        "torch._C._nn.gelu",
+        "torch._C._nn.silu",
+        "torch._C._nn.elu",
+        "torch._C._nn.leaky_relu",
+        "torch._C._nn.hardswish",
+        "torch._C._nn.hardsigmoid",
+        "torch._C._nn.softplus",
+        "torch._C._nn.glu",
+        "torch._C._nn.log_sigmoid",
+        "torch.relu",
+        "torch.tanh",
+        "torch.sigmoid",
+    ]
+)
 #: numpy.dtypes.Float64DType and friends: the dtype classes of NumPy 1.25+.
 NUMPY_DTYPE_CLASS = re.compile(r"^numpy\.dtypes\.\w+DType$")
 #: Lightning's hyper-parameter dict, read as a plain dict (Lightning need not be installed).
@@ -239,7 +282,7 @@ def _safe_global(name: str, allowed: dict[str, str]) -> Any:
         return (_user_global(allowed[name]), name)
     if name in ATTRIBUTE_DICTS:
         return (PlainDict, name)
-    if name in DATA_GLOBALS or NUMPY_DTYPE_CLASS.match(name):
+    if name in DATA_GLOBALS or name in PURE_FUNCTIONS or NUMPY_DTYPE_CLASS.match(name):
         obj = _resolve(name)
         return None if obj is None else (obj, name)
     cls = _torch_nn_class(name)

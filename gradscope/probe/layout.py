@@ -100,6 +100,8 @@ def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None,
         return size_attribute(module, "in_features"), None
     if is_kind(module, ("LayerNorm",)):
         return size_attribute(module, "normalized_shape"), None
+    if is_kind(module, ("MultiheadAttention",)):
+        return size_attribute(module, "embed_dim"), None
     if is_recurrent(module):
         return size_attribute(module, "input_size"), None
     channels = size_attribute(module, "in_channels")
@@ -163,7 +165,9 @@ def feedforward_layout(
     """The input of a model without recurrent modules: a batch of what its first module reads.
 
     ``nn.Linear`` first: (batch, in_features); ``nn.Embedding``: token ids (batch, steps);
-    anything else (a convolution, say) needs ``--input-shape``, whose first axis is the batch.
+    ``nn.MultiheadAttention`` (a whole transformer encoder): a sequence of ``embed_dim``
+    vectors, laid out as its ``batch_first`` says; anything else (a convolution, say) needs
+    ``--input-shape``, whose first axis is the batch.
     A three-axis ``--input-shape`` is a sequence: (batch, channels, length) for a ``Conv1d``,
     else (batch, steps, features) (``--time-major``: steps first) unless the first module
     reads a last axis of another size.
@@ -184,11 +188,16 @@ def feedforward_layout(
         )
     tokens = vocab is not None
     over_length = is_kind(first[1], ("Conv1d",))
+    attention = is_kind(first[1], ("MultiheadAttention",))
     sequence = tokens or (
         input_shape is not None
         and len(input_shape) == 3
         and (features is None or over_length or input_shape[-1] == features)
     )
+    if attention and input_shape is None:  # attention reads a sequence of embed_dim vectors
+        sequence = True
+        if batch_first is None:
+            batch_first = bool(getattr(first[1], "batch_first", False))
     return Layout(
         features,
         batch_first is not False,

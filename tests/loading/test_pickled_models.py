@@ -147,3 +147,34 @@ def test_a_damaged_file_loaded_as_code_is_still_called_damaged(tmp_path, capsys)
     torch.save(Seq2Seq(), path)
     path.write_bytes(path.read_bytes()[:300])
     assert "corrupt" in one_line_error(["analyze", str(path), "--trust"], capsys)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_a_whole_transformer_encoder_loads_without_trust(tmp_path, activation):
+    """Its layers hold F.relu or F.gelu: pure functions on an explicit list."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, activation=activation, batch_first=True)
+    path = tmp_path / "encoder.pt"
+    torch.save(nn.TransformerEncoder(layer, 3), path)
+
+    report = gradscope.analyze(path, steps=10, batch=2)
+
+    assert report.settings.input_shape == [2, 10, 16]
+    assert report.stack.residual_blocks == 3
+    assert report.complete
+
+
+def test_a_torch_function_off_the_list_is_refused_and_never_runs(tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+
+    class Payload:
+        def __reduce__(self):
+            return (torch.save, ({}, str(marker)))
+
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as file:
+        torch.save({"model": nn.GRU(3, 4).state_dict(), "x": Payload()}, file)
+
+    message = one_line_error(["analyze", str(path)], capsys)
+    assert "torch.serialization.save" in message and "--trust" in message
+    assert not marker.exists()
