@@ -26,6 +26,7 @@ from gradscope.loading import files
 from gradscope.loading.classes import (
     fitting_kwargs,
     import_class,
+    import_module_of,
     instantiate,
     load_weights,
     parse_model_args,
@@ -251,7 +252,8 @@ def _read(path: Path, kind: str, options: LoadOptions) -> tuple[object, dict]:
         tensors, metadata = files.read_safetensors(path)
         return tensors, metadata
     if kind in (files.TORCH, files.LEGACY):
-        return files.read_pickle(path, options.trust, options.allow_globals), {}
+        script = (lambda: import_module_of(options.model)) if options.model else None
+        return files.read_pickle(path, options.trust, options.allow_globals, script), {}
     raise files.unknown_format(path)
 
 
@@ -295,7 +297,9 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
         raise _nothing_found(path, obj)
     notes = _container_notes(found)
     if isinstance(found.model, nn.Module):
-        if options.model:
+        if options.model and kind == files.TORCH and files.script_classes(path):
+            notes.append(f"the script's classes (__main__) read from --model {options.model}")
+        elif options.model:
             notes.append(f"--model {options.model} ignored: the file holds a whole module")
         return LoadedModel(found.model, "pickled-module", str(path), notes)
     checkpoint_kind = "safetensors" if kind == files.SAFETENSORS else "state-dict"

@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import Tensor, nn
@@ -17,8 +18,8 @@ from gradscope.errors import GradscopeError, first_line
 from gradscope.loading.files import importable_from_cwd
 
 
-def import_class(spec: str, option: str = "--model") -> type:
-    """The class named by ``package.module:Class`` or ``path/to/file.py:Class``."""
+def import_module_of(spec: str, option: str = "--model") -> ModuleType:
+    """The module of ``package.module:Class`` or ``path/to/file.py:Class``."""
     target, _, class_name = spec.rpartition(":")
     if not target or not class_name:
         raise GradscopeError(
@@ -35,9 +36,9 @@ def import_class(spec: str, option: str = "--model") -> type:
             )
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
-        else:
-            importable_from_cwd()
-            module = importlib.import_module(target)
+            return module
+        importable_from_cwd()
+        return importlib.import_module(target)
     except GradscopeError:
         raise
     except Exception as error:
@@ -45,6 +46,12 @@ def import_class(spec: str, option: str = "--model") -> type:
             f"{option} {spec!r}: importing {target} failed "
             f"({type(error).__name__}: {first_line(error)})"
         ) from None
+
+
+def import_class(spec: str, option: str = "--model") -> type:
+    """The class named by ``package.module:Class`` or ``path/to/file.py:Class``."""
+    module = import_module_of(spec, option)
+    target, _, class_name = spec.rpartition(":")
     cls = getattr(module, class_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise GradscopeError(f"{option} {spec!r}: {target} has no nn.Module class {class_name}")

@@ -17,9 +17,10 @@ import sys
 import traceback
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -299,7 +300,44 @@ def _numpy_dtype_classes() -> list[type]:
     return [obj for name, obj in vars(dtypes).items() if name.endswith("DType")]
 
 
+def _from_script(path: Path, names: list[str]) -> GradscopeError:
+    """The file was pickled by a script run as ``python train.py``: its classes are
+    ``__main__.Net``, which only that script's module can give."""
+    classes = [name.removeprefix("__main__.") for name in names if name.startswith("__main__.")]
+    return GradscopeError(
+        f"{path} was pickled by a script run directly: it needs the script's classes "
+        f"{', '.join(classes)} (as __main__.{classes[0]}); pass --trust --model "
+        f"path/to/script.py:{classes[0]} so gradscope reads them from that file (only for "
+        "files you trust), or save model.state_dict()"
+    )
+
+
+@contextmanager
+def main_classes(module: ModuleType | None) -> Iterator[None]:
+    """While unpickling, ``__main__.X`` finds the class ``X`` of ``module`` (the script the
+    model was saved from); nothing changes without one."""
+    if module is None:
+        yield
+        return
+    import __main__
+
+    added = [
+        name
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and not hasattr(__main__, name)
+    ]
+    for name in added:
+        setattr(__main__, name, getattr(module, name))
+    try:
+        yield
+    finally:
+        for name in added:
+            delattr(__main__, name)
+
+
 def _refuse_code(path: Path, names: list[str], unused: list[str] = ()) -> GradscopeError:
+    if any(name.startswith("__main__.") for name in names):
+        return _from_script(path, names)
     listed = ", ".join(names)
     ignored = f" (--allow-global {', '.join(unused)}: not needed by the file)" if unused else ""
     if all(_looks_like_data_class(name) for name in names):
@@ -347,6 +385,12 @@ def _not_a_checkpoint(path: Path, error: Exception) -> GradscopeError:
     )
 
 
+def script_classes(path: Path) -> list[str]:
+    """The ``__main__.X`` classes a file pickled by a script run directly needs."""
+    needed = _needed_globals(path, sniff(path) == LEGACY)
+    return [name for name in needed if name.startswith("__main__.")]
+
+
 def _needed_globals(path: Path, legacy: bool) -> list[str]:
     """Globals the file needs beyond the weights-only defaults (zip checkpoints only)."""
     if legacy:
@@ -357,13 +401,25 @@ def _needed_globals(path: Path, legacy: bool) -> list[str]:
         raise _not_a_checkpoint(path, error) from None
 
 
-def read_pickle(path: Path, trust: bool, allow_globals: tuple[str, ...] = ()) -> object:
-    """Unpickle a ``torch.save`` file: weights-only with safe globals, or as code (``--trust``)."""
+def read_pickle(
+    path: Path,
+    trust: bool,
+    allow_globals: tuple[str, ...] = (),
+    script: Callable[[], ModuleType] | None = None,
+) -> object:
+    """Unpickle a ``torch.save`` file: weights-only with safe globals, or as code (``--trust``).
+
+    ``script`` gives the module a file pickled by a script run directly takes its
+    ``__main__`` classes from (``--model path/to/script.py:Class``).
+    """
     legacy = sniff(path) == LEGACY
     if trust:
         importable_from_cwd()
+        from_main = script_classes(path)
+        if from_main and script is None:
+            raise _from_script(path, from_main)
         try:
-            with quiet():
+            with quiet(), main_classes(script() if from_main and script else None):
                 return torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ModuleNotFoundError, ImportError) as error:
             raise GradscopeError(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -178,3 +181,44 @@ def test_a_torch_function_off_the_list_is_refused_and_never_runs(tmp_path, capsy
     message = one_line_error(["analyze", str(path)], capsys)
     assert "torch.serialization.save" in message and "--trust" in message
     assert not marker.exists()
+
+
+SCRIPT = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    torch.save(Net(), "net.pt")
+"""
+
+
+def test_a_model_pickled_by_a_script_run_directly_is_read_with_its_script(tmp_path, capsys):
+    import __main__
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True)
+    path = tmp_path / "net.pt"
+
+    for flags in ([], ["--trust"]):
+        message = one_line_error(["analyze", str(path), *flags], capsys)
+        assert "pickled by a script run directly" in message and "Net" in message
+        assert "--trust --model path/to/script.py:Net" in message
+
+    report = gradscope.analyze(path, trust=True, model=f"{script}:Net", steps=10)
+
+    assert [core.name for core in report.recurrent] == ["rnn"]
+    assert any("read from --model" in note for note in report.model.notes)
+    assert not hasattr(__main__, "Net")  # the mapping lasts only while unpickling
