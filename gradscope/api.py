@@ -40,6 +40,7 @@ def analyze(
     depth: str = DEFAULTS.granularity,
     chi_probes: int = DEFAULTS.chi_probes,
     power_iterations: int = DEFAULTS.power_iterations,
+    detect_cells: bool = DEFAULTS.detect_cells,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Probe a model and diagnose its gradient flow over time and over depth.
@@ -56,8 +57,9 @@ def analyze(
     The probe: ``steps`` and ``batch`` (default 100 and 1; 32 for a model without recurrent
     modules), ``seed``, ``dtype`` (float64 or float32), ``probe`` (``gaussian``, ``zeros``,
     a tensor file or a tensor), ``input_shape`` (one shape, or several: ``["4,50,8",
-    "mask=4,50"]``), ``batch_first``, ``output_key`` (which output
-    the loss reads), ``cells`` (module paths of custom recurrent cells), ``device``.
+    "mask=4,50"]``), ``batch_first``, ``output_key`` (which output the loss reads), ``cells``
+    (module paths of custom recurrent cells), ``detect_cells`` (step the modules the model
+    loops as recurrent cells), ``device``.
 
     Judging: ``horizon`` (the distance L to learn across; default each core's length),
     ``epsilon`` (a change by 1/epsilon within L fails). Over time: ``burn_in``,
@@ -99,6 +101,7 @@ def analyze(
         granularity=depth,
         chi_probes=chi_probes,
         power_iterations=power_iterations,
+        detect_cells=detect_cells,
     )
     from gradscope.pipeline import quiet, run
 

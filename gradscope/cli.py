@@ -216,6 +216,14 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
+    detect_cells: Annotated[
+        bool,
+        typer.Option(
+            "--detect-cells/--no-detect-cells",
+            help="Find modules the model loops as recurrent cells and step them as --cell would.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = DEFAULTS.detect_cells,
     depth: Annotated[
         str,
         typer.Option(
@@ -313,6 +321,7 @@ def analyze(
             depth=depth,
             chi_probes=chi_probes,
             power_iterations=power_iterations,
+            detect_cells=detect_cells,
             progress=progress,
         )
     write(report, output_format, stdout_console())

@@ -61,7 +61,8 @@ class AnalysisOptions:
     ``model(*probe)``). ``input_shape`` is one shape; several, or named ones
     (``x=4,50,8``), are kept in ``input_shapes`` for a model called with several inputs.
     ``distance`` is the distance L the model must learn across (``--horizon``; by default each
-    core's own length); ``granularity`` that of the depth view (``--depth``).
+    core's own length); ``granularity`` that of the depth view (``--depth``). ``detect_cells``:
+    find modules the model loops as recurrent cells and step them as ``--cell`` would.
     """
 
     steps: int | None = None
@@ -83,6 +84,7 @@ class AnalysisOptions:
     chi_probes: int = 2
     power_iterations: int = 2
     input_shapes: tuple[tuple[str | None, tuple[int, ...]], ...] = ()
+    detect_cells: bool = True
 
     def __post_init__(self) -> None:
         shapes = parse_input_shapes(self.input_shape) if self.input_shape is not None else ()

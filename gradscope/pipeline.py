@@ -30,6 +30,7 @@ from gradscope.views import (
     RecurrentView,
     Subject,
     View,
+    detect_cells,
     has_recurrence,
 )
 
@@ -74,16 +75,45 @@ def plan(subject: Subject) -> Plan:
     gets one probe for its recurrent cores (if any) and its blocks."""
     if subject.loaded.parts is not None:
         return Plan(subject, [PartsView()])
-    module, options = subject.module, subject.options
+    module, requested = subject.module, subject.options
+    options, probe = _probe(module, requested, subject.device)
+    notes: list[Note] = []
+    detected: tuple[str, ...] = ()
+    if requested.detect_cells and not requested.cells:
+        found = detect_cells(module, probe)
+        if found:
+            detected = tuple(name for name, _ in found)
+            options, probe = _probe(
+                module, dataclasses.replace(requested, cells=detected), subject.device
+            )
+            notes.append(Note("probe", _detected_note(module, found)))
     recurrent = has_recurrence(module, options)
-    if not recurrent and options.batch is None:  # the steps are the probe's to choose
-        options = dataclasses.replace(options, batch=DEFAULT_DEPTH_BATCH)
-    probe = make_probe(module, options, subject.device)
     probed = dataclasses.replace(
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
     )
-    views: list[View] = [RecurrentView()] if recurrent else []
-    return Plan(probed, [*views, DepthView()], _probe_notes(probe, options))
+    views: list[View] = [RecurrentView(detected)] if recurrent else []
+    return Plan(probed, [*views, DepthView()], [*notes, *_probe_notes(probe, options)])
+
+
+def _probe(
+    module: nn.Module, options: AnalysisOptions, device: torch.device
+) -> tuple[AnalysisOptions, Probe]:
+    """The probe for ``module``: a model without recurrence gets a batch of 32 by default."""
+    if not has_recurrence(module, options) and options.batch is None:
+        options = dataclasses.replace(options, batch=DEFAULT_DEPTH_BATCH)
+    return options, make_probe(module, options, device)
+
+
+def _detected_note(module: nn.Module, found: list[tuple[str, int]]) -> str:
+    cells = ", ".join(
+        f"{name} ({type(module.get_submodule(name)).__name__}), called {calls} times"
+        for name, calls in found
+    )
+    return (
+        f"detected: {cells}; each call reads the state the one before gave, so it is stepped "
+        "as a recurrent cell, its first argument the step's input (--cell names one "
+        "yourself, --no-detect-cells turns this off)"
+    )
 
 
 def _probe_notes(probe: Probe, options: AnalysisOptions) -> list[Note]:

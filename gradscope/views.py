@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +69,21 @@ class View(Protocol):
         ...
 
 
+def detect_cells(module: nn.Module, probe: Probe) -> list[tuple[str, int]]:
+    """The modules the model loops as recurrent cells on ``probe`` that gradscope can step,
+    with how often each was called; none when the model does not run."""
+    from gradscope.depth.recurrences import every_call, steppable_cells
+    from gradscope.probe import run_model
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), every_call(module) as log:
+            warnings.simplefilter("ignore")  # the runs that measure say what is to be said
+            run_model(module, probe)
+    except Exception:
+        return []
+    return steppable_cells(module, log)
+
+
 def has_recurrence(module: nn.Module, options: AnalysisOptions) -> bool:
     """Whether the model has a recurrent module or cell to follow over time."""
     return bool(recurrent_modules(module, scripted=False) or options.cells)
@@ -79,12 +95,22 @@ class RecurrentView:
     def starting(self, subject: Subject) -> str:
         return f"probing {subject.options.steps} steps and measuring the recurrent cores"
 
+    def __init__(self, detected: tuple[str, ...] = ()) -> None:
+        self.detected = detected
+
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
         from gradscope.recurrent.measure import measure_recurrent
 
         assert subject.module is not None and subject.probe is not None
-        with torch.enable_grad():
-            measured = measure_recurrent(subject.module, subject.probe, subject.options)
+        try:
+            with torch.enable_grad():
+                measured = measure_recurrent(subject.module, subject.probe, subject.options)
+        except GradscopeError as error:
+            if not self.detected:
+                raise
+            # a detected cell that cannot be stepped is left to coverage, which names it
+            detected = ", ".join(self.detected)
+            return Measured(notes=[Note("recurrent", f"detected {detected} not stepped: {error}")])
         names = list(dict.fromkeys(core.name for core in measured.cores))
         return Measured(measured.cores, measured.input_grad_norm, modules={"recurrent": names})
 

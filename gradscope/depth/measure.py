@@ -129,10 +129,10 @@ def _regions(model: nn.Module, blocks: list[Block], log: dict) -> list:
     """The graph regions recurrences are named by: every call of a recurrent module (its own
     steps are not a hidden recurrence), then every block."""
     recurrent = [
-        region(name, gives, reads)
+        region(name, call.gives, call.reads)
         for name, calls in log.items()
         if is_recurrent(model.get_submodule(name))
-        for reads, gives in calls
+        for call in calls
     ]
     return recurrent + [
         region(block.calls[0].name, [block.output], [block.input]) for block in blocks

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from gradscope.probe.structure import tensor_leaves
+from gradscope.taxonomy import is_builtin_recurrent
 
 #: A module called fewer times than this is no loop to speak of.
 MIN_LOOP_CALLS = 3
@@ -43,10 +44,24 @@ class Recurrence:
     what: str
 
 
+@dataclass(frozen=True)
+class ModuleCall:
+    """One call of a module: the tensors it read and gave, and how it was called (the number
+    of positional arguments, the keyword names)."""
+
+    reads: list[Tensor]
+    gives: list[Tensor]
+    positional: int
+    keywords: tuple[str, ...]
+
+
+CallLog = dict[str, list[ModuleCall]]
+
+
 @contextmanager
-def every_call(model: nn.Module) -> Iterator[dict[str, list[tuple[list[Tensor], list[Tensor]]]]]:
+def every_call(model: nn.Module) -> Iterator[CallLog]:
     """Record the tensors every module of ``model`` reads and gives, call by call."""
-    log: dict[str, list[tuple[list[Tensor], list[Tensor]]]] = defaultdict(list)
+    log: CallLog = defaultdict(list)
     handles = []
     for name, module in model.named_modules():
 
@@ -54,7 +69,8 @@ def every_call(model: nn.Module) -> Iterator[dict[str, list[tuple[list[Tensor], 
             module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
         ) -> None:
             reads = [t for _, t in tensor_leaves([list(args), kwargs])]
-            log[name].append((reads, [t for _, t in tensor_leaves(result)]))
+            gives = [t for _, t in tensor_leaves(result)]
+            log[name].append(ModuleCall(reads, gives, len(args), tuple(kwargs)))
 
         handles.append(module.register_forward_hook(after, with_kwargs=True))
     try:
@@ -64,28 +80,53 @@ def every_call(model: nn.Module) -> Iterator[dict[str, list[tuple[list[Tensor], 
             handle.remove()
 
 
-def looped_modules(log: dict[str, list[tuple[list[Tensor], list[Tensor]]]]) -> list[Recurrence]:
-    """The modules called as a recurrent cell: at least MIN_LOOP_CALLS calls, every one after
-    the first reading an output of the one before and a tensor the one before did not read."""
-    found = []
+def _loops(calls: list[ModuleCall]) -> bool:
+    """At least MIN_LOOP_CALLS calls, every one after the first reading an output of the one
+    before and a tensor the one before did not read (the step's input)."""
+    if len(calls) < MIN_LOOP_CALLS:
+        return False
+    for before, after in itertools.pairwise(calls):
+        fed = {id(t) for t in before.gives}
+        seen = {id(t) for t in before.reads} | fed
+        if not (
+            any(id(t) in fed for t in after.reads) and any(id(t) not in seen for t in after.reads)
+        ):
+            return False
+    return True
+
+
+def looped_modules(log: CallLog) -> list[Recurrence]:
+    """The modules called as a recurrent cell (:func:`_loops`)."""
+    return [
+        Recurrence(
+            name,
+            f"called {len(calls)} times, each call reading the state the call before gave: a "
+            "recurrent cell",
+        )
+        for name, calls in log.items()
+        if _loops(calls)
+    ]
+
+
+def steppable_cells(model: nn.Module, log: CallLog) -> list[tuple[str, int]]:
+    """The looped modules gradscope can step as a cell (``cell(x)``, ``cell(x, state)`` or
+    ``cell(x, state=...)``), outermost first, with how often each was called; PyTorch's own
+    recurrent modules and what lies inside them, or inside another cell, are left out."""
+    builtin = [name for name, module in model.named_modules() if is_builtin_recurrent(module)]
+    found: list[tuple[str, int]] = []
     for name, calls in log.items():
-        if len(calls) < MIN_LOOP_CALLS:
+        if not name or not _loops(calls) or _inside(name, builtin, itself=True):
             continue
-        stepped = 0
-        for (read_before, gave_before), (reads, _) in itertools.pairwise(calls):
-            fed = {id(t) for t in gave_before}
-            before = {id(t) for t in read_before} | fed
-            if any(id(t) in fed for t in reads) and any(id(t) not in before for t in reads):
-                stepped += 1
-        if stepped == len(calls) - 1:
-            found.append(
-                Recurrence(
-                    name,
-                    f"called {len(calls)} times, each call reading the state the call before "
-                    "gave: a recurrent cell",
-                )
-            )
+        first = calls[0]
+        if not 1 <= first.positional <= 2 or first.positional + len(first.keywords) > 2:
+            continue
+        if not _inside(name, [cell for cell, _ in found]):
+            found.append((name, len(calls)))
     return found
+
+
+def _inside(name: str, others: list[str], itself: bool = False) -> bool:
+    return any((itself and name == o) or name.startswith(o + ".") for o in others)
 
 
 def _recurrent_nodes(

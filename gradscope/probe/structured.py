@@ -9,6 +9,7 @@ the first one a module with weights reads on a trial run.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -116,7 +117,8 @@ def main_input(probe: Probe, model: nn.Module) -> tuple[Tensor, str | None]:
     for tensor in floating:
         tensor.requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.simplefilter("ignore")  # a trial run: the measured runs say what matters
             probe.call(model)
     except Exception:
         pass  # the probe run says why; what was read before the failure still counts

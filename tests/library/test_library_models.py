@@ -301,10 +301,28 @@ def test_several_input_shapes_name_keywords(capsys):
 # --- recurrences no PyTorch module names ---------------------------------------------------------
 
 
-def test_a_cell_looped_inside_a_block_is_an_unmeasured_recurrence_until_named():
+def test_a_cell_looped_inside_a_block_is_detected_and_stepped_like_a_named_cell():
     torch.manual_seed(0)
     model = LoopedCellStack().double()
+
     report = gradscope.analyze(model, input_shape=(2, 20, 4))
+    named = gradscope.analyze(model, input_shape=(2, 20, 4), cells=("block.cell",))
+
+    (core,) = report.recurrent
+    assert core.name == "block.cell" and core.steps == 20
+    assert core.lyapunov == pytest.approx(named.recurrent[0].lyapunov, rel=1e-12)
+    assert core.grad_norm == pytest.approx(named.recurrent[0].grad_norm, rel=1e-12)
+    assert any(
+        note.startswith("detected: block.cell (StepCell), called 20 times")
+        for note in report.model.notes
+    )
+    assert not report.coverage.unmeasured_recurrence
+
+
+def test_without_detection_a_looped_cell_is_an_unmeasured_recurrence_with_its_flag():
+    torch.manual_seed(0)
+    model = LoopedCellStack().double()
+    report = gradscope.analyze(model, input_shape=(2, 20, 4), detect_cells=False)
 
     errors = [f for f in report.findings if f.severity == "error"]
     assert [f.id for f in errors] == ["not-measured"]
@@ -313,10 +331,6 @@ def test_a_cell_looped_inside_a_block_is_an_unmeasured_recurrence_until_named():
     assert report.fails()
     cell_parameters = sum(p.numel() for p in model.block.cell.parameters())
     assert report.coverage.unmeasured_recurrence[0].parameters == cell_parameters
-
-    named = gradscope.analyze(model, input_shape=(2, 20, 4), cells=("block.cell",))
-    assert [c.name for c in named.recurrent] == ["block.cell"]
-    assert not named.coverage.unmeasured_recurrence
 
 
 def test_a_scan_inside_stacked_blocks_is_named_by_its_block():
