@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from torch import nn
 
 from gradscope.report import Coverage, Unmeasured
-from gradscope.taxonomy import is_kind, is_recurrent, type_name
+from gradscope.taxonomy import is_kind, is_recurrent, is_within, type_name
 
 #: Embedding lookups: no gradient flows through them to their ids, so the gradient at their
 #: output (the stack's input side, which the views measure) is all there is to measure.
@@ -41,11 +41,6 @@ def _owners(model: nn.Module) -> dict[int, tuple[str, str, nn.Parameter]]:
     return owners
 
 
-def _within(path: str, parts: Iterable[str]) -> bool:
-    """Whether the module at ``path`` is one of ``parts`` or inside one (``""`` holds all)."""
-    return any(path == part or path.startswith(part + ".") or part == "" for part in parts)
-
-
 def _recurrent_paths(model: nn.Module) -> list[str]:
     return [path for path, module in model.named_modules() if is_recurrent(module)]
 
@@ -69,7 +64,7 @@ def module_coverage(
     owners = _owners(model)
     views = {view: list(paths) for view, paths in views.items()}
     over_time = views.get("recurrent", [])
-    hidden = [(path, what) for path, what in recurrences if not _within(path, over_time)]
+    hidden = [(path, what) for path, what in recurrences if not is_within(path, over_time)]
     hidden_ids = {
         id(p) for path, _ in hidden if path for p in model.get_submodule(path).parameters()
     }
@@ -97,12 +92,12 @@ def module_coverage(
         if key in covered or key in hidden_ids:
             continue
         taking_part = used is None or key in used
-        is_recurrence = taking_part and _within(path, recurrent)
+        is_recurrence = taking_part and is_within(path, recurrent)
         if is_recurrence:
             reason = RECURRENT
         elif not taking_part:
             reason = NOT_USED
-        elif units and not _within(path, units):
+        elif units and not is_within(path, units):
             reason = READ_DIRECTLY
         else:
             reason = OUTSIDE_BLOCKS
@@ -134,7 +129,7 @@ def _hidden(model: nn.Module, path: str, what: str) -> Unmeasured:
 
 def _label(model: nn.Module, path: str, recurrent: list[str]) -> str:
     """A module's name in a coverage list: its path and class; a recurrent module's whole."""
-    holder = next((r for r in recurrent if r == path or path.startswith(r + ".") or r == ""), path)
+    holder = next((r for r in recurrent if is_within(path, [r])), path)
     return f"{holder or '(model)'} ({type_name(model.get_submodule(holder))})"
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,20 +210,22 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def parse_input_shapes(value: Any) -> tuple[tuple[str | None, tuple[int, ...]], ...]:
     """Input shapes as given: ``"4,50,8"``, ``(4, 50, 8)``, ``"x=4,50,8"``, or a sequence of
     them -> ((name or None, shape), ...); positional ones must come before named ones."""
-    if isinstance(value, str) or (
-        isinstance(value, Sequence) and all(isinstance(d, int) for d in value)
-    ):
+    if isinstance(value, str) or _sizes(value):
         value = [value]
+    if not isinstance(value, Iterable):
+        raise GradscopeError(f"--input-shape {value!r} is not a shape: give sizes like 1,100,32")
     shapes: list[tuple[str | None, tuple[int, ...]]] = []
     for item in value:
         name = None
         if isinstance(item, str):
             name, _, text = item.rpartition("=")
             shape = parse_shape(text)
-        else:
+        elif _sizes(item):
             shape = tuple(int(d) for d in item)
             if not shape or any(d <= 0 for d in shape):
                 raise GradscopeError(f"--input-shape needs positive sizes, not {shape}")
+        else:
+            raise GradscopeError(f"--input-shape {item!r} is not a shape: give sizes like 1,100,32")
         shapes.append((name.strip() or None if name else None, shape))
     first_named = next((i for i, (name, _) in enumerate(shapes) if name), len(shapes))
     if any(name is None for name, _ in shapes[first_named:]):
@@ -230,6 +233,15 @@ def parse_input_shapes(value: Any) -> tuple[tuple[str | None, tuple[int, ...]], 
             "--input-shape: give the positional inputs first, then the named ones (name=4,50,8)"
         )
     return tuple(shapes)
+
+
+def _sizes(value: Any) -> bool:
+    """Whether ``value`` is a sequence of integers (Python or NumPy), one shape."""
+    try:
+        items = list(value)
+    except TypeError:
+        return False
+    return all(isinstance(d, numbers.Integral) for d in items)
 
 
 def parse_spectrum_steps(text: str) -> int | str:

@@ -81,12 +81,18 @@ def plan(subject: Subject) -> Plan:
     detected: tuple[str, ...] = ()
     if requested.detect_cells and not requested.cells:
         found = detect_cells(module, probe)
+        names = tuple(name for name, _ in found)
         if found:
-            detected = tuple(name for name, _ in found)
-            options, probe = _probe(
-                module, dataclasses.replace(requested, cells=detected), subject.device
-            )
-            notes.append(Note("probe", _detected_note(module, found)))
+            try:
+                cells_probed = _probe(
+                    module, dataclasses.replace(requested, cells=names), subject.device
+                )
+            except GradscopeError as error:  # not probed as cells: coverage will name them
+                notes.append(Note("probe", f"detected {', '.join(names)} not stepped: {error}"))
+            else:
+                detected = names
+                options, probe = cells_probed
+                notes.append(Note("probe", _detected_note(module, found)))
     recurrent = has_recurrence(module, options)
     probed = dataclasses.replace(
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
@@ -183,7 +189,8 @@ def cover(planned: Plan, results: list[Measured]) -> Coverage:
 def judge(
     results: list[Measured], options: AnalysisOptions, steps: int, coverage: Coverage
 ) -> Diagnosis:
-    """Each core's distance (``--horizon``, else the steps it ran), then the verdict."""
+    """Each core's distance (``--horizon``, else the probe length; at most the steps a core
+    ran when it ran fewer than the probe), then the verdict."""
     cores = with_distances([c for r in results for c in r.cores], options.distance, steps)
     stack = next((r for r in results if r.stack is not None), None)
     return diagnose(

@@ -7,6 +7,7 @@ for ``isinstance`` checks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -136,3 +137,10 @@ def saturates(name: str | None) -> bool:
 
 #: Saturating activations by lowercase name, with their ``nn`` class name.
 SATURATING_KEYS = {name.lower(): name for name in SATURATING}
+
+
+def is_within(path: str, parents: Iterable[str]) -> bool:
+    """Whether the module at ``path`` is one of ``parents`` or inside one (``""`` holds all)."""
+    return any(
+        parent == "" or path == parent or path.startswith(parent + ".") for parent in parents
+    )

@@ -37,7 +37,7 @@ from gradscope.probe import (
     run_model,
 )
 from gradscope.report import DepthLayer, DepthStack
-from gradscope.taxonomy import RECTIFYING, classes, is_recurrent
+from gradscope.taxonomy import RECTIFYING, classes, is_recurrent, is_within
 
 #: Fewer blocks than this is no stack to speak of.
 MIN_BLOCKS = 3
@@ -118,10 +118,14 @@ def _changed_after(last: Block, returned: Tensor | None) -> bool:
 
 
 def _forward(
-    model: nn.Module, probe: Probe, granularity: str, given_shape: bool = False
+    model: nn.Module, probe: Probe, options: AnalysisOptions
 ) -> tuple[object, list[Block], dict]:
-    with recording(model, granularity) as calls, every_call(model) as log:
-        output = run_model(model, probe, given_shape)
+    """Run the probe recording every unit; the calls of recurrent cells (named, or looped on
+    their own state) are steps over time, not blocks over depth, and are left out."""
+    with recording(model, options.granularity) as calls, every_call(model) as log:
+        output = run_model(model, probe, options.input_shape is not None)
+    cells = [*options.cells, *(found.module for found in looped_modules(log))]
+    calls = [call for call in calls if not (cells and is_within(call.name, cells))]
     return output, blocks_of(calls, output), log
 
 
@@ -176,9 +180,7 @@ def measure_depth(
 def _measure(
     model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool
 ) -> DepthResult:
-    output, blocks, log = _forward(
-        model, probe, options.granularity, options.input_shape is not None
-    )
+    output, blocks, log = _forward(model, probe, options)
     looped = looped_modules(log)
     found = DepthResult(
         None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from gradscope.probe.structure import tensor_leaves
-from gradscope.taxonomy import is_builtin_recurrent
+from gradscope.taxonomy import is_builtin_recurrent, is_within
 
 #: A module called fewer times than this is no loop to speak of.
 MIN_LOOP_CALLS = 3
@@ -115,18 +115,14 @@ def steppable_cells(model: nn.Module, log: CallLog) -> list[tuple[str, int]]:
     builtin = [name for name, module in model.named_modules() if is_builtin_recurrent(module)]
     found: list[tuple[str, int]] = []
     for name, calls in log.items():
-        if not name or not _loops(calls) or _inside(name, builtin, itself=True):
+        if not name or not _loops(calls) or is_within(name, builtin):
             continue
         first = calls[0]
         if not 1 <= first.positional <= 2 or first.positional + len(first.keywords) > 2:
             continue
-        if not _inside(name, [cell for cell, _ in found]):
+        if not is_within(name, [cell for cell, _ in found]):
             found.append((name, len(calls)))
     return found
-
-
-def _inside(name: str, others: list[str], itself: bool = False) -> bool:
-    return any((itself and name == o) or name.startswith(o + ".") for o in others)
 
 
 def _recurrent_nodes(
@@ -236,10 +232,11 @@ def innermost(found: list[Recurrence]) -> list[Recurrence]:
     """The recurrences without one inside them: a block that loops over steps because a cell
     inside it is looped is the cell's recurrence, said once, at the cell."""
 
-    def holds(outer: str, inner: str) -> bool:
-        return outer != inner and (outer == "" or inner.startswith(outer + "."))
-
-    return [r for r in found if not any(holds(r.module, other.module) for other in found)]
+    return [
+        r
+        for r in found
+        if not any(o.module != r.module and is_within(o.module, [r.module]) for o in found)
+    ]
 
 
 def _recurrence(module: str, operations: list[str]) -> Recurrence:

@@ -386,9 +386,16 @@ def _not_a_checkpoint(path: Path, error: Exception) -> GradscopeError:
 
 
 def script_classes(path: Path) -> list[str]:
-    """The ``__main__.X`` classes a file pickled by a script run directly needs."""
+    """The ``__main__.X`` classes a file pickled by a script run directly needs, and the
+    running program's ``__main__`` lacks (a script that saves and analyses has them)."""
+    import __main__
+
     needed = _needed_globals(path, sniff(path) == LEGACY)
-    return [name for name in needed if name.startswith("__main__.")]
+    return [
+        name
+        for name in needed
+        if name.startswith("__main__.") and not hasattr(__main__, name.removeprefix("__main__."))
+    ]
 
 
 def _needed_globals(path: Path, legacy: bool) -> list[str]:

@@ -95,8 +95,15 @@ def _swapped(value: object, old: Tensor, new: Tensor) -> object:
     if isinstance(value, dict):
         return {key: _swapped(item, old, new) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_swapped(item, old, new) for item in value)
+        return rebuilt(value, [_swapped(item, old, new) for item in value])
     return value
+
+
+def rebuilt(sequence: list | tuple, items: list) -> list | tuple:
+    """``items`` in a sequence of ``sequence``'s type (a namedtuple takes them as fields)."""
+    if hasattr(sequence, "_fields"):
+        return type(sequence)(*items)
+    return type(sequence)(items)
 
 
 def load_probe_file(path: Path) -> object:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from gradscope.dataflow import depends_on
 from gradscope.errors import GradscopeError
 from gradscope.options import AnalysisOptions
-from gradscope.probe.inputs import Probe
+from gradscope.probe.inputs import Probe, rebuilt
 from gradscope.probe.layout import input_layout
 from gradscope.taxonomy import is_kind, is_recurrent, recurrent_modules
 
@@ -57,7 +57,7 @@ def _prepared(value: object, dtype: torch.dtype, device: torch.device) -> object
     if isinstance(value, dict):
         return {key: _prepared(item, dtype, device) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_prepared(item, dtype, device) for item in value)
+        return rebuilt(value, [_prepared(item, dtype, device) for item in value])
     return value
 
 
@@ -108,12 +108,15 @@ def main_input(probe: Probe, model: nn.Module) -> tuple[Tensor, str | None]:
                 if is_recurrent(module) and not recurrent_input and isinstance(first, Tensor):
                     recurrent_input.append((first, name))
                 for value in values if not read else ():
-                    match = next((t for t in tensors if _same(value, t)), None)
+                    match = next((t for t in tensors if t is value), None) or next(
+                        (t for t in tensors if _same(value, t)), None
+                    )
                     if match is not None:
                         read.append((match, name))
                         return
 
             handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
+    feeding: list[Tensor] = []
     for tensor in floating:
         tensor.requires_grad_(True)
     try:
@@ -125,14 +128,15 @@ def main_input(probe: Probe, model: nn.Module) -> tuple[Tensor, str | None]:
     finally:
         for handle in handles:
             handle.remove()
+        if recurrent_input:  # what the first recurrent module read depends on, while traced
+            seen = recurrent_input[0][0]
+            depends = depends_on([seen])
+            feeding = [t for t in floating if t is seen or depends(t)]
         for tensor in floating:
             tensor.requires_grad_(False)
-    if recurrent_input:
+    if feeding:
         seen, name = recurrent_input[0]
-        depends = depends_on([seen]) if seen.requires_grad else None
-        feeding = [t for t in floating if depends is not None and depends(t)]
-        if feeding:
-            return max(feeding, key=lambda t: (t.dim() == seen.dim(), t.dim())), name
+        return max(feeding, key=lambda t: (t.dim() == seen.dim(), t.dim())), name
     if read:
         return read[0]
     return max(floating or tensors, key=lambda t: t.dim()), None

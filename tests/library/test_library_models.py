@@ -504,3 +504,60 @@ def test_a_whole_nn_transformer_is_opened_into_its_layers():
 def test_steps_without_a_time_axis_are_said_to_be_ignored():
     report = gradscope.analyze(nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)]), steps=20)
     assert any("--steps 20 ignored" in note for note in report.model.notes)
+
+
+# --- review regressions --------------------------------------------------------------------------
+
+
+def test_a_stepped_cell_is_no_stack_over_depth():
+    from tests.helpers.models import StateLoop, TanhCell
+
+    torch.manual_seed(0)
+    model = StateLoop(TanhCell(3, 6), 6).double()
+    named = gradscope.analyze(model, steps=20, cells=("cell",))
+    detected = gradscope.analyze(model, input_shape=(1, 20, 3))
+    for report in (named, detected):
+        assert [core.name for core in report.recurrent] == ["cell"]
+        assert report.stack is None and report.layers == []
+
+
+def test_several_inputs_of_one_shape_take_the_one_the_recurrence_reads():
+    class ReadsSecond(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, mask: Tensor, x: Tensor) -> Tensor:
+            return self.gru(x)[0] * (1 + mask[..., :1])
+
+    report = gradscope.analyze(ReadsSecond(), input_shape=["2,6,3", "2,6,3"], probe="zeros")
+    assert any("the main input is 1" in note for note in report.model.notes)
+
+
+def test_a_namedtuple_of_inputs_is_passed_as_it_came():
+    from collections import namedtuple
+
+    Batch = namedtuple("Batch", ["x", "scale"])
+
+    class TakesBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, batch: Batch) -> Tensor:
+            return self.gru(batch.x)[0] * batch.scale
+
+    batch = Batch(torch.randn(2, 6, 3), torch.ones(2, 6, 4))
+    report = gradscope.analyze(TakesBatch(), batch)
+    assert report.recurrent[0].steps == 6
+
+
+def test_shapes_given_as_numpy_integers_are_shapes():
+    import numpy as np
+
+    report = gradscope.analyze(
+        nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)]), input_shape=np.array([4, 8])
+    )
+    assert report.settings.input_shape == [4, 8]
+    with pytest.raises(GradscopeError, match="is not a shape"):
+        gradscope.analyze(nn.Linear(8, 8), input_shape=5)

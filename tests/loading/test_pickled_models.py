@@ -222,3 +222,25 @@ def test_a_model_pickled_by_a_script_run_directly_is_read_with_its_script(tmp_pa
     assert [core.name for core in report.recurrent] == ["rnn"]
     assert any("read from --model" in note for note in report.model.notes)
     assert not hasattr(__main__, "Net")  # the mapping lasts only while unpickling
+
+
+def test_a_script_that_saves_and_analyses_its_own_model_needs_no_mapping(tmp_path):
+    import __main__
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    Net.__module__, Net.__qualname__ = "__main__", "GradscopeTestNet"
+    __main__.GradscopeTestNet = Net
+    try:
+        path = tmp_path / "net.pt"
+        torch.save(Net(), path)
+        report = gradscope.analyze(path, trust=True, steps=5)
+    finally:
+        del __main__.GradscopeTestNet
+    assert [core.name for core in report.recurrent] == ["rnn"]
