@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from torch import Tensor
 
 
-def graph_nodes(outputs: Iterable[Tensor]) -> tuple[set[int], set[int]]:
-    """(ids of the graph nodes, ids of the leaf tensors) that ``outputs`` depend on."""
-    nodes: set[int] = set()
-    leaves: set[int] = set()
-    stack = []
-    for tensor in outputs:
-        if tensor.grad_fn is not None:
-            stack.append(tensor.grad_fn)
-        elif tensor.requires_grad:
-            leaves.add(id(tensor))
+def walk(starts: Iterable[object], stops: set[int] = frozenset()) -> Iterator[object]:
+    """Every autograd node from ``starts`` back through the graph, once each, not past the
+    nodes whose ids are in ``stops``."""
+    seen: set[int] = set()
+    stack = list(starts)
     while stack:
         node = stack.pop()
-        if id(node) in nodes:
+        if node is None or id(node) in stops or id(node) in seen:
             continue
+        seen.add(id(node))
+        yield node
+        stack.extend(child for child, _ in node.next_functions)
+
+
+def graph_nodes(outputs: Iterable[Tensor]) -> tuple[set[int], set[int]]:
+    """(ids of the graph nodes, ids of the leaf tensors) that ``outputs`` depend on."""
+    outputs = list(outputs)
+    leaves = {id(t) for t in outputs if t.grad_fn is None and t.requires_grad}
+    nodes: set[int] = set()
+    for node in walk(t.grad_fn for t in outputs):
         nodes.add(id(node))
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
             leaves.add(id(variable))
-        stack.extend(child for child, _ in node.next_functions if child is not None)
     return nodes, leaves
 
 

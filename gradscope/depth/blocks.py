@@ -31,7 +31,8 @@ class Call:
     A unit may take several arguments and return a structure of tensors: ``input`` is the
     stream it read (the tensor the data flow brings from the block before, see
     :func:`stream_argument`), ``value`` a copy of it as it was at the call (safe from later
-    in-place changes), and ``output`` the stream it gave, at ``output_path`` in ``result``;
+    in-place changes), and ``output`` the stream it gave, at ``output_path`` among its
+    floating-point ``outputs``;
     every other argument is held fixed, and every other floating-point output is a side
     output (a skip, a cache, attention weights): a branch, not the stream.
     """
@@ -42,7 +43,6 @@ class Call:
     value: Tensor
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    result: object = None
     outputs: list[tuple[Path, Tensor]] = field(default_factory=list)
     output_path: Path = ()
 
@@ -258,7 +258,7 @@ def recording(model: nn.Module, granularity: str) -> Iterator[list[Call]]:
             outputs = [(path, t) for path, t in tensor_leaves(result) if t.is_floating_point()]
             if not outputs:
                 return
-            calls.append(Call(name, module, stream, value, args, kwargs, result, outputs))
+            calls.append(Call(name, module, stream, value, args, kwargs, outputs))
             for _, tensor in outputs:
                 produced[id(tensor)] = len(calls)
                 keep.append(tensor)
@@ -330,45 +330,31 @@ def feeds(before: Call, after: Call) -> bool:
 
 
 def without_parallel_calls(calls: list[Call]) -> list[Call]:
-    """The calls that form the stack: a module with weights called at least PARALLEL_CALLS
-    times whose calls do not feed each other (:func:`feeds`: a head applied at every decoder step, a
-    layer inside a loop over time) is kept at its last call only, and the activations that
-    follow the calls dropped go with them; a module applied to its own output again and again
-    (weights shared over depth) keeps every call."""
+    """The calls that form the stack. A module called at least PARALLEL_CALLS times whose
+    calls do not feed each other (:func:`feeds`: a head applied at every decoder step, a
+    dropout or a layer inside a loop over time) is applied per step: only its last call
+    stays, and calls without weights that follow a dropped call go with it. A module applied
+    to its own output again and again (weights shared over depth) keeps every call, and so
+    does an activation shared by the blocks it follows (``self.act`` after each block)."""
     by_module: dict[int, list[Call]] = {}
     for call in calls:
         by_module.setdefault(id(call.module), []).append(call)
-    dropped = set()
+    parallel = set()
     for own in by_module.values():
-        if len(own) < PARALLEL_CALLS or next(own[0].module.parameters(), None) is None:
-            continue  # a shared activation joins each block it follows
-        if not any(feeds(before, after) for before, after in itertools.pairwise(own)):
-            dropped |= {id(call) for call in own[:-1]}
-    kept, gone = [], set()
-    for call in calls:  # an activation after a dropped call goes with it
-        follows = id(call.input) in gone and next(call.module.parameters(), None) is None
-        if id(call) in dropped or follows:
+        if len(own) >= PARALLEL_CALLS and not any(
+            feeds(before, after) for before, after in itertools.pairwise(own)
+        ):
+            parallel |= {id(call) for call in own[:-1]}
+    kept, kept_outputs, gone = [], set(), set()
+    for call in calls:
+        plain = next(call.module.parameters(), None) is None
+        joins = plain and id(call.input) in kept_outputs
+        if not joins and (id(call) in parallel or (plain and id(call.input) in gone)):
             gone.add(id(call.output))
         else:
             kept.append(call)
+            kept_outputs.add(id(call.output))
     return kept
-
-
-def _without_repeated_plain_blocks(blocks: list[Block]) -> list[Block]:
-    """Blocks without weights (a dropout and an activation applied at every decoder step)
-    that repeat at least PARALLEL_CALLS times are kept at their last occurrence."""
-    occurrences: dict[tuple[int, ...], list[int]] = {}
-    for index, block in enumerate(blocks):
-        if not block.has_weights():
-            key = tuple(id(call.module) for call in block.calls)
-            occurrences.setdefault(key, []).append(index)
-    dropped = {
-        index
-        for indices in occurrences.values()
-        if len(indices) >= PARALLEL_CALLS
-        for index in indices[:-1]
-    }
-    return [block for index, block in enumerate(blocks) if index not in dropped]
 
 
 def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
@@ -389,7 +375,6 @@ def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
             previous.calls.append(call)
         else:
             blocks.append(Block([call]))
-    blocks = _without_repeated_plain_blocks(blocks)
     for block in blocks:
         places = [_parent_and_index(call.name) for call in block.calls]
         parents = {parent for parent, _ in places}

@@ -119,14 +119,16 @@ def _changed_after(last: Block, returned: Tensor | None) -> bool:
 
 def _forward(
     model: nn.Module, probe: Probe, options: AnalysisOptions
-) -> tuple[object, list[Block], dict]:
-    """Run the probe recording every unit; the calls of recurrent cells (named, or looped on
-    their own state) are steps over time, not blocks over depth, and are left out."""
+) -> tuple[object, list[Block], dict, list[Recurrence]]:
+    """Run the probe recording every unit and every module call; the calls of recurrent
+    cells (named, or looped on their own state, returned) are steps over time, not blocks
+    over depth, and are left out."""
     with recording(model, options.granularity) as calls, every_call(model) as log:
         output = run_model(model, probe, options.input_shape is not None)
-    cells = [*options.cells, *(found.module for found in looped_modules(log))]
+    looped = looped_modules(log)
+    cells = [*options.cells, *(found.module for found in looped)]
     calls = [call for call in calls if not (cells and is_within(call.name, cells))]
-    return output, blocks_of(calls, output), log
+    return output, blocks_of(calls, output), log, looped
 
 
 def _regions(model: nn.Module, blocks: list[Block], log: dict) -> list:
@@ -180,8 +182,7 @@ def measure_depth(
 def _measure(
     model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool
 ) -> DepthResult:
-    output, blocks, log = _forward(model, probe, options)
-    looped = looped_modules(log)
+    output, blocks, log, looped = _forward(model, probe, options)
     found = DepthResult(
         None,
         block_modules=list(dict.fromkeys(call.name for b in blocks for call in b.calls)),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from gradscope.dataflow import walk
 from gradscope.probe.structure import tensor_leaves
 from gradscope.taxonomy import is_builtin_recurrent, is_within
 
@@ -134,19 +135,12 @@ def _recurrent_nodes(
     parts) where each part depends on the one before (a loop over steps). id -> the
     operation, in words."""
     found = {}
-    seen: set[int] = set()
-    stack = list(starts)
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in stops or id(current) in seen:
-            continue
-        seen.add(id(current))
-        name = current.name()
-        if name.startswith(SCAN_NODES) and _over_time(current, time):
-            found[id(current)] = name.removesuffix("Backward0").lower()
-        elif name.startswith(GATHER_NODES) and _chained_parts(current, time[1]):
-            found[id(current)] = "a loop over steps"
-        stack.extend(child for child, _ in current.next_functions)
+    for node in walk(starts, stops):
+        name = node.name()
+        if name.startswith(SCAN_NODES) and _over_time(node, time):
+            found[id(node)] = name.removesuffix("Backward0").lower()
+        elif name.startswith(GATHER_NODES) and _chained_parts(node, time[1]):
+            found[id(node)] = "a loop over steps"
     return found
 
 
@@ -171,33 +165,23 @@ def _chained_parts(node: object, steps: int) -> bool:
     return False
 
 
-def _scanned_axis(node: object) -> tuple[int, int] | None:
-    """(axis, length) a cumulative node scans, where autograd says it; the axis counted from
-    the front (autograd keeps a negative axis as an unsigned number)."""
+def _over_time(node: object, time: tuple[int, int, int]) -> bool:
+    """Whether a cumulative node scans the time axis: ``time`` is (axis, steps, rank) of the
+    probe; a tensor of the probe's rank must be scanned on that axis, any other along an
+    axis as long as the probe. Autograd says the axis and shape, where it keeps them (a
+    negative axis as an unsigned number)."""
     try:
         shape = list(node._input_metadata[0].shape)  # type: ignore[attr-defined]
         dim = int(node._saved_dim)  # type: ignore[attr-defined]
     except Exception:
-        return None
+        return False
     if dim >= 2**63:
         dim -= 2**64
     if not -len(shape) <= dim < len(shape):
-        return None
-    dim %= len(shape)
-    return dim, int(shape[dim])
-
-
-def _over_time(node: object, time: tuple[int, int, int]) -> bool:
-    """Whether a cumulative node scans the time axis: ``time`` is (axis, steps, rank) of the
-    probe; a tensor of the probe's rank must be scanned on that axis, any other along an
-    axis as long as the probe."""
-    scanned = _scanned_axis(node)
-    if scanned is None:
         return False
-    dim, length = scanned
+    dim %= len(shape)
     axis, steps, rank = time
-    rank_of_node = len(node._input_metadata[0].shape)  # type: ignore[attr-defined]
-    return length == steps and (rank_of_node != rank or dim == axis)
+    return shape[dim] == steps and (len(shape) != rank or dim == axis)
 
 
 def region(name: str, gives: list[Tensor], reads: list[Tensor]) -> tuple[str, list, set[int]]:

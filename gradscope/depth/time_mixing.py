@@ -32,24 +32,26 @@ def _at(tensor: Tensor, axis: int, steps: int) -> bool:
     return tensor.dim() > axis and tensor.shape[axis] == steps
 
 
+def _reaches(change: Tensor | None, axis: int, steps: slice | list[int]) -> bool:
+    """Whether ``change`` (a gradient or a pushed tangent) is more than rounding at any of
+    ``steps`` of ``axis``, against its largest entry anywhere."""
+    if change is None:
+        return False
+    per_step = change.detach().movedim(axis, 0).reshape(change.shape[axis], -1).abs()
+    largest = float(per_step.max())
+    chosen = per_step[steps]
+    return largest > 0 and chosen.numel() > 0 and float(chosen.max()) > TOLERANCE * largest
+
+
 def reaches_back(gradient: Tensor | None, axis: int) -> bool:
     """Whether a gradient taken at the last step reaches back past the first half of ``axis``
     (as a recurrence does; a shift by a step or a short window does not)."""
-    if gradient is None:
-        return False
-    per_step = gradient.detach().movedim(axis, 0).reshape(gradient.shape[axis], -1).abs()
-    largest = float(per_step.max())
-    half = per_step.shape[0] // 2
-    return largest > 0 and float(per_step[:half].max()) > TOLERANCE * largest
+    return gradient is not None and _reaches(gradient, axis, slice(0, gradient.shape[axis] // 2))
 
 
 def reaches_forward(gradient: Tensor | None, axis: int) -> bool:
     """Whether a gradient taken at the first step reaches any later step of ``axis``."""
-    if gradient is None:
-        return False
-    per_step = gradient.detach().movedim(axis, 0).reshape(gradient.shape[axis], -1).abs()
-    largest = float(per_step.max())
-    return largest > 0 and float(per_step[1:].max()) > TOLERANCE * largest
+    return _reaches(gradient, axis, slice(1, None))
 
 
 def first_step_gradient(
@@ -90,15 +92,9 @@ def block_mixes_time(blocks: list[Block], axis: int, steps: int) -> bool:
         _, pushed = jvp(stacked, tuple(b.value for b in chosen), tuple(tangents))
     except Exception:
         return True  # a block forward-mode cannot follow: do not claim the mixing is outside
-    for change in pushed:
-        if not _at(change, axis, steps):
-            return True  # the block reduces over time (a pooling): it mixes time
-        moved = change.detach().movedim(axis, 0).abs()
-        largest = float(moved.max())
-        others = torch.cat([moved[:middle], moved[middle + 1 :]])
-        if largest > 0 and float(others.max()) > TOLERANCE * largest:
-            return True
-    return False
+    others = [step for step in range(steps) if step != middle]
+    # a block that reduces over time (a pooling) mixes time too
+    return any(not _at(change, axis, steps) or _reaches(change, axis, others) for change in pushed)
 
 
 def mixing_outside_blocks(
