@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,15 +72,11 @@ def detect_cells(module: nn.Module, probe: Probe) -> list[tuple[str, int]]:
     """The modules the model loops as recurrent cells on ``probe`` that gradscope can step,
     with how often each was called; none when the model does not run."""
     from gradscope.depth.recurrences import every_call, steppable_cells
-    from gradscope.probe import run_model
+    from gradscope.probe.trial import trial_run
 
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), every_call(module) as log:
-            warnings.simplefilter("ignore")  # the runs that measure say what is to be said
-            run_model(module, probe)
-    except Exception:
-        return []
-    return steppable_cells(module, log)
+    with every_call(module) as log:
+        ran = trial_run(lambda: probe.call(module))
+    return steppable_cells(module, log) if ran else []
 
 
 def has_recurrence(module: nn.Module, options: AnalysisOptions) -> bool:
@@ -140,19 +135,14 @@ class DepthView:
                 return Measured(notes=[Note("depth", message)])
             other = "--depth blocks" if options.granularity == "leaves" else "--depth leaves"
             raise GradscopeError(f"{message}; try {other}") from None
-        if depth.stack is None:
-            # beside cores, a short feed-forward part is in the gradients measured end to end
+        if depth.stack is not None:
+            modules = {"depth": depth.block_modules}
+        else:  # beside cores, a short feed-forward part is in the gradients measured end to end
             modules = {"end-to-end": depth.block_modules} if beside_cores else {}
-            return Measured(
-                modules=modules,
-                used=depth.used,
-                units=depth.units,
-                recurrences=[(r.module, r.what) for r in depth.recurrences],
-            )
         return Measured(
             stack=depth.stack,
             layers=depth.layers,
-            modules={"depth": depth.block_modules},
+            modules=modules,
             used=depth.used,
             units=depth.units,
             recurrences=[(r.module, r.what) for r in depth.recurrences],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -229,7 +229,6 @@ def recording(model: nn.Module, granularity: str) -> Iterator[list[Call]]:
     grouped into blocks (:func:`blocks_of`).
     """
     calls: list[Call] = []
-    handles = []
     produced: dict[int, int] = {}  # id of a tensor a unit gave (or the model's input) -> order
     keep: list[Tensor] = []  # the tensors behind those ids stay alive while recording
     pending: dict[int, list[tuple[Tensor, Tensor]]] = {}
@@ -240,36 +239,33 @@ def recording(model: nn.Module, granularity: str) -> Iterator[list[Call]]:
                 produced[id(tensor)] = -1
                 keep.append(tensor)
 
-    handles.append(model.register_forward_pre_hook(model_input, with_kwargs=True))
-    for name, module in units(model, granularity):
+    with ExitStack() as hooks:
+        hooks.callback(model.register_forward_pre_hook(model_input, with_kwargs=True).remove)
+        for name, module in units(model, granularity):
 
-        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            stream = stream_argument(args, kwargs, produced)
-            if stream is not None:  # copied before an in-place change
-                pending.setdefault(id(module), []).append((stream, stream.detach().clone()))
+            def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                stream = stream_argument(args, kwargs, produced)
+                if stream is not None:  # copied before an in-place change
+                    pending.setdefault(id(module), []).append((stream, stream.detach().clone()))
 
-        def after(
-            module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
-        ) -> None:
-            waiting = pending.get(id(module))
-            if not waiting:
-                return
-            stream, value = waiting.pop()
-            outputs = [(path, t) for path, t in tensor_leaves(result) if t.is_floating_point()]
-            if not outputs:
-                return
-            calls.append(Call(name, module, stream, value, args, kwargs, outputs))
-            for _, tensor in outputs:
-                produced[id(tensor)] = len(calls)
-                keep.append(tensor)
+            def after(
+                module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
+            ) -> None:
+                waiting = pending.get(id(module))
+                if not waiting:
+                    return
+                stream, value = waiting.pop()
+                outputs = [(path, t) for path, t in tensor_leaves(result) if t.is_floating_point()]
+                if not outputs:
+                    return
+                calls.append(Call(name, module, stream, value, args, kwargs, outputs))
+                for _, tensor in outputs:
+                    produced[id(tensor)] = len(calls)
+                    keep.append(tensor)
 
-        handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-        handles.append(module.register_forward_hook(after, with_kwargs=True))
-    try:
+            hooks.callback(module.register_forward_pre_hook(before, with_kwargs=True).remove)
+            hooks.callback(module.register_forward_hook(after, with_kwargs=True).remove)
         yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _parent_and_index(name: str) -> tuple[str, int | None]:

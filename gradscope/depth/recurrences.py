@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -63,22 +63,18 @@ CallLog = dict[str, list[ModuleCall]]
 def every_call(model: nn.Module) -> Iterator[CallLog]:
     """Record the tensors every module of ``model`` reads and gives, call by call."""
     log: CallLog = defaultdict(list)
-    handles = []
-    for name, module in model.named_modules():
+    with ExitStack() as hooks:
+        for name, module in model.named_modules():
 
-        def after(
-            module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
-        ) -> None:
-            reads = [t for _, t in tensor_leaves([list(args), kwargs])]
-            gives = [t for _, t in tensor_leaves(result)]
-            log[name].append(ModuleCall(reads, gives, len(args), tuple(kwargs)))
+            def after(
+                module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
+            ) -> None:
+                reads = [t for _, t in tensor_leaves([list(args), kwargs])]
+                gives = [t for _, t in tensor_leaves(result)]
+                log[name].append(ModuleCall(reads, gives, len(args), tuple(kwargs)))
 
-        handles.append(module.register_forward_hook(after, with_kwargs=True))
-    try:
+            hooks.callback(module.register_forward_hook(after, with_kwargs=True).remove)
         yield log
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _loops(calls: list[ModuleCall]) -> bool:

@@ -15,7 +15,7 @@ from gradscope.errors import GradscopeError, first_line
 from gradscope.options import DEFAULT_STEPS, AnalysisOptions
 from gradscope.probe.layout import Layout, input_layout
 from gradscope.probe.positions import TRIAL_STEPS, Positions, layout_by_data_flow
-from gradscope.probe.structure import tensor_leaves
+from gradscope.probe.structure import map_tensors, tensor_leaves
 from gradscope.taxonomy import is_kind
 
 
@@ -64,7 +64,8 @@ class Probe:
         chosen = self.inputs if inputs is None else inputs
         if self.payload is None:
             return model(chosen)
-        value = _swapped(self.payload, self.inputs, chosen)
+        main = self.inputs
+        value = map_tensors(self.payload, lambda t: chosen if t is main else t)
         if self.spread == "args":
             return model(*value)
         if self.spread == "kwargs":
@@ -86,24 +87,6 @@ class Probe:
     def shapes(self) -> dict[str, list[int]]:
         """Every input's shape, by :meth:`named_inputs`; empty for a single input."""
         return {name: list(tensor.shape) for name, tensor in self.named_inputs()}
-
-
-def _swapped(value: object, old: Tensor, new: Tensor) -> object:
-    """``value`` with the tensor ``old`` replaced by ``new`` wherever it sits."""
-    if value is old:
-        return new
-    if isinstance(value, dict):
-        return {key: _swapped(item, old, new) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return rebuilt(value, [_swapped(item, old, new) for item in value])
-    return value
-
-
-def rebuilt(sequence: list | tuple, items: list) -> list | tuple:
-    """``items`` in a sequence of ``sequence``'s type (a namedtuple takes them as fields)."""
-    if hasattr(sequence, "_fields"):
-        return type(sequence)(*items)
-    return type(sequence)(items)
 
 
 def load_probe_file(path: Path) -> object:
@@ -170,22 +153,22 @@ def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device)
     if payload is not None:
         return structured_probe(model, options, device, payload)
     # a probe the user gave says the shape, as --input-shape would
-    shape = tuple(given.shape) if isinstance(given, Tensor) and given.dim() else None
-    layout = input_layout(model, options.batch_first, options.input_shape or shape, options.cells)
+    given_shape = tuple(given.shape) if isinstance(given, Tensor) and given.dim() else None
+    shape = options.input_shape or given_shape
+    layout = input_layout(model, options.batch_first, shape, options.cells)
+    note = None
     if any(is_kind(module, ("Embedding",)) for module in model.modules()):
         layout, positions = layout_by_data_flow(
             model,
             layout,
             options,
             lambda trial: _trial_inputs(trial, options, device, given),
-            options.input_shape or shape,
+            shape,
         )
         options, note = _within_positions(options, positions)
-        if note:
-            probe = probe_for(layout, options, device, given)
-            probe.note = " ".join(filter(None, [probe.note, note]))
-            return probe
-    return probe_for(layout, options, device, given)
+    probe = probe_for(layout, options, device, given)
+    probe.note = " ".join(filter(None, [probe.note, note])) or None
+    return probe
 
 
 def _trial_inputs(
@@ -220,6 +203,13 @@ def _within_positions(
     return options, None
 
 
+def builtin_tensor(shape: tuple[int, ...], kind: str, generator: torch.Generator) -> Tensor:
+    """A built-in probe tensor (float64): ``zeros``, or seeded ``gaussian`` N(0, 1)."""
+    if kind == "zeros":
+        return torch.zeros(shape, dtype=torch.float64)
+    return torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
 def probe_for(
     layout: Layout, options: AnalysisOptions, device: torch.device, given: object = None
 ) -> Probe:
@@ -233,10 +223,8 @@ def probe_for(
         if layout.tokens:
             high = layout.vocab if options.probe == "gaussian" else 1
             inputs = torch.randint(0, high, shape, generator=generator)
-        elif options.probe == "zeros":
-            inputs = torch.zeros(shape, dtype=dtype)
         else:
-            inputs = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+            inputs = builtin_tensor(shape, options.probe, generator).to(dtype)
     else:
         if options.input_shape:
             given = "a --probe file" if options.probe_kind == "file" else "the probe tensor"

@@ -12,6 +12,7 @@ from gradscope.taxonomy import (
     CONVOLUTIONS,
     is_kind,
     is_recurrent,
+    is_within,
     recurrent_modules,
     size_attribute,
     type_name,
@@ -78,11 +79,7 @@ def first_parametrised(
         if (is_recurrent(module) or next(module.parameters(recurse=False), None) is not None)
         and name not in positional
     ]
-    within = [
-        entry
-        for entry in found
-        if any(entry[0] == c or entry[0].startswith(c + ".") for c in inside)
-    ]
+    within = [entry for entry in found if is_within(entry[0], inside)]
     ordered = [entry for entry in found if entry not in within] + within
     return ordered[0] if ordered else None
 

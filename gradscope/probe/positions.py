@@ -8,8 +8,8 @@ positional. The layout is then taken again without it.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from gradscope.errors import GradscopeError
 from gradscope.options import AnalysisOptions
 from gradscope.probe.layout import Layout, input_layout
+from gradscope.probe.trial import trial_run
 from gradscope.taxonomy import is_kind, size_attribute
 
 #: The trial run's length: long enough that random ids are never taken for positions.
@@ -39,25 +40,17 @@ def embedding_reads(model: nn.Module, inputs: Tensor) -> tuple[dict[str, Tensor]
     """What each ``nn.Embedding`` of ``model`` read first on ``inputs`` (until it failed, if
     it did), and whether the model ran through."""
     read: dict[str, Tensor] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if is_kind(module, ("Embedding",)):
+    with ExitStack() as hooks:
+        for name, module in model.named_modules():
+            if is_kind(module, ("Embedding",)):
 
-            def record(module: nn.Module, args: tuple, name: str = name) -> None:
-                if args and isinstance(args[0], Tensor):
-                    read.setdefault(name, args[0].detach())
+                def record(module: nn.Module, args: tuple, name: str = name) -> None:
+                    if args and isinstance(args[0], Tensor):
+                        read.setdefault(name, args[0].detach())
 
-            handles.append(module.register_forward_pre_hook(record))
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # a trial run: the measured runs say what matters
-            model(inputs)
-    except Exception:
-        return read, False
-    finally:
-        for handle in handles:
-            handle.remove()
-    return read, True
+                hooks.callback(module.register_forward_pre_hook(record).remove)
+        ran = trial_run(lambda: model(inputs))
+    return read, ran
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ model-output objects, each tensor found by a path of indices, keys and field nam
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -31,6 +32,19 @@ def tensor_leaves(value: object, path: Path = ()) -> list[tuple[Path, Tensor]]:
     else:
         return []
     return [leaf for key, item in items for leaf in tensor_leaves(item, (*path, key))]
+
+
+def map_tensors(value: object, change: Callable[[Tensor], object]) -> object:
+    """``value`` with ``change`` applied to every tensor in it, tuples, lists (namedtuples
+    too) and dicts rebuilt around the results."""
+    if isinstance(value, Tensor):
+        return change(value)
+    if isinstance(value, dict):
+        return {key: map_tensors(item, change) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [map_tensors(item, change) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
 
 
 def pick(value: object, path: Path) -> object:

@@ -9,7 +9,7 @@ the first one a module with weights reads on a trial run.
 from __future__ import annotations
 
 import inspect
-import warnings
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from gradscope.dataflow import depends_on
 from gradscope.errors import GradscopeError
 from gradscope.options import AnalysisOptions
-from gradscope.probe.inputs import Probe, rebuilt
+from gradscope.probe.inputs import Probe, builtin_tensor
 from gradscope.probe.layout import input_layout
+from gradscope.probe.structure import map_tensors
+from gradscope.probe.trial import trial_run
 from gradscope.taxonomy import is_kind, is_recurrent, recurrent_modules
 
 
@@ -33,7 +35,7 @@ def several_inputs(options: AnalysisOptions, given: object = None) -> tuple | li
             )
         generator = torch.Generator().manual_seed(options.seed)
         built = [
-            (name, _builtin(shape, options.probe, generator))
+            (name, builtin_tensor(shape, options.probe, generator))
             for name, shape in options.input_shapes
         ]
         return (
@@ -43,22 +45,14 @@ def several_inputs(options: AnalysisOptions, given: object = None) -> tuple | li
     return given if isinstance(given, (dict, list, tuple)) else None
 
 
-def _builtin(shape: tuple[int, ...], kind: str, generator: torch.Generator) -> Tensor:
-    if kind == "zeros":
-        return torch.zeros(shape, dtype=torch.float64)
-    return torch.randn(shape, generator=generator, dtype=torch.float64)
-
-
 def _prepared(value: object, dtype: torch.dtype, device: torch.device) -> object:
     """Every tensor in ``value`` on the device, floating point in the analysis dtype."""
-    if isinstance(value, Tensor):
-        value = value.detach().to(device)
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {key: _prepared(item, dtype, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return rebuilt(value, [_prepared(item, dtype, device) for item in value])
-    return value
+
+    def prepare(tensor: Tensor) -> Tensor:
+        tensor = tensor.detach().to(device)
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    return map_tensors(value, prepare)
 
 
 def call_form(model: nn.Module, payload: object, from_shapes: bool) -> str:
@@ -98,42 +92,29 @@ def main_input(probe: Probe, model: nn.Module) -> tuple[Tensor, str | None]:
     floating = [t for t in tensors if t.is_floating_point()]
     read: list[tuple[Tensor, str]] = []
     recurrent_input: list[tuple[Tensor, str]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if is_recurrent(module) or next(module.parameters(recurse=False), None) is not None:
+    feeding: list[Tensor] = []
+    with ExitStack() as trial:
+        for name, module in model.named_modules():
+            if is_recurrent(module) or next(module.parameters(recurse=False), None) is not None:
 
-            def record(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
-                values = (*args, *kwargs.values())
-                first = values[0] if values else None
-                if is_recurrent(module) and not recurrent_input and isinstance(first, Tensor):
-                    recurrent_input.append((first, name))
-                for value in values if not read else ():
-                    match = next((t for t in tensors if t is value), None) or next(
-                        (t for t in tensors if _same(value, t)), None
-                    )
+                def record(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
+                    values = (*args, *kwargs.values())
+                    first = values[0] if values else None
+                    if is_recurrent(module) and not recurrent_input and isinstance(first, Tensor):
+                        recurrent_input.append((first, name))
+                    match = None if read else _input_among(values, tensors)
                     if match is not None:
                         read.append((match, name))
-                        return
 
-            handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
-    feeding: list[Tensor] = []
-    for tensor in floating:
-        tensor.requires_grad_(True)
-    try:
-        with warnings.catch_warnings(), torch.enable_grad():
-            warnings.simplefilter("ignore")  # a trial run: the measured runs say what matters
-            probe.call(model)
-    except Exception:
-        pass  # the probe run says why; what was read before the failure still counts
-    finally:
-        for handle in handles:
-            handle.remove()
-        if recurrent_input:  # what the first recurrent module read depends on, while traced
+                trial.callback(module.register_forward_pre_hook(record, with_kwargs=True).remove)
+        for tensor in floating:  # traced, so that what the recurrence reads can be followed
+            tensor.requires_grad_(True)
+            trial.callback(tensor.requires_grad_, False)
+        trial_run(lambda: probe.call(model), traced=True)
+        if recurrent_input:
             seen = recurrent_input[0][0]
             depends = depends_on([seen])
             feeding = [t for t in floating if t is seen or depends(t)]
-        for tensor in floating:
-            tensor.requires_grad_(False)
     if feeding:
         seen, name = recurrent_input[0]
         return max(feeding, key=lambda t: (t.dim() == seen.dim(), t.dim())), name
@@ -142,10 +123,18 @@ def main_input(probe: Probe, model: nn.Module) -> tuple[Tensor, str | None]:
     return max(floating or tensors, key=lambda t: t.dim()), None
 
 
+def _input_among(values: tuple, tensors: list[Tensor]) -> Tensor | None:
+    """The probe input among a call's ``values``: the very tensor, else one with the same
+    numbers (a copy or a cast of it)."""
+    for same in (lambda v, t: v is t, _same):
+        match = next((t for v in values for t in tensors if same(v, t)), None)
+        if match is not None:
+            return match
+    return None
+
+
 def _same(value: object, tensor: Tensor) -> bool:
-    """Whether ``value`` is ``tensor``, or holds the same numbers (a copy or a cast of it)."""
-    if value is tensor:
-        return True
+    """Whether ``value`` holds the same numbers as ``tensor`` (a copy or a cast of it)."""
     if not isinstance(value, Tensor) or value.shape != tensor.shape or value.numel() == 0:
         return False
     return bool(torch.equal(value.detach().to(tensor.dtype), tensor))
@@ -174,17 +163,14 @@ def structured_probe(
     spread = call_form(model, payload, bool(options.input_shapes))
     kind = options.probe if options.input_shapes else options.probe_kind
     probe = Probe(
-        torch.empty(0),
-        None,
-        0,
-        kind,
-        options.seed,
-        None,
-        None,
-        None,
-        options.output_key,
-        payload,
-        spread,
+        inputs=torch.empty(0),  # the main input, found below
+        time_axis=None,
+        batch_axis=0,
+        kind=kind,
+        seed=options.seed,
+        output_key=options.output_key,
+        payload=payload,
+        spread=spread,
     )
     main, reader = main_input(probe, model)
     probe.inputs = main

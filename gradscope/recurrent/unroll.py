@@ -35,6 +35,7 @@ from gradscope.taxonomy import (
     classes,
     is_builtin_recurrent,
     is_recurrent_cell,
+    is_within,
     recurrent_modules,
 )
 
@@ -359,11 +360,6 @@ def _first_few(names: list[str], shown: int = 8) -> str:
     return ", ".join(names[:shown]) + f", ... ({len(names)} in all)"
 
 
-def _within(name: str, cells: dict[str, nn.Module]) -> bool:
-    """Whether module ``name`` lies inside one of the custom cells (and so is part of its map)."""
-    return any(cell == "" or name.startswith(cell + ".") for cell in cells)
-
-
 @contextmanager
 def unrolled(model: nn.Module, cells: Sequence[str] = ()) -> Iterator[Recorder]:
     """Run every recurrent module and cell of ``model`` step by step while inside.
@@ -377,7 +373,7 @@ def unrolled(model: nn.Module, cells: Sequence[str] = ()) -> Iterator[Recorder]:
     recorder = Recorder()
     handlers: dict[int, Callable] = {}
     for name, module in recurrent_modules(model, scripted=False):
-        if _within(name, custom):
+        if is_within(name, custom):
             continue
         recorder.module_cores[name] = cores_of(name, module)
         is_cell = is_recurrent_cell(module)
