@@ -10,7 +10,7 @@ import gradscope
 
 
 class ProjectedGRU(nn.Module):
-    """A Linear input projection before a GRU cell looped by hand (no recurrent module)."""
+    """A Linear input projection before an nn.GRUCell the forward loops itself."""
 
     def __init__(self) -> None:
         super().__init__()
