@@ -71,7 +71,8 @@ class View(Protocol):
 def detect_cells(module: nn.Module, probe: Probe) -> list[tuple[str, int]]:
     """The modules the model loops as recurrent cells on ``probe`` that gradscope can step,
     with how often each was called; none when the model does not run."""
-    from gradscope.depth.recurrences import every_call, steppable_cells
+    from gradscope.depth.recurrences import steppable_cells
+    from gradscope.probe.calls import every_call
     from gradscope.probe.trial import trial_run
 
     with every_call(module) as log:
@@ -107,7 +108,12 @@ class RecurrentView:
             detected = ", ".join(self.detected)
             return Measured(notes=[Note("recurrent", f"detected {detected} not stepped: {error}")])
         names = list(dict.fromkeys(core.name for core in measured.cores))
-        return Measured(measured.cores, measured.input_grad_norm, modules={"recurrent": names})
+        return Measured(
+            measured.cores,
+            measured.input_grad_norm,
+            notes=[Note("recurrent", text) for text in measured.notes],
+            modules={"recurrent": names},
+        )
 
 
 class DepthView:

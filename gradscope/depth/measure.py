@@ -14,7 +14,6 @@ from gradscope.depth.blocks import Block, blocks_of, recording, units
 from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
 from gradscope.depth.recurrences import (
     Recurrence,
-    every_call,
     innermost,
     looped_modules,
     region,
@@ -36,6 +35,7 @@ from gradscope.probe import (
     projection_loss,
     run_model,
 )
+from gradscope.probe.calls import every_call
 from gradscope.report import DepthLayer, DepthStack
 from gradscope.taxonomy import RECTIFYING, classes, is_recurrent, is_within
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from gradscope.dataflow import walk
-from gradscope.probe.structure import tensor_leaves
+from gradscope.probe.calls import CallLog, ModuleCall, observed_call
 from gradscope.taxonomy import is_builtin_recurrent, is_within
 
 #: A module called fewer times than this is no loop to speak of.
@@ -43,38 +41,6 @@ class Recurrence:
 
     module: str
     what: str
-
-
-@dataclass(frozen=True)
-class ModuleCall:
-    """One call of a module: the tensors it read and gave, and how it was called (the number
-    of positional arguments, the keyword names)."""
-
-    reads: list[Tensor]
-    gives: list[Tensor]
-    positional: int
-    keywords: tuple[str, ...]
-
-
-CallLog = dict[str, list[ModuleCall]]
-
-
-@contextmanager
-def every_call(model: nn.Module) -> Iterator[CallLog]:
-    """Record the tensors every module of ``model`` reads and gives, call by call."""
-    log: CallLog = defaultdict(list)
-    with ExitStack() as hooks:
-        for name, module in model.named_modules():
-
-            def after(
-                module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
-            ) -> None:
-                reads = [t for _, t in tensor_leaves([list(args), kwargs])]
-                gives = [t for _, t in tensor_leaves(result)]
-                log[name].append(ModuleCall(reads, gives, len(args), tuple(kwargs)))
-
-            hooks.callback(module.register_forward_hook(after, with_kwargs=True).remove)
-        yield log
 
 
 def _loops(calls: list[ModuleCall]) -> bool:
@@ -106,16 +72,16 @@ def looped_modules(log: CallLog) -> list[Recurrence]:
 
 
 def steppable_cells(model: nn.Module, log: CallLog) -> list[tuple[str, int]]:
-    """The looped modules gradscope can step as a cell (``cell(x)``, ``cell(x, state)`` or
-    ``cell(x, state=...)``), outermost first, with how often each was called; PyTorch's own
-    recurrent modules and what lies inside them, or inside another cell, are left out."""
+    """The looped modules gradscope can step as a cell (every call after the first reading,
+    in one argument, state the call before returned), outermost first, with how often each
+    was called; PyTorch's own recurrent modules and what lies inside them, or inside another
+    cell, are left out."""
     builtin = [name for name, module in model.named_modules() if is_builtin_recurrent(module)]
     found: list[tuple[str, int]] = []
     for name, calls in log.items():
         if not name or not _loops(calls) or is_within(name, builtin):
             continue
-        first = calls[0]
-        if not 1 <= first.positional <= 2 or first.positional + len(first.keywords) > 2:
+        if observed_call(calls) is None:
             continue
         if not is_within(name, [cell for cell, _ in found]):
             found.append((name, len(calls)))

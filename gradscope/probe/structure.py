@@ -50,6 +50,8 @@ def map_tensors(value: object, change: Callable[[Tensor], object]) -> object:
 def pick(value: object, path: Path) -> object:
     """The part of ``value`` at ``path``."""
     for key in path:
+        if isinstance(value, Tensor) or value is None:
+            raise KeyError(path_text(path))
         named = fields(value)
         value = named[key] if named is not None else value[key]  # type: ignore[index]
     return value
@@ -58,3 +60,25 @@ def pick(value: object, path: Path) -> object:
 def path_text(path: Path) -> str:
     """``[1]``, ``["skip"]``: a path as it would be written in Python."""
     return "".join(f"[{key!r}]" if isinstance(key, str) else f"[{key}]" for key in path)
+
+
+def place(value: object, parts: dict[Path, object], path: Path = ()) -> object:
+    """``value`` with the parts at the paths of ``parts`` put in (a path may end where
+    ``value`` holds a tensor, None or nothing yet); tuples, lists (namedtuples too) and dicts
+    are rebuilt around them, and a missing container is made: a tuple for indices, a dict
+    for keys."""
+    if path in parts:
+        return parts[path]
+    below = [p[len(path)] for p in parts if len(p) > len(path) and p[: len(path)] == path]
+    if value is None and below:
+        value = () if all(isinstance(key, int) for key in below) else {}
+    if isinstance(value, dict):
+        keys = dict.fromkeys([*value, *below])
+        return {key: place(value.get(key), parts, (*path, key)) for key in keys}
+    if isinstance(value, (list, tuple)):
+        size = max([len(value), *(key + 1 for key in below if isinstance(key, int))])
+        items = [
+            place(value[i] if i < len(value) else None, parts, (*path, i)) for i in range(size)
+        ]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value

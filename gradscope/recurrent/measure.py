@@ -13,6 +13,8 @@ from gradscope.errors import GradscopeError
 from gradscope.numerics import largest_singular_value, median_and_max, pooled_norms, spectral_radius
 from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe, projection_loss, run_model
+from gradscope.probe.calls import CellCall, every_call, observed_call
+from gradscope.probe.trial import trial_run
 from gradscope.recurrent.cells import (
     CellSpec,
     CellWeights,
@@ -67,6 +69,27 @@ class RecurrentMeasurement:
 
     cores: list[RecurrentCore]
     input_grad_norm: list[float] | None
+    notes: list[str]
+
+
+def cell_calls(
+    model: nn.Module, probe: Probe, cells: tuple[str, ...]
+) -> dict[str, CellCall | None]:
+    """How the model calls each custom cell, as a run of the probe shows it (None where the
+    run does not show which argument is the state)."""
+    if not cells:
+        return {}
+    with every_call(model) as log:
+        trial_run(lambda: probe.call(model))
+    names = {id(module): name for name, module in model.named_modules()}
+
+    def calls_of(cell: str) -> list:
+        try:
+            return log.get(names[id(model.get_submodule(cell))], [])
+        except (AttributeError, KeyError):
+            return []
+
+    return {cell: observed_call(calls_of(cell)) for cell in cells}
 
 
 def run_probe(
@@ -76,7 +99,7 @@ def run_probe(
 
     ``cells`` are the module paths of custom cells, stepped as recurrent cores too.
     """
-    with unrolled(model, cells) as recorder:
+    with unrolled(model, cell_calls(model, probe, cells)) as recorder:
         output = run_model(model, probe)
     if not recorder.traces:
         raise GradscopeError(
@@ -172,6 +195,43 @@ def _or_zeros(grad: Tensor | None, state: Tensor) -> Tensor:
     return torch.zeros_like(state) if grad is None else grad
 
 
+def _gathered(grads: list[Tensor | None], targets: list[Tensor], state: Tensor) -> Tensor:
+    """The gradient at a flat state (B, n) from the gradients at the tensors it is made of."""
+    if len(targets) == 1 and targets[0] is state:
+        return _or_zeros(grads[0], state)
+    return torch.cat(
+        [_or_zeros(g, t).reshape(len(state), -1) for g, t in zip(grads, targets, strict=True)],
+        dim=-1,
+    )
+
+
+#: How far a custom cell stepped on its own may stray from what the model computed, relative
+#: to the size of the states: far above rounding, far below a cell stepped on wrong arguments.
+REPRODUCTION_TOLERANCE = 1e-3
+
+
+def check_reproduced(trace: Trace, step: Callable) -> None:
+    """Refuse a custom cell that, stepped on its own from the recorded states and held
+    tensors, does not give the states the model computed: it reads something gradscope does
+    not hold (a value kept on the module, randomness), or held a tensor the wrong way."""
+    states, drives = trace.trajectory()
+    computed = trace.next_states()
+    if not bool(torch.isfinite(computed).all()):
+        return
+    n = states.shape[-1]
+    with torch.no_grad():
+        stepped = step(states.reshape(-1, n), drives.reshape(len(states) * states.shape[1], -1))
+    scale = 1 + float(computed.abs().max())
+    error = float((stepped.reshape(computed.shape) - computed).abs().max())
+    if not error <= REPRODUCTION_TOLERANCE * scale:
+        raise GradscopeError(
+            f"--cell {trace.core.name} stepped on its own from the states and arguments the "
+            f"model gave it does not give the states the model computed (they differ by up to "
+            f"{error:.3g}); the cell reads something besides its arguments (a value kept on "
+            "the module, randomness): gradscope cannot step it"
+        )
+
+
 def measure_core(
     trace: Trace, grads: list[Tensor | None], options: AnalysisOptions
 ) -> RecurrentCore:
@@ -189,6 +249,8 @@ def measure_core(
     ]
     weights = None if core.weights is None else core.weights.detached()
     step = core.custom.step_function() if core.custom else step_function(spec, weights)
+    if core.custom:
+        check_reproduced(trace, step)
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
     finite = finite and all(math.isfinite(v) for v in norms)
     burn_in = options.burn_in if options.burn_in < steps else steps // 5
@@ -246,20 +308,33 @@ def measure_recurrent(
             f"--cell {', '.join(idle)} never ran on the probe; name the module the model calls "
             "once per time step as cell(input, state)"
         )
-    states = [s for trace in traces.values() for s in trace.states]
+    targets = [trace.gradient_targets() for trace in traces.values()]
     leaves = [probe.inputs] if probe.inputs.requires_grad else embedded[:1]
     if leaves and leaves[0].shape[: probe.inputs.dim()] != probe.inputs.shape:
         leaves = []  # not the embedding of the whole probe
-    grads = torch.autograd.grad(loss, [*leaves, *states], allow_unused=True)
+    flat = [t for per_trace in targets for per_state in per_trace for t in per_state]
+    grads = torch.autograd.grad(loss, [*leaves, *flat], allow_unused=True)
     input_grad = grads[0] if leaves else None
     state_grads = iter(grads[len(leaves) :])
     cores = [
-        measure_core(trace, [next(state_grads) for _ in trace.states], options)
-        for trace in traces.values()
+        measure_core(
+            trace,
+            [
+                _gathered([next(state_grads) for _ in per_state], per_state, state)
+                for per_state, state in zip(per_trace, trace.states, strict=True)
+            ],
+            options,
+        )
+        for trace, per_trace in zip(traces.values(), targets, strict=True)
     ]
     input_grad_norm = None
     if input_grad is not None:
         per_step = input_grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
         # for token ids, the gradient at their embedding: ||dL/de_t||
         input_grad_norm = per_step_norms(per_step)
-    return RecurrentMeasurement(cores, input_grad_norm)
+    notes = [
+        trace.core.custom.describe(trace.core.name)
+        for trace in traces.values()
+        if trace.core.custom is not None
+    ]
+    return RecurrentMeasurement(cores, input_grad_norm, notes)

@@ -11,7 +11,7 @@ by the user run their own forward, and hand back views of one flat state node pe
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,6 +21,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from gradscope.errors import GradscopeError
+from gradscope.probe.calls import CellCall, default_call
+from gradscope.probe.structure import map_tensors, place, tensor_leaves
 from gradscope.recurrent.cells import (
     CellSpec,
     CellWeights,
@@ -29,7 +31,7 @@ from gradscope.recurrent.cells import (
     module_kind,
     step_function,
 )
-from gradscope.recurrent.custom import CustomCell, StateLayout
+from gradscope.recurrent.custom import CustomCell, DriveLayout, StateLayout, state_tensors
 from gradscope.taxonomy import (
     RECURRENT,
     classes,
@@ -61,12 +63,21 @@ class Core:
 
 @dataclass
 class Call:
-    """One call of a core: T steps over a batch of B, in processing order."""
+    """One call of a core: T steps over a batch of B, in processing order.
+
+    ``sources`` hold, for each state, the tensors the gradient at it is taken at when they
+    are not the state node itself: the state tensor a custom cell returned beside a readout
+    it computed from it, which the loss may read at that same step. (With several state
+    tensors, one may be computed from another inside the cell, and the gradient at it would
+    count that path too: there the state node is used, and a readout at the last step is
+    not seen.)
+    """
 
     prev_states: Tensor
     drives: Tensor
     states: list[Tensor]
     reverse: bool
+    sources: list[list[Tensor]] | None = None
 
     @property
     def batch(self) -> int:
@@ -91,9 +102,25 @@ class Trace:
         """Every state node, call after call, in processing order."""
         return [s for call in self.calls for s in call.states]
 
-    def record(self, prev_states: Tensor, drives: Tensor, states: list[Tensor], reverse: bool):
-        """Add one call: (T, B, n) states before each step, (T, B, G) drives, T state nodes."""
-        self.calls.append(Call(prev_states.detach(), drives.detach(), states, reverse))
+    def record(
+        self,
+        prev_states: Tensor,
+        drives: Tensor,
+        states: list[Tensor],
+        reverse: bool,
+        sources: list[list[Tensor]] | None = None,
+    ):
+        """Add one call: (T, B, n) states before each step, (T, B, G) drives, T state nodes
+        (and the tensors to take each one's gradient at, see :class:`Call`)."""
+        self.calls.append(Call(prev_states.detach(), drives.detach(), states, reverse, sources))
+
+    def gradient_targets(self) -> list[list[Tensor]]:
+        """For each state, in processing order, the tensors its gradient is gathered from."""
+        return [
+            sources
+            for call in self.calls
+            for sources in (call.sources or [[state] for state in call.states])
+        ]
 
     def trajectory(self) -> tuple[Tensor, Tensor]:
         """(state before, drive) of each step, (steps, B, n) and (steps, B, G), call after call.
@@ -103,6 +130,12 @@ class Trace:
         """
         same = [call for call in self.calls if call.batch == self.calls[0].batch]
         return torch.cat([c.prev_states for c in same]), torch.cat([c.drives for c in same])
+
+    def next_states(self) -> Tensor:
+        """The state after each step (steps, B, n), detached, for the calls of
+        :meth:`trajectory`."""
+        same = [call for call in self.calls if call.batch == self.calls[0].batch]
+        return torch.stack([s.detach() for call in same for s in call.states])
 
     def time_order(self, per_step: list[float]) -> list[float]:
         """Reorder per-step values from processing order to time order within each call."""
@@ -121,6 +154,7 @@ class Recorder:
     def __init__(self) -> None:
         self.traces: dict[tuple[str, int, str], Trace] = {}
         self.module_cores: dict[str, dict[tuple[int, int], Core]] = {}
+        self.stated: set[str] = set()  # custom cells whose template gives the state
 
     def run(self, core: Core, inputs: Tensor, initial: Tensor, reverse: bool) -> Tensor:
         """Unroll ``core`` over time-major ``inputs`` (T, B, F); return all states (T, B, n)."""
@@ -245,63 +279,114 @@ def _unrolled_cell_forward(name: str, module: nn.Module, recorder: Recorder) -> 
     return forward
 
 
-def _custom_core(recorder: Recorder, name: str, cell: CustomCell) -> Core:
-    """The core of a custom cell, made on its first call; later calls must keep its shapes."""
+def _custom_core(
+    recorder: Recorder, name: str, cell: CustomCell, skeleton: list, stated: bool
+) -> Core:
+    """The core of a custom cell, made on its first call; later calls must keep its shapes
+    and values other than tensors. The first call that gives the state becomes the template
+    the cell is stepped with (``skeleton``: the call with its tensors left out)."""
     cores = recorder.module_cores.setdefault(name, {})
     spec = CellSpec("custom", cell.input_size, cell.layout.size)
     core = cores.setdefault((0, 0), Core(name, 0, "forward", spec, None, True, custom=cell))
     first = core.custom
-    if (first.layout.shapes, first.input_shape) != (cell.layout.shapes, cell.input_shape):
+    if (first.layout, first.drive) != (cell.layout, cell.drive):
         raise GradscopeError(
             f"--cell {name} was called with states {list(map(tuple, first.layout.shapes))} and "
-            f"inputs {tuple(first.input_shape)}, later with {list(map(tuple, cell.layout.shapes))}"
-            f" and {tuple(cell.input_shape)} (batch dimension left out); a cell needs one shape"
+            f"held tensors {_shapes(first.drive)}, later with "
+            f"{list(map(tuple, cell.layout.shapes))} and {_shapes(cell.drive)} (batch dimension "
+            "left out); a cell needs one shape"
+        )
+    if first is cell or (stated and name not in recorder.stated):
+        first.template, first.call = skeleton, cell.call
+        if stated:
+            recorder.stated.add(name)
+    changed = _changed_value(first.template, skeleton, first.call, cell.call)
+    if changed is not None:
+        raise GradscopeError(
+            f"--cell {name} is called with {changed} that changes between calls; gradscope "
+            "holds arguments per step as tensors only: pass it as a tensor"
         )
     return core
 
 
-def _unrolled_custom_forward(
-    name: str, module: nn.Module, original: Callable, recorder: Recorder
-) -> Callable:
-    """A forward that runs ``original`` and returns views of one flat state node (B, n)."""
+def _shapes(drive: DriveLayout) -> list[tuple[int, ...]]:
+    return [tuple(held.shape[1:] if held.per_row else held.shape) for held in drive.held]
 
-    def forward(input, *args, **kwargs):
-        if len(args) + len(kwargs) > 1 or not isinstance(input, Tensor):
-            raise GradscopeError(
-                f"--cell {name} must be called as cell(input, state) with an input tensor; "
-                f"it got {1 + len(args) + len(kwargs)} argument(s), the first a "
-                f"{type(input).__name__}"
-            )
-        if kwargs:
-            ((keyword, state),) = kwargs.items()
-        else:
-            keyword, state = None, args[0] if args else None
-        output = original(input, *args, **kwargs)
-        layout = StateLayout.of(output, name, "output")
-        state_next = layout.flatten(output)
+
+def _changed_value(first: list, later: list, *calls: CellCall) -> str | None:
+    """The argument other than a tensor whose value differs between two calls (their state
+    arguments left out), in words; None when they agree."""
+    emptied = {path[:2]: None for call in calls for path in call.inputs}
+    (args, kwargs), (other_args, other_kwargs) = place(first, emptied), place(later, emptied)
+    pairs = [(f"argument {i}", *pair) for i, pair in enumerate(zip(args, other_args, strict=False))]
+    pairs += [(f"keyword {key}", kwargs[key], other_kwargs.get(key)) for key in kwargs]
+    for label, before, after in pairs:
+        if not _same(before, after):
+            return f"{label} ({_short(before)}, then {_short(after)})"
+    return None
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def _unrolled_custom_forward(
+    name: str, module: nn.Module, original: Callable, recorder: Recorder, given: CellCall | None
+) -> Callable:
+    """A forward that runs ``original`` and hands back its next state as views of one flat
+    state node (B, n); every other tensor of the call is recorded as the step's drive."""
+
+    def forward(*args, **kwargs):
+        structure = [list(args), kwargs]
+        output = original(*args, **kwargs)
+        call = given or default_call(structure, output)
+        following = state_tensors(output, call.outputs) or [output]
+        layout = StateLayout.of(following, name, "output")
+        state_next = layout.flatten(following)
         if not layout.batched:
-            state_next, input = state_next[None], input[None]
-        if state is None:
-            state_prev = torch.zeros_like(state_next)
-        else:
-            given = StateLayout.of(state, name, "state")
-            if (given.shapes, given.batched) != (layout.shapes, layout.batched):
-                raise GradscopeError(
-                    f"--cell {name} maps a state shaped {[tuple(s) for s in given.shapes]} to "
-                    f"one shaped {[tuple(s) for s in layout.shapes]} (batch dimension left out); "
-                    "a cell must return its next state, shaped like its state"
-                )
-            state_prev = given.flatten(state).reshape(state_next.shape)
+            state_next = state_next[None]
         batch = len(state_next)
-        if input.dim() == 0 or len(input) != batch:
-            raise GradscopeError(
-                f"--cell {name} got an input shaped {tuple(input.shape)} with a state of batch "
-                f"{batch}; its input needs the same batch dimension first"
-            )
-        core = _custom_core(recorder, name, CustomCell(module, layout, input.shape[1:], keyword))
-        drives = input.reshape(1, batch, -1)
-        recorder.trace(core).record(state_prev[None], drives, [state_next], reverse=False)
-        return layout.unflatten(state_next if layout.batched else state_next[0])
+        present = state_tensors(structure, call.inputs)
+        stated = present is not None and all(t is not None for t in present)
+        if stated:
+            before = StateLayout.of(present, name, "state")
+            if before != layout:
+                raise GradscopeError(
+                    f"--cell {name} maps a state shaped {[tuple(s) for s in before.shapes]} to "
+                    f"one shaped {[tuple(s) for s in layout.shapes]} (batch dimension left "
+                    "out); a cell must return its next state, shaped like its state"
+                )
+            state_prev = before.flatten(present).reshape(state_next.shape)
+        else:
+            state_prev = torch.zeros_like(state_next)
+        inside = {path[:2] for path in call.inputs} if not stated else set(call.inputs)
+        held = [
+            (path, t)
+            for path, t in tensor_leaves(structure)
+            if path not in inside and path[:2] not in inside
+        ]
+        drive = DriveLayout.of(held, batch if layout.batched else None)
+        skeleton = map_tensors(structure, lambda t: None)
+        cell = CustomCell(module, call, layout, drive)
+        core = _custom_core(recorder, name, cell, skeleton, stated)
+        drives = drive.flatten([t for _, t in held], batch, state_next)
+        views = layout.unflatten(state_next if layout.batched else state_next[0])
+        by_id = {id(t): view for t, view in zip(following, views, strict=True)}
+        readout = any(id(t) not in by_id for _, t in tensor_leaves(output))
+        # a readout the cell computes from its one state tensor reads it where the cell left it
+        sources = [following] if readout and len(following) == 1 else None
+        recorder.trace(core).record(
+            state_prev[None], drives[None], [state_next], reverse=False, sources=sources
+        )
+        return map_tensors(output, lambda t: by_id.get(id(t), t))
 
     return forward
 
@@ -361,15 +446,19 @@ def _first_few(names: list[str], shown: int = 8) -> str:
 
 
 @contextmanager
-def unrolled(model: nn.Module, cells: Sequence[str] = ()) -> Iterator[Recorder]:
+def unrolled(
+    model: nn.Module, cells: Sequence[str] | Mapping[str, CellCall | None] = ()
+) -> Iterator[Recorder]:
     """Run every recurrent module and cell of ``model`` step by step while inside.
 
     The ``forward`` of PyTorch's recurrent classes is swapped at class level, so that subclasses
     with a ``forward`` of their own that calls ``super().forward`` are unrolled too. Each custom
-    cell named in ``cells`` gets an instance-level ``forward`` until the context ends; recurrent
+    cell named in ``cells`` (with how the model calls it, where known) gets an instance-level
+    ``forward`` until the context ends, which ``cell.forward(...)`` meets too; recurrent
     modules inside a custom cell are part of its map and run as PyTorch's.
     """
-    custom = custom_cells(model, cells)
+    calls = cells if isinstance(cells, Mapping) else dict.fromkeys(cells)
+    custom = custom_cells(model, list(calls))
     recorder = Recorder()
     handlers: dict[int, Callable] = {}
     for name, module in recurrent_modules(model, scripted=False):
@@ -386,7 +475,7 @@ def unrolled(model: nn.Module, cells: Sequence[str] = ()) -> Iterator[Recorder]:
             cls.forward = _dispatcher(original, handlers)
         for name, module in custom.items():
             overridden.append((module, module.__dict__.get("forward")))
-            patched = _unrolled_custom_forward(name, module, module.forward, recorder)
+            patched = _unrolled_custom_forward(name, module, module.forward, recorder, calls[name])
             module.__dict__["forward"] = patched
         yield recorder
     finally:

@@ -204,15 +204,15 @@ def test_one_module_named_twice_is_refused():
         pass
 
 
-class DictCell(nn.Module):
-    """A cell whose forward returns a dict: not a state gradscope can step."""
+class SignCell(nn.Module):
+    """A cell whose forward returns booleans: not a state gradscope can step."""
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 6)
 
     def forward(self, x, h=None):
-        return {"h": torch.tanh(self.linear(x))}
+        return self.linear(x) > 0
 
 
 class ShrinkingCell(TanhCell):
@@ -225,7 +225,11 @@ class ShrinkingCell(TanhCell):
 @pytest.mark.parametrize(
     ("cell", "message"),
     [
-        (DictCell, r"^--cell cell: its output is a dict, not a state; .*tuple/list of them$"),
+        (
+            SignCell,
+            r"^--cell cell: its output is a torch.bool tensor, not a state; .*tuple/list/dict "
+            "of them$",
+        ),
         (
             lambda: ShrinkingCell(4, 6),
             r"^--cell cell maps a state shaped \[\(6,\)\] to one shaped \[\(3,\)\]",
@@ -247,7 +251,7 @@ def test_a_named_cell_the_model_never_calls_is_refused():
 
 
 def test_cells_are_restored_after_the_context_even_on_error():
-    model = StateLoop(build(DictCell), 6)
+    model = StateLoop(build(SignCell), 6)
     cell, x = model.cell, torch.randn(2, 5, 4, dtype=torch.float64)
     class_forward, builtin_forward = type(cell).forward, nn.RNNCell.forward
     with unrolled(model, ["cell"]):

@@ -1,0 +1,197 @@
+"""Recurrent models as research and library code writes them: cells with elapsed times, masks,
+dict states and context vectors, looped by the model's own Python code.
+
+Each loop keeps what it passed to the cell at each step in ``self.steps`` (the arguments
+other than the state, and the state) and the state nodes it got back in ``self.states``,
+so that tests can take the brute-force twin from the module itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class ContinuousTimeCell(nn.Module):
+    """A liquid-style cell: ``h' = h + dt (-h / tau + tanh(W x + U h))``, ``dt`` the time
+    elapsed at that step; it returns ``(readout, h')`` as continuous-time libraries do."""
+
+    def __init__(self, features: int, hidden: int, outputs: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, hidden)
+        self.rec = nn.Linear(hidden, hidden, bias=False)
+        self.log_tau = nn.Parameter(torch.zeros(hidden))
+        self.readout = nn.Linear(hidden, outputs)
+
+    def forward(self, input: Tensor, states: Tensor, elapsed: Tensor) -> tuple[Tensor, Tensor]:
+        tau = F.softplus(self.log_tau) + 0.5
+        change = -states / tau + torch.tanh(self.inp(input) + self.rec(states))
+        h = states + elapsed.reshape(-1, 1) * change
+        return self.readout(h), h
+
+
+class ContinuousTimeNet(nn.Module):
+    """Loops the cell as ``cell.forward(x_t, h, elapsed_t)`` (module hooks never see such a
+    call). ``shared=True``: one elapsed time for the whole batch at each step (a 0-d tensor),
+    else one per sequence (B,)."""
+
+    def __init__(self, features: int = 4, hidden: int = 6, shared: bool = False) -> None:
+        super().__init__()
+        self.cell = ContinuousTimeCell(features, hidden, 2)
+        self.hidden, self.shared = hidden, shared
+        self.steps: list = []
+        self.states: list[Tensor] = []
+
+    def elapsed(self, x: Tensor, t: int) -> Tensor:
+        """Irregular sampling: the time since the last observation."""
+        if self.shared:
+            return x.new_tensor(0.3 + 0.05 * (t % 4))
+        return 0.2 + 0.1 * torch.sigmoid(x[:, t, 0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden)
+        self.steps, self.states, outputs = [], [], []
+        for t in range(x.shape[1]):
+            elapsed = self.elapsed(x, t)
+            self.steps.append((x[:, t], h, elapsed))
+            y, h = self.cell.forward(x[:, t], h, elapsed)
+            self.states.append(h)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1)
+
+
+class DictStateCell(nn.Module):
+    """An LSTM-like cell whose state is a dict ``{"h", "c"}``."""
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.gates = nn.Linear(features + hidden, 3 * hidden)
+
+    def forward(self, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        h, c = state["h"], state["c"]
+        keep, write, out = self.gates(torch.cat((x, h), dim=-1)).chunk(3, dim=-1)
+        c = torch.sigmoid(keep + 1.0) * c + torch.sigmoid(write) * torch.tanh(x.sum(-1, True))
+        return {"h": torch.sigmoid(out) * torch.tanh(c), "c": c}
+
+
+class DictStateNet(nn.Module):
+    """Loops the dict-state cell and reads out every h."""
+
+    def __init__(self, features: int = 4, hidden: int = 5) -> None:
+        super().__init__()
+        self.cell = DictStateCell(features, hidden)
+        self.head = nn.Linear(hidden, 2)
+        self.hidden = hidden
+        self.steps: list = []
+        self.states: list = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        zeros = x.new_zeros(x.shape[0], self.hidden)
+        state = {"h": zeros, "c": zeros}
+        self.steps, self.states, outputs = [], [], []
+        for x_t in x.unbind(1):
+            self.steps.append((x_t, state))
+            state = self.cell(x_t, state)
+            self.states.append(state)
+            outputs.append(self.head(state["h"]))
+        return torch.stack(outputs, dim=1)
+
+
+class MaskedCell(nn.Module):
+    """A cell that keeps its state where the mask is off: ``cell(x, h, mask)``."""
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, hidden)
+        self.rec = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, h: Tensor, mask: Tensor) -> Tensor:
+        return torch.where(mask[:, None], torch.tanh(self.inp(x) + self.rec(h)), h)
+
+
+class MaskedNet(nn.Module):
+    """Loops the masked cell; the mask (bool, per sequence) comes from the input."""
+
+    def __init__(self, features: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.cell = MaskedCell(features, hidden)
+        self.hidden = hidden
+        self.steps: list = []
+        self.states: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden)
+        self.steps, self.states, outputs = [], [], []
+        for x_t in x.unbind(1):
+            mask = x_t[:, 0] > -0.5
+            self.steps.append((x_t, h, mask))
+            h = self.cell(x_t, h, mask=mask)
+            self.states.append(h)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+class ContextDecoder(nn.Module):
+    """A Python loop over ``nn.GRUCell`` whose input is ``cat(x_t, context)``, the context
+    a summary of the whole sequence, as attention-free decoders step one."""
+
+    def __init__(self, features: int = 4, context: int = 3, hidden: int = 6) -> None:
+        super().__init__()
+        self.summary = nn.Linear(features, context)
+        self.cell = nn.GRUCell(features + context, hidden)
+        self.hidden = hidden
+        self.steps: list = []
+        self.states: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        context = torch.tanh(self.summary(x.mean(dim=1)))
+        h = x.new_zeros(x.shape[0], self.hidden)
+        self.steps, self.states, outputs = [], [], []
+        for x_t in x.unbind(1):
+            drive = torch.cat((x_t, context), dim=-1)
+            self.steps.append((drive, h))
+            h = self.cell(drive, h)
+            self.states.append(h)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+class SharedProjection(nn.Module):
+    """One Linear applied at every step to that step's input (never to its own output), then
+    a GRU: the Linear is reused, not a cell."""
+
+    def __init__(self, features: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.project = nn.Linear(features, hidden)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        projected = torch.stack([torch.tanh(self.project(x_t)) for x_t in x.unbind(1)], dim=1)
+        return self.gru(projected)[0]
+
+
+class CountingCell(nn.Module):
+    """A cell called with the step number as a Python int: not a tensor gradscope can hold."""
+
+    def __init__(self, features: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, hidden)
+        self.rec = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, h: Tensor, step: int) -> Tensor:
+        return torch.tanh(self.inp(x) + self.rec(h) * (1 + step % 2))
+
+
+class CountingNet(nn.Module):
+    """Loops the counting cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = CountingCell()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], 6)
+        for t, x_t in enumerate(x.unbind(1)):
+            h = self.cell(x_t, h, t)
+        return h
