@@ -41,6 +41,7 @@ def analyze(
     chi_probes: int = DEFAULTS.chi_probes,
     power_iterations: int = DEFAULTS.power_iterations,
     detect_cells: bool = DEFAULTS.detect_cells,
+    loss_at: int | str = DEFAULTS.loss_at,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Probe a model and diagnose its gradient flow over time and over depth.
@@ -62,7 +63,8 @@ def analyze(
     loops as recurrent cells), ``device``.
 
     Judging: ``horizon`` (the distance L to learn across; default each core's length),
-    ``epsilon`` (a change by 1/epsilon within L fails). Over time: ``burn_in``,
+    ``epsilon`` (a change by 1/epsilon within L fails), ``loss_at`` (the step the sequence
+    view's loss reads: ``last``, ``all`` or a step number). Over time: ``burn_in``,
     ``exponents``, ``spectrum_steps``; over depth: ``depth`` (``blocks``, ``leaves`` or N
     levels), ``chi_probes``, ``power_iterations``. ``progress`` receives one line per stage.
 
@@ -102,6 +104,7 @@ def analyze(
         chi_probes=chi_probes,
         power_iterations=power_iterations,
         detect_cells=detect_cells,
+        loss_at=loss_at,
     )
     from gradscope.pipeline import quiet, run
 

@@ -224,6 +224,14 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = DEFAULTS.detect_cells,
+    loss_at: Annotated[
+        str,
+        typer.Option(
+            help="The time step the sequence view's loss reads: last, all, or a step number "
+            "(negative from the end).",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = str(DEFAULTS.loss_at),
     depth: Annotated[
         str,
         typer.Option(
@@ -322,6 +330,7 @@ def analyze(
             chi_probes=chi_probes,
             power_iterations=power_iterations,
             detect_cells=detect_cells,
+            loss_at=loss_at,
             progress=progress,
         )
     write(report, output_format, stdout_console())

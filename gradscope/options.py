@@ -64,6 +64,8 @@ class AnalysisOptions:
     ``distance`` is the distance L the model must learn across (``--horizon``; by default each
     core's own length); ``granularity`` that of the depth view (``--depth``). ``detect_cells``:
     find modules the model loops as recurrent cells and step them as ``--cell`` would.
+    ``loss_at``: the time step the sequence view's loss reads (``last``, ``all``, or a step
+    number, negative from the end).
     """
 
     steps: int | None = None
@@ -86,6 +88,7 @@ class AnalysisOptions:
     power_iterations: int = 2
     input_shapes: tuple[tuple[str | None, tuple[int, ...]], ...] = ()
     detect_cells: bool = True
+    loss_at: int | str = "last"
 
     def __post_init__(self) -> None:
         shapes = parse_input_shapes(self.input_shape) if self.input_shape is not None else ()
@@ -102,6 +105,7 @@ class AnalysisOptions:
             object.__setattr__(self, "spectrum_steps", parse_spectrum_steps(self.spectrum_steps))
         if isinstance(self.probe, Path):
             object.__setattr__(self, "probe", str(self.probe))
+        object.__setattr__(self, "loss_at", parse_loss_at(self.loss_at))
         for ok, message in self._checks():
             if not ok:
                 raise GradscopeError(message)
@@ -242,6 +246,20 @@ def _sizes(value: Any) -> bool:
     except TypeError:
         return False
     return all(isinstance(d, numbers.Integral) for d in items)
+
+
+def parse_loss_at(value: Any) -> int | str:
+    """``last``, ``all`` or a step number (negative counts from the end)."""
+    if value in ("last", "all"):
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    try:
+        return int(str(value))
+    except ValueError:
+        raise GradscopeError(
+            f"--loss-at must be last, all or a time step number, not {value!r}"
+        ) from None
 
 
 def parse_spectrum_steps(text: str) -> int | str:

@@ -28,6 +28,7 @@ from gradscope.views import (
     Measured,
     PartsView,
     RecurrentView,
+    SequenceView,
     Subject,
     View,
     detect_cells,
@@ -98,7 +99,10 @@ def plan(subject: Subject) -> Plan:
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
     )
     views: list[View] = [RecurrentView(detected)] if recurrent else []
-    return Plan(probed, [*views, DepthView()], [*notes, *_probe_notes(probe, options)])
+    views.append(DepthView())
+    if probe.time_axis is not None:
+        views.append(SequenceView(requested.distance is not None))
+    return Plan(probed, views, [*notes, *_probe_notes(probe, options)])
 
 
 def _probe(
@@ -150,7 +154,7 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
     for view in planned.views:
         progress(view.starting(subject))
         results.append(view.measure(subject, results))
-    if subject.loaded.parts is None and not any(r.cores or r.stack for r in results):
+    if subject.loaded.parts is None and not any(r.cores or r.stack or r.sequence for r in results):
         hidden = [found for r in results for found in r.recurrences]
         if hidden:
             where, what = hidden[0]
@@ -193,12 +197,15 @@ def judge(
     ran when it ran fewer than the probe), then the verdict."""
     cores = with_distances([c for r in results for c in r.cores], options.distance, steps)
     stack = next((r for r in results if r.stack is not None), None)
+    sequence = next((r.sequence for r in results if r.sequence is not None), None)
     return diagnose(
         cores,
         options.epsilon,
         stack.stack if stack else None,
         stack.layers if stack else [],
         coverage,
+        sequence,
+        options.distance,
     )
 
 
@@ -230,6 +237,7 @@ def assemble(
         model=subject.loaded.describe([note.text for note in notes]),
         gradscope_version=__version__,
         input_grad_norm=input_grad_norm,
+        sequence=diagnosis.sequence,
         recurrent=cores,
         layers=diagnosis.layers,
         stack=diagnosis.stack,

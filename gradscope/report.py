@@ -71,6 +71,7 @@ class FixId(Word):
     NORMALIZATION = "normalization"
     CHANGE_ACTIVATION = "change-activation"
     INIT_GAIN = "init-gain"
+    RECEPTIVE_FIELD = "receptive-field"
 
 
 @dataclass
@@ -153,6 +154,26 @@ class WeightSummary:
     spectral_radius: float
     sigma_max: float
     pascanu_bound: float
+
+
+@dataclass
+class SequenceGradient:
+    """The sequence view: the gradient at the model's input against the lag from the step the
+    loss reads, judged like a core over ``distance`` steps.
+
+    ``grad_norm_by_lag[k]`` is ``||dL/dx_{t-k}||`` pooled over the batch, ``t`` the loss's
+    step (over all steps for ``loss_at = "all"``); ``mixers`` the kinds of module that mix
+    time in the model; ``effective_horizon`` the number of lags that keep at least epsilon
+    times the peak (None: every lag measured does).
+    """
+
+    grad_norm_by_lag: list[float]
+    loss_at: int | str
+    steps: int
+    mixers: list[str] = field(default_factory=list)
+    effective_horizon: int | None = None
+    distance: int | None = field(default=None, metadata={"json": "horizon"})
+    status: str = "healthy"
 
 
 @dataclass
@@ -361,6 +382,7 @@ class Report:
     model: ModelDescription
     gradscope_version: str
     input_grad_norm: list[float] | None = None
+    sequence: SequenceGradient | None = None
     recurrent: list[RecurrentCore] = field(default_factory=list)
     layers: list[DepthLayer] = field(default_factory=list)
     stack: DepthStack | None = field(default=None, metadata={"json": "depth"})
@@ -399,6 +421,8 @@ class Report:
         """Whether any part's status is one of ``fail_on``, or the coverage falls short of
         what ``fail_on`` asks (``unmeasured-recurrence``, ``incomplete``)."""
         statuses = {core.status for core in self.recurrent} | {self.status}
+        if self.sequence is not None:
+            statuses.add(self.sequence.status)
         if self.stack is not None:
             statuses.add(self.stack.status)
         coverage = self.coverage

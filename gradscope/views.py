@@ -19,8 +19,11 @@ from gradscope.errors import GradscopeError, first_line
 from gradscope.loading import LoadedModel
 from gradscope.options import AnalysisOptions
 from gradscope.probe import Layout, Probe, make_probe, probe_for
-from gradscope.report import DepthLayer, DepthStack, Note, RecurrentCore
-from gradscope.taxonomy import recurrent_modules
+from gradscope.report import DepthLayer, DepthStack, Note, RecurrentCore, SequenceGradient
+from gradscope.taxonomy import is_kind, recurrent_modules
+
+#: Kinds of module that mix time, as the sequence view's fixes name them.
+TIME_MIXERS = ("Conv1d", "Conv2d", "MultiheadAttention")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Measured:
     used: set[int] | None = None
     units: list[str] = field(default_factory=list)
     recurrences: list[tuple[str, str]] = field(default_factory=list)
+    sequence: SequenceGradient | None = None
 
 
 class View(Protocol):
@@ -153,6 +157,65 @@ class DepthView:
             units=depth.units,
             recurrences=[(r.module, r.what) for r in depth.recurrences],
         )
+
+
+class SequenceView:
+    """The input gradient by lag from the step the loss reads, for a probe with a time axis:
+    the per-step input gradient the recurrent view took, where it took it at the last step;
+    else one run and one backward pass of its own. A model that does not mix time steps has
+    no reach to judge unless ``--horizon`` asks (``horizon_given``)."""
+
+    def __init__(self, horizon_given: bool = False) -> None:
+        self.horizon_given = horizon_given
+
+    def starting(self, subject: Subject) -> str:
+        return "measuring the input gradient over the sequence"
+
+    def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
+        from gradscope.sequence import by_lag, measure_sequence
+
+        probe, options = subject.probe, subject.options
+        measured = next((r.input_grad_norm for r in earlier if r.input_grad_norm), None)
+        mixers = _mixers(subject.module, earlier)
+        if measured is not None and options.loss_at == "last":
+            view = SequenceGradient(by_lag(measured), "last", len(measured), mixers)
+            return Measured(sequence=view)
+        if subject.module is None or probe is None or probe.time_axis is None:
+            return Measured()
+        try:
+            with torch.enable_grad():
+                found = measure_sequence(subject.module, probe, options.loss_at)
+        except GradscopeError as error:
+            if options.loss_at != "last":
+                raise
+            return Measured(notes=[Note("sequence", f"sequence view not measured: {error}")])
+        if not self.horizon_given and not any(found.grad_norm_by_lag[1:]):
+            return Measured(
+                notes=[
+                    Note(
+                        "sequence",
+                        "the model does not mix time steps: the loss at a step reads that "
+                        "step's input alone, so there is no reach over time to judge (pass "
+                        "--horizon to judge it anyway)",
+                    )
+                ]
+            )
+        view = SequenceGradient(found.grad_norm_by_lag, found.loss_at, found.steps, mixers)
+        gradient = by_lag(found.grad_norm_by_lag) if found.loss_at == "last" else None
+        if gradient is not None and len(gradient) != probe.steps:
+            gradient = None
+        return Measured(input_grad_norm=gradient, sequence=view)
+
+
+def _mixers(module: nn.Module | None, earlier: list[Measured]) -> list[str]:
+    """What mixes time in the model: recurrent cores, convolutions, attention, scans."""
+    kinds = [core.cell for r in earlier for core in r.cores]
+    if module is not None:
+        kinds += [type(m).__name__ for m in module.modules() if is_kind(m, TIME_MIXERS)]
+        kinds += [type(m).__name__ for _, m in recurrent_modules(module, scripted=False)]
+    if any("scan" in what for r in earlier for _, what in r.recurrences):
+        kinds.append("scan")
+    return list(dict.fromkeys(kinds))
 
 
 class PartsView:

@@ -33,6 +33,7 @@ ALLOWED = {
     "gradscope.probe": {"gradscope.numerics", "gradscope.dataflow"},
     "gradscope.recurrent": {"gradscope.numerics", "gradscope.probe", "gradscope.loading"},
     "gradscope.depth": {"gradscope.numerics", "gradscope.probe", "gradscope.dataflow"},
+    "gradscope.sequence": {"gradscope.numerics", "gradscope.probe"},
     "gradscope.diagnosis": set(),
     "gradscope.fixes": {"gradscope.diagnosis"},
     "gradscope.render": set(),
@@ -42,6 +43,7 @@ ALLOWED = {
         "gradscope.probe",
         "gradscope.recurrent",
         "gradscope.depth",
+        "gradscope.sequence",
     },
     "gradscope.pipeline": {
         "gradscope.views",

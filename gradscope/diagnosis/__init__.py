@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from gradscope.diagnosis.coverage import coverage_findings
 from gradscope.diagnosis.depth import depth_findings
 from gradscope.diagnosis.recurrent import core_findings
+from gradscope.diagnosis.sequence import assess_sequence, sequence_findings
 from gradscope.diagnosis.verdict import assess_cores, assess_depth, worst
 from gradscope.report import (
     STATUSES,
@@ -23,6 +24,7 @@ from gradscope.report import (
     DepthStack,
     Finding,
     RecurrentCore,
+    SequenceGradient,
     Severity,
     Status,
 )
@@ -40,6 +42,7 @@ class Diagnosis:
     layers: list[DepthLayer] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     coverage: Coverage | None = None
+    sequence: SequenceGradient | None = None
 
 
 def _rank(kind: str) -> int:
@@ -58,9 +61,12 @@ def diagnose(
     stack: DepthStack | None = None,
     layers: Sequence[DepthLayer] = (),
     coverage: Coverage | None = None,
+    sequence: SequenceGradient | None = None,
+    distance: int | None = None,
 ) -> Diagnosis:
     """Judge each core over its own ``horizon`` and the stack (when measured) over its blocks,
-    and say every part ``coverage`` shows was not measured.
+    and say every part ``coverage`` shows was not measured; the ``sequence`` view (when
+    measured) over ``distance`` (``--horizon``; by default every lag it measured).
 
     The overall status is the worst of the measured parts; what was not measured is a
     ``not-measured`` finding (an error for a recurrence), never a healthy part.
@@ -73,7 +79,19 @@ def diagnose(
         judged_stack = assess_depth(stack, list(layers), epsilon)
         findings += depth_findings(judged_stack, layers)
         statuses.append(judged_stack.status)
+    judged_sequence = None
+    if sequence is not None:
+        judged_sequence = assess_sequence(sequence, epsilon, distance)
+        cores_vanish = any(core.status != Status.HEALTHY for core in judged)
+        findings += sequence_findings(judged_sequence, epsilon, cores_vanish)
+        statuses.append(judged_sequence.status)
     findings += coverage_findings(coverage)
     return Diagnosis(
-        worst(statuses), judged, judged_stack, list(layers), by_severity(findings), coverage
+        worst(statuses),
+        judged,
+        judged_stack,
+        list(layers),
+        by_severity(findings),
+        coverage,
+        judged_sequence,
     )

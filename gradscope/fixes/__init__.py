@@ -10,9 +10,10 @@ from __future__ import annotations
 from gradscope.diagnosis import Diagnosis
 from gradscope.fixes.depth import OVER_DEPTH
 from gradscope.fixes.recurrent import OVER_TIME
+from gradscope.fixes.sequence import OVER_SEQUENCE
 from gradscope.report import Evidence, Finding, Fix, FixId
 
-__all__ = ["OVER_DEPTH", "OVER_TIME", "build_fixes"]
+__all__ = ["OVER_DEPTH", "OVER_SEQUENCE", "OVER_TIME", "build_fixes"]
 
 
 def _evidence(finding: Finding) -> Evidence:
@@ -31,7 +32,8 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
     """One fix per id the findings call for, in order of first mention.
 
     A finding about a core gets the recurrent advice, one about the deep stack the advice for
-    its blocks; a fix both call for gets both.
+    its blocks, one about the sequence view the advice for a sequence model; a fix several
+    call for gets each.
     """
     findings = diagnosis.findings
     by_key = {(c.name, c.layer, c.direction): c for c in diagnosis.cores}
@@ -40,14 +42,18 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
         calling = [f for f in findings if fix_id in f.fixes]
         on_cores = [f for f in calling if _evidence(f).part == "core"]
         on_stack = [f for f in calling if _evidence(f).part == "stack"]
+        on_sequence = [f for f in calling if _evidence(f).part == "sequence"]
         stack = diagnosis.stack if on_stack else None
+        sequence = diagnosis.sequence if on_sequence else None
         whys, whats, snippets = [], [], []
+        titles = []
         if on_cores:
             advice = OVER_TIME[FixId(fix_id)]
             involved = [by_key[_evidence(f).key] for f in on_cores]
             whys.append("; ".join(dict.fromkeys(_reasons(on_cores))))
             whats.append(advice.what)
             snippets.append(advice.snippet(involved, epsilon))
+            titles.append(advice.title)
         if stack is not None:
             advice = OVER_DEPTH[FixId(fix_id)]
             evidence = advice.evidence(stack, diagnosis.layers) if advice.evidence else None
@@ -55,7 +61,14 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
             whys.append("; ".join(dict.fromkeys(reasons)))
             whats.append(advice.what)
             snippets.append(advice.snippet(stack, diagnosis.layers))
-        title = (OVER_DEPTH if stack is not None else OVER_TIME)[FixId(fix_id)].title
+            titles.insert(0, advice.title)
+        if sequence is not None:
+            advice = OVER_SEQUENCE[FixId(fix_id)]
+            whys.append("; ".join(dict.fromkeys(_reasons(on_sequence))))
+            whats.append(advice.what)
+            snippets.append(advice.snippet(sequence, epsilon))
+            titles.append(advice.title)
+        title = titles[0]
         fixes.append(
             Fix(
                 id=FixId(fix_id),

@@ -57,12 +57,25 @@ def differentiable_output(
     return next((t for t in candidates if t.requires_grad or not traced), None)
 
 
-def projected_output(output: object, probe: Probe, traced: bool = True) -> Tensor:
-    """``y``, (batch, m): the output tensor the loss reads, at the last time step.
+def projected_output(output: object, probe: Probe, traced: bool = True, at: int = -1) -> Tensor:
+    """``y``, (batch, m): the output tensor the loss reads, at time step ``at`` (the last by
+    default) when it has the probe's time axis.
 
     ``y`` is the first floating-point tensor of the output that carries a gradient, so
     ``(predicted_ids, logits)`` or ``{"mask": ..., "logits": ...}`` outputs use the logits.
     """
+    y = read_output(output, probe, traced)
+    over = over_time(y, probe)
+    if over is not None:
+        return over[at]
+    batch_axis = probe.batch_axis
+    if batch_axis is not None and y.dim() > batch_axis and y.shape[batch_axis] == probe.batch:
+        return y.movedim(batch_axis, 0).reshape(probe.batch, -1)
+    return y.reshape(1, -1)
+
+
+def read_output(output: object, probe: Probe, traced: bool = True) -> Tensor:
+    """The output tensor the loss reads (:func:`differentiable_output`), or a one-line error."""
     y = differentiable_output(output, probe.output_key, traced)
     if y is None:
         where = f"--output-key {probe.output_key}" if probe.output_key else "the model's output"
@@ -70,16 +83,26 @@ def projected_output(output: object, probe: Probe, traced: bool = True) -> Tenso
             f"{where} holds no floating-point tensor that depends on its input; "
             "gradscope needs a model that returns one (logits, states, predictions)"
         )
-    batch_axis = probe.batch_axis
-    time_axis = probe.time_axis
-    sequence = time_axis is not None and y.dim() >= probe.inputs.dim() and y.dim() > time_axis
-    if sequence and y.shape[time_axis] == probe.steps:
-        y = y.select(time_axis, -1)
-        if batch_axis is not None and time_axis < batch_axis:
-            batch_axis -= 1
-    if batch_axis is not None and y.dim() > batch_axis and y.shape[batch_axis] == probe.batch:
-        return y.movedim(batch_axis, 0).reshape(probe.batch, -1)
-    return y.reshape(1, -1)
+    return y
+
+
+def over_time(y: Tensor, probe: Probe) -> Tensor | None:
+    """``y`` as (steps, batch, m) when it has the probe's time axis (batch 1 when it has no
+    batch axis of the probe's size); None when it has none (a sequence read out whole)."""
+    time_axis, batch_axis = probe.time_axis, probe.batch_axis
+    if (
+        time_axis is None
+        or y.dim() < probe.inputs.dim()
+        or y.dim() <= time_axis
+        or y.shape[time_axis] != probe.steps
+    ):
+        return None
+    moved = y.movedim(time_axis, 0)
+    if batch_axis is not None:
+        batch_axis += batch_axis < time_axis
+        if moved.dim() > batch_axis and moved.shape[batch_axis] == probe.batch:
+            return moved.movedim(batch_axis, 1).reshape(probe.steps, probe.batch, -1)
+    return moved.reshape(probe.steps, 1, -1)
 
 
 def loss_direction(size: int, probe: Probe, like: Tensor) -> Tensor:
@@ -89,9 +112,10 @@ def loss_direction(size: int, probe: Probe, like: Tensor) -> Tensor:
     return (direction / direction.norm()).to(like)
 
 
-def projection_loss(output: object, probe: Probe) -> Tensor:
-    """``sum_b <w, y_b>``: ``y`` the output at the last step, ``w`` a seeded unit vector."""
-    y = projected_output(output, probe)
+def projection_loss(output: object, probe: Probe, at: int = -1) -> Tensor:
+    """``sum_b <w, y_b>``: ``y`` the output at step ``at`` (the last by default), ``w`` a
+    seeded unit vector."""
+    y = projected_output(output, probe, at=at)
     return (y @ loss_direction(y.shape[1], probe, y)).sum()
 
 

@@ -14,6 +14,7 @@ from gradscope.numerics import largest_singular_value, median_and_max, pooled_no
 from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe, projection_loss, run_model
 from gradscope.probe.calls import CellCall, every_call, observed_call
+from gradscope.probe.gradient import input_leaf, per_step_input_norms
 from gradscope.probe.trial import trial_run
 from gradscope.recurrent.cells import (
     CellSpec,
@@ -292,16 +293,9 @@ def measure_recurrent(
     model: nn.Module, probe: Probe, options: AnalysisOptions
 ) -> RecurrentMeasurement:
     """Run the probe once, backpropagate once, and measure every recurrent core."""
-    embedded: list[Tensor] = []
-    hook = None
-    if probe.token_module is not None:  # token ids have no gradient: take it at their embedding
-        embedding = model.get_submodule(probe.token_module)
-        hook = embedding.register_forward_hook(lambda module, args, out: embedded.append(out))
-    try:
+    with input_leaf(model, probe) as leaf:
         loss, traces = run_probe(model, probe, options.cells)
-    finally:
-        if hook is not None:
-            hook.remove()
+        leaves = [leaf()] if leaf() is not None else []
     idle = [name for name in options.cells if (name, 0, "forward") not in traces]
     if idle:
         raise GradscopeError(
@@ -309,9 +303,6 @@ def measure_recurrent(
             "once per time step as cell(input, state)"
         )
     targets = [trace.gradient_targets() for trace in traces.values()]
-    leaves = [probe.inputs] if probe.inputs.requires_grad else embedded[:1]
-    if leaves and leaves[0].shape[: probe.inputs.dim()] != probe.inputs.shape:
-        leaves = []  # not the embedding of the whole probe
     flat = [t for per_trace in targets for per_state in per_trace for t in per_state]
     grads = torch.autograd.grad(loss, [*leaves, *flat], allow_unused=True)
     input_grad = grads[0] if leaves else None
@@ -328,10 +319,8 @@ def measure_recurrent(
         for trace, per_trace in zip(traces.values(), targets, strict=True)
     ]
     input_grad_norm = None
-    if input_grad is not None:
-        per_step = input_grad.movedim(probe.time_axis, 0).reshape(probe.steps, probe.batch, -1)
-        # for token ids, the gradient at their embedding: ||dL/de_t||
-        input_grad_norm = per_step_norms(per_step)
+    if input_grad is not None:  # for token ids, the gradient at their embedding: ||dL/de_t||
+        input_grad_norm = per_step_input_norms(input_grad, probe)
     notes = [
         trace.core.custom.describe(trace.core.name)
         for trace in traces.values()

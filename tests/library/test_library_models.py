@@ -171,8 +171,10 @@ def test_a_parallel_scan_is_a_recurrence_not_measured_and_fails_the_default_gate
 
     assert report.recurrent == []
     errors = [f for f in report.findings if f.severity == "error"]
-    assert [f.id for f in errors] == ["not-measured"]
-    assert "scan over the time axis (cumsum, cumprod)" in errors[0].message
+    # the sequence view judges it end to end; its step map stays unmeasured
+    assert [f.id for f in errors] == ["vanishing-gradient", "not-measured"]
+    assert errors[0].where["view"] == "sequence"
+    assert "scan over the time axis (cumsum, cumprod)" in errors[1].message
     assert report.fails() and not report.complete
     with pytest.raises(GradientHealthError):
         report.assert_healthy()
@@ -325,9 +327,11 @@ def test_without_detection_a_looped_cell_is_an_unmeasured_recurrence_with_its_fl
     report = gradscope.analyze(model, input_shape=(2, 20, 4), detect_cells=False)
 
     errors = [f for f in report.findings if f.severity == "error"]
-    assert [f.id for f in errors] == ["not-measured"]
-    assert "block.cell (StepCell)" in errors[0].message and "called 20 times" in errors[0].message
-    assert "--cell block.cell" in errors[0].message
+    # the sequence view judges the loop end to end; its step map stays unmeasured
+    assert [f.id for f in errors] == ["vanishing-gradient", "not-measured"]
+    assert errors[0].where["view"] == "sequence"
+    assert "block.cell (StepCell)" in errors[1].message and "called 20 times" in errors[1].message
+    assert "--cell block.cell" in errors[1].message
     assert report.fails()
     cell_parameters = sum(p.numel() for p in model.block.cell.parameters())
     assert report.coverage.unmeasured_recurrence[0].parameters == cell_parameters
@@ -455,8 +459,13 @@ class TokenShift(nn.Module):
 def test_ordinary_sequence_code_raises_no_recurrence(factory):
     torch.manual_seed(0)
     report = gradscope.analyze(factory().double(), input_shape=(2, 12, 8))
-    assert not report.coverage.unmeasured_recurrence and not report.fails()
+    assert not report.coverage.unmeasured_recurrence and report.stack.status == "healthy"
     assert report.stack.blocks == 3  # the per-step MLP is three blocks, not one per step
+    if factory is TokenShift:  # each step sees the one before: the loss reaches back 2 steps
+        assert report.sequence.effective_horizon == 2
+        assert report.sequence.status == "vanishing" and report.status == "vanishing"
+    else:  # no step mixes with another: no reach over time to judge
+        assert report.sequence is None and not report.fails()
 
 
 class SmallRawRNN(nn.Module):
@@ -475,9 +484,13 @@ class SmallRawRNN(nn.Module):
         return self.head(torch.stack(states, dim=1))
 
 
-def test_a_small_recurrent_model_is_refused_with_its_recurrence_named():
-    with pytest.raises(GradscopeError, match=r"loops over time steps.*--cell"):
-        gradscope.analyze(SmallRawRNN(), input_shape=(2, 12, 8))
+def test_a_small_recurrent_model_is_judged_over_its_sequence_with_its_recurrence_named():
+    torch.manual_seed(0)
+    report = gradscope.analyze(SmallRawRNN().double(), input_shape=(2, 12, 8))
+    assert report.sequence is not None and len(report.sequence.grad_norm_by_lag) == 12
+    (unmeasured,) = [f for f in report.findings if f.severity == "error" and f.id == "not-measured"]
+    assert "loops over time steps" in unmeasured.message and "--cell" in unmeasured.message
+    assert report.fails()
 
 
 class Seq2SeqTransformer(nn.Module):
