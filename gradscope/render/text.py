@@ -13,7 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from gradscope.render.chart import log_chart
-from gradscope.report import Coverage, DepthLayer, DepthStack, RecurrentCore, Report, named
+from gradscope.report import (
+    Coverage,
+    DepthLayer,
+    DepthStack,
+    RecurrentCore,
+    Report,
+    SequenceGradient,
+    named,
+)
 
 STATUS_STYLE = {
     "healthy": "bold green",
@@ -260,6 +268,22 @@ def depth_chart(layers: list[DepthLayer]) -> Panel:
     return Panel(Text(log_chart([norms], x_ends=ends)), title=title, title_align="left")
 
 
+def sequence_panel(view: SequenceGradient) -> Panel:
+    """||dL/dx|| against lag from the step the loss reads, log scale, with the reach."""
+    where = {"last": "the last step", "all": "each step"}.get(str(view.loss_at))
+    where = where or f"step {view.loss_at}"
+    reach = (
+        f"reaches back every one of the {len(view.grad_norm_by_lag)} steps measured"
+        if view.effective_horizon is None
+        else f"reaches back {view.effective_horizon} step(s)"
+    )
+    line = Text(f"{reach} (horizon {view.distance}): ").append(status_text(view.status))
+    ends = ("lag 0", f"lag {len(view.grad_norm_by_lag) - 1}")
+    chart = Text(log_chart([view.grad_norm_by_lag], x_ends=ends))
+    title = Text(f"sequence: ‖dL/dx‖ against lag from the loss at {where}, log scale")
+    return Panel(Group(line, chart), title=title, title_align="left")
+
+
 def _nothing_found(report: Report) -> str:
     if report.stack is None:
         return "Gradients survive the horizon in every core."
@@ -348,6 +372,8 @@ class TextRenderer:
                     console.print(line)
         if report.layers:
             console.print(depth_chart(report.layers))
+        if report.sequence is not None:
+            console.print(sequence_panel(report.sequence))
         console.print(verdict(report))
         for panel in fix_panels(report):
             console.print(panel)
