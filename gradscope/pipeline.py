@@ -20,7 +20,13 @@ from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
-from gradscope.options import DEFAULT_DEPTH_BATCH, AnalysisOptions, LoadOptions
+from gradscope.options import (
+    DEFAULT_BATCH,
+    DEFAULT_DEPTH_BATCH,
+    DEFAULT_STEPS,
+    AnalysisOptions,
+    LoadOptions,
+)
 from gradscope.probe import Probe, make_probe
 from gradscope.report import Coverage, Note, RecurrentCore, Report, Settings
 from gradscope.views import (
@@ -77,23 +83,38 @@ def plan(subject: Subject) -> Plan:
     if subject.loaded.parts is not None:
         return Plan(subject, [PartsView()])
     module, requested = subject.module, subject.options
-    options, probe = _probe(module, requested, subject.device)
     notes: list[Note] = []
     detected: tuple[str, ...] = ()
-    if requested.detect_cells and not requested.cells:
-        found = detect_cells(module, probe)
+    detecting = requested.detect_cells and not requested.cells
+    failure: GradscopeError | None = None
+    try:
+        options, probe = _probe(module, requested, subject.device)
+    except GradscopeError as error:
+        if not detecting:
+            raise
+        failure, probe = error, None
+    found = detect_cells(module, probe) if detecting and probe is not None else None
+    if detecting and found is None and _shape_open(requested):
+        searched = _searched_probe(module, requested, subject.device)
+        if searched is not None:
+            requested, (options, probe), note = searched
+            notes.append(Note("probe", note))
+            found = detect_cells(module, probe)
+    if probe is None:
+        assert failure is not None
+        raise failure
+    if found:
         names = tuple(name for name, _ in found)
-        if found:
-            try:
-                cells_probed = _probe(
-                    module, dataclasses.replace(requested, cells=names), subject.device
-                )
-            except GradscopeError as error:  # not probed as cells: coverage will name them
-                notes.append(Note("probe", f"detected {', '.join(names)} not stepped: {error}"))
-            else:
-                detected = names
-                options, probe = cells_probed
-                notes.append(Note("probe", _detected_note(module, found)))
+        try:
+            cells_probed = _probe(
+                module, dataclasses.replace(requested, cells=names), subject.device
+            )
+        except GradscopeError as error:  # not probed as cells: coverage will name them
+            notes.append(Note("probe", f"detected {', '.join(names)} not stepped: {error}"))
+        else:
+            detected = names
+            options, probe = cells_probed
+            notes.append(Note("probe", _detected_note(module, found)))
     recurrent = has_recurrence(module, options)
     probed = dataclasses.replace(
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
@@ -103,6 +124,43 @@ def plan(subject: Subject) -> Plan:
     if probe.time_axis is not None:
         views.append(SequenceView(requested.distance is not None))
     return Plan(probed, views, [*notes, *_probe_notes(probe, options)])
+
+
+def _shape_open(options: AnalysisOptions) -> bool:
+    """Whether the user left the input's shape to gradscope (no --input-shape, no --probe)."""
+    return options.builtin_probe and not options.input_shape and not options.input_shapes
+
+
+def _searched_probe(
+    module: nn.Module, requested: AnalysisOptions, device: torch.device
+) -> tuple[AnalysisOptions, tuple[AnalysisOptions, Probe], str] | None:
+    """The options and probe of an input the model runs on, found by trial when the one read
+    from its first module does not run it (:func:`gradscope.probe.search.runnable_shape`)."""
+    from gradscope.probe.search import runnable_shape
+
+    tried = runnable_shape(module, device, getattr(torch, requested.dtype))
+    if tried is None:
+        return None
+    width = tried[-1]
+    if len(tried) == 3:
+        shape = (requested.batch or DEFAULT_BATCH, requested.steps or DEFAULT_STEPS, width)
+        batch_first = requested.batch_first is not False
+        if not batch_first:
+            shape = (shape[1], shape[0], width)
+    else:
+        shape, batch_first = (requested.batch or DEFAULT_DEPTH_BATCH, width), True
+    options = dataclasses.replace(requested, input_shape=shape)
+    probed_options, probe = _probe(module, options, device)
+    if len(shape) == 3 and probe.time_axis is None:  # it ran on sequences: read them so
+        probe = dataclasses.replace(
+            probe, time_axis=1 if batch_first else 0, batch_axis=0 if batch_first else 1
+        )
+    note = (
+        f"the input its first module reads does not run the model; it runs on "
+        f"{'sequences' if len(shape) == 3 else 'vectors'} of {width} features, found by trial: "
+        f"the probe is shaped {shape} (--input-shape sets it)"
+    )
+    return options, (probed_options, probe), note
 
 
 def _probe(
@@ -121,7 +179,7 @@ def _detected_note(module: nn.Module, found: list[tuple[str, int]]) -> str:
     )
     return (
         f"detected: {cells}; each call reads the state the one before gave, so it is stepped "
-        "as a recurrent cell, its first argument the step's input (--cell names one "
+        "as a recurrent cell, what else it is passed held per step (--cell names one "
         "yourself, --no-detect-cells turns this off)"
     )
 

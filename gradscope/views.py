@@ -72,16 +72,16 @@ class View(Protocol):
         ...
 
 
-def detect_cells(module: nn.Module, probe: Probe) -> list[tuple[str, int]]:
+def detect_cells(module: nn.Module, probe: Probe) -> list[tuple[str, int]] | None:
     """The modules the model loops as recurrent cells on ``probe`` that gradscope can step,
-    with how often each was called; none when the model does not run."""
+    with how often each was called; None when the model does not run on the probe."""
     from gradscope.depth.recurrences import steppable_cells
     from gradscope.probe.calls import every_call
     from gradscope.probe.trial import trial_run
 
     with every_call(module) as log:
         ran = trial_run(lambda: probe.call(module))
-    return steppable_cells(module, log) if ran else []
+    return steppable_cells(module, log) if ran else None
 
 
 def has_recurrence(module: nn.Module, options: AnalysisOptions) -> bool:

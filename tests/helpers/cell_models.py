@@ -195,3 +195,52 @@ class CountingNet(nn.Module):
         for t, x_t in enumerate(x.unbind(1)):
             h = self.cell(x_t, h, t)
         return h
+
+
+class RawCell(nn.Module):
+    """A continuous-time cell on raw parameters (no Linear to read the input size from),
+    returning ``(output, state)`` as one tensor twice, as closed-form continuous-time cells do."""
+
+    def __init__(self, features: int = 3, units: int = 7) -> None:
+        super().__init__()
+        self.sensory = nn.Parameter(torch.randn(features, units) * 0.5)
+        self.recurrent = nn.Parameter(torch.randn(units, units) * 0.3)
+
+    def forward(self, input: Tensor, hx: Tensor, ts: float = 1.0) -> tuple[Tensor, Tensor]:
+        h = hx + ts * (-hx + torch.tanh(input @ self.sensory + hx @ self.recurrent))
+        return h, h
+
+
+class RawCellNet(nn.Module):
+    """Loops the raw cell with ``rnn_cell.forward(x_t, h, 0.5)``; the cell is its only module."""
+
+    def __init__(self, features: int = 3) -> None:
+        super().__init__()
+        self.rnn_cell = RawCell(features)
+        self.steps: list = []
+        self.states: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], 7)
+        self.steps, self.states, outputs = [], [], []
+        for t in range(x.shape[1]):
+            self.steps.append((x[:, t], h))
+            out, h = self.rnn_cell.forward(x[:, t], h, 0.5)
+            self.states.append(h)
+            outputs.append(out)
+        return torch.stack(outputs, dim=1)
+
+
+class ConcatFirst(nn.Module):
+    """A tanh cell whose one Linear reads ``cat(x, h)``, registered before anything else."""
+
+    def __init__(self, features: int = 6, hidden: int = 5) -> None:
+        super().__init__()
+        self.cell_layer = nn.Linear(features + hidden, hidden)
+        self.hidden = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden)
+        for x_t in x.unbind(1):
+            h = torch.tanh(self.cell_layer(torch.cat((x_t, h), dim=-1)))
+        return h

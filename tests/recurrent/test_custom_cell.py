@@ -287,11 +287,22 @@ def test_a_model_with_only_a_custom_cell_is_analysed_end_to_end():
     assert len(report.input_grad_norm) == STEPS
 
 
-def test_without_cell_a_model_of_custom_cells_is_refused_with_the_flag_named():
+def test_without_cell_a_model_of_custom_cells_is_found_and_stepped():
     import gradscope
 
+    model = build(lambda: StateLoop(GatedNormCell(4, 5), 5))
+    report = gradscope.analyze(model, steps=STEPS, batch=2, burn_in=BURN_IN)
+    (core,) = report.recurrent
+    assert (core.name, core.cell) == ("cell", "custom")
+    assert_same_measurements(core, measure(model, cells=["cell"], exponents=8)[0])
+
+
+def test_without_detection_a_model_of_custom_cells_is_refused_with_the_flag_named():
+    import gradscope
+
+    model = build(lambda: StateLoop(GatedNormCell(4, 5), 5))
     with pytest.raises(GradscopeError, match="--cell"):
-        gradscope.analyze(build(lambda: StateLoop(GatedNormCell(4, 5), 5)), steps=STEPS)
+        gradscope.analyze(model, steps=STEPS, detect_cells=False)
 
 
 def test_cell_through_the_command_line(tmp_path, capsys):

@@ -15,11 +15,13 @@ from gradscope.views import detect_cells
 
 from tests.helpers import reference
 from tests.helpers.cell_models import (
+    ConcatFirst,
     ContextDecoder,
     ContinuousTimeNet,
     CountingNet,
     DictStateNet,
     MaskedNet,
+    RawCellNet,
     SharedProjection,
 )
 from tests.helpers.models import build
@@ -199,3 +201,30 @@ def test_a_python_value_that_changes_between_calls_is_refused_in_one_line():
     message = str(error.value)
     assert "\n" not in message
     assert "argument 2 (0, then 1)" in message and "pass it as a tensor" in message
+
+
+def test_the_probe_follows_the_model_when_its_only_module_is_a_raw_parameter_cell():
+    model = build(RawCellNet)
+    report = gradscope.analyze(model, steps=STEPS)
+    (core,) = report.recurrent
+    assert (core.name, core.cell, core.state_size, core.input_size) == ("rnn_cell", "custom", 7, 3)
+    assert report.settings.input_shape == [1, STEPS, 3]
+    notes = " ".join(report.model.notes)
+    assert "found by trial: the probe is shaped (1, 12, 3)" in notes
+    assert "detected: rnn_cell (RawCell), called 12 times" in notes
+
+
+def test_a_raw_parameter_cell_called_with_a_held_float_matches_its_twin():
+    model = build(lambda: RawCellNet(features=4), seed=6)
+    core = measured(model, cells=("rnn_cell",))
+
+    def step_at(t, b, s):
+        return model.rnn_cell(model.steps[t][0][b : b + 1], s[None], 0.5)[1][0]
+
+    assert_twin(core, *twin(model, step_at))
+
+
+def test_the_probe_follows_the_model_past_a_cell_layer_that_reads_input_and_state():
+    report = gradscope.analyze(build(ConcatFirst), steps=STEPS)
+    assert report.settings.input_shape == [1, STEPS, 6]
+    assert report.sequence is not None and len(report.sequence.grad_norm_by_lag) == STEPS
