@@ -213,8 +213,9 @@ def _mixers(module: nn.Module | None, earlier: list[Measured]) -> list[str]:
     if module is not None:
         kinds += [type(m).__name__ for m in module.modules() if is_kind(m, TIME_MIXERS)]
         kinds += [type(m).__name__ for _, m in recurrent_modules(module, scripted=False)]
-    if any("scan" in what for r in earlier for _, what in r.recurrences):
-        kinds.append("scan")
+    found = [what for r in earlier for _, what in r.recurrences]
+    kinds += ["scan"] if any("scan" in what for what in found) else []
+    kinds += ["loop"] if any("loops over time" in what for what in found) else []
     return list(dict.fromkeys(kinds))
 
 

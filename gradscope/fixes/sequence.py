@@ -19,7 +19,7 @@ def _reach_snippet(view: SequenceGradient, epsilon: float) -> str:
     reach = view.effective_horizon
     lines = [f"# the loss feels inputs {reach} step(s) back; the task needs {needed}"]
     mixers = " ".join(view.mixers)
-    if any(kind in mixers for kind in CONVOLUTIONS) or not view.mixers:
+    if any(kind in mixers for kind in CONVOLUTIONS):
         lines += [
             "# temporal convolutions: receptive field = 1 + (kernel_size - 1) * sum(dilations);",
             f"# kernel_size=2 with dilations 1, 2, ..., 2**{layers - 1} reaches {2**layers} steps",
@@ -34,6 +34,18 @@ def _reach_snippet(view: SequenceGradient, epsilon: float) -> str:
         lines += [
             "# a scan (state-space or gated linear recurrence): keep its decay a with",
             f"# a ** {needed} >= {epsilon:g}, i.e. log(a) >= {math.log(epsilon) / needed:.4f}",
+        ]
+    if "loop" in mixers:
+        lines += [
+            "# a recurrence the model loops itself: let each step keep more of its state,",
+            "# s' = s + f(x, s) or a keeping gate biased open; name the module that computes",
+            "# one step with --cell to measure it over time",
+        ]
+    if len(lines) == 1:
+        lines += [
+            "# let the layers that mix time reach the whole horizon: dilated convolutions",
+            f"# (dilations 1, 2, ..., 2**{layers - 1}), attention over the whole span, or a",
+            "# recurrent core with a keeping gate",
         ]
     return "\n".join(lines)
 
