@@ -102,7 +102,7 @@ def plan(subject: Subject) -> Plan:
             found = detect_cells(module, probe)
     if probe is None:
         assert failure is not None
-        raise failure
+        raise GradscopeError(f"{failure} ({_tried(module)})") from None
     if found:
         names = tuple(name for name, _ in found)
         try:
@@ -129,6 +129,18 @@ def plan(subject: Subject) -> Plan:
 def _shape_open(options: AnalysisOptions) -> bool:
     """Whether the user left the input's shape to gradscope (no --input-shape, no --probe)."""
     return options.builtin_probe and not options.input_shape and not options.input_shapes
+
+
+def _tried(module: nn.Module) -> str:
+    """The widths a search by trial tried, in words."""
+    from gradscope.probe.search import candidate_widths
+
+    widths = candidate_widths(module)
+    if not widths:
+        return "no module or weight states a size to try"
+    return (
+        f"inputs {', '.join(map(str, widths))} wide were tried, as vectors and sequences: none ran"
+    )
 
 
 def _searched_probe(

@@ -228,3 +228,22 @@ def test_the_probe_follows_the_model_past_a_cell_layer_that_reads_input_and_stat
     report = gradscope.analyze(build(ConcatFirst), steps=STEPS)
     assert report.settings.input_shape == [1, STEPS, 6]
     assert report.sequence is not None and len(report.sequence.grad_norm_by_lag) == STEPS
+
+
+class DictReader(torch.nn.Module):
+    """Reads a dict no probe gradscope builds can give, through raw weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 5))
+
+    def forward(self, x):
+        return x["a"] @ self.w
+
+
+def test_an_input_no_trial_runs_is_refused_naming_what_was_tried():
+    with pytest.raises(GradscopeError) as error:
+        gradscope.analyze(DictReader())
+    message = str(error.value)
+    assert "\n" not in message and "pass --input-shape" in message
+    assert "inputs 5 wide were tried, as vectors and sequences: none ran" in message
