@@ -347,6 +347,7 @@ def _settings(
         chi_probes=options.chi_probes,
         power_iterations=options.power_iterations,
         loss="seeded unit projection of the output" + (" at the last time step" if cores else ""),
+        loss_at=options.loss_at,
         spectrum_samples={core.label: core.jacobian.samples for core in cores},
     )
 

@@ -103,6 +103,7 @@ class Settings:
     chi_probes: int = DEFAULTS.chi_probes
     power_iterations: int = DEFAULTS.power_iterations
     loss: str = "seeded unit projection of the output"
+    loss_at: int | str = DEFAULTS.loss_at
     spectrum_samples: dict[str, int] = field(default_factory=dict)
 
 
