@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from torch import Tensor
@@ -49,3 +50,22 @@ def depends_on(outputs: Iterable[Tensor]) -> Callable[[Tensor], bool]:
         return id(tensor) in leaves
 
     return test
+
+
+def reaches(tensor: Tensor, targets: Iterable[Tensor], limit: int = 2048) -> bool:
+    """Whether ``tensor`` was computed from one of ``targets`` within ``limit`` autograd
+    nodes, nearest first: a cheap test that stops early on long graphs (False when unsure)."""
+    goals = {id(t.grad_fn) for t in targets if t.grad_fn is not None}
+    if tensor.grad_fn is None or not goals:
+        return False
+    seen: set[int] = set()
+    queue = deque([tensor.grad_fn])
+    while queue and len(seen) < limit:
+        node = queue.popleft()
+        if id(node) in goals:
+            return True
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        queue.extend(child for child, _ in node.next_functions)
+    return False

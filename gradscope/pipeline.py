@@ -5,6 +5,7 @@ Each stage returns its result and its notes as data; :func:`run` only wires them
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,6 +152,15 @@ def _searched_probe(
     from gradscope.probe.search import runnable_shape
 
     tried = runnable_shape(module, device, getattr(torch, requested.dtype))
+    if tried is None and requested.dtype == "float64":
+        single = copy.deepcopy(module).float()
+        shape = runnable_shape(single, device, torch.float32)
+        if shape is not None:
+            kind = "sequences" if len(shape) == 3 else "vectors"
+            raise GradscopeError(
+                f"the model runs on {kind} of {shape[-1]} features in float32 only: it makes "
+                "float32 tensors of its own (a zero state, say); rerun with --dtype float32"
+            )
     if tried is None:
         return None
     width = tried[-1]

@@ -31,7 +31,12 @@ ALLOWED = {
     "gradscope.coverage": set(),
     "gradscope.loading": {"gradscope.numerics"},
     "gradscope.probe": {"gradscope.numerics", "gradscope.dataflow"},
-    "gradscope.recurrent": {"gradscope.numerics", "gradscope.probe", "gradscope.loading"},
+    "gradscope.recurrent": {
+        "gradscope.numerics",
+        "gradscope.probe",
+        "gradscope.loading",
+        "gradscope.dataflow",
+    },
     "gradscope.depth": {"gradscope.numerics", "gradscope.probe", "gradscope.dataflow"},
     "gradscope.sequence": {"gradscope.numerics", "gradscope.probe"},
     "gradscope.diagnosis": set(),

@@ -46,9 +46,11 @@ def runnable_shape(
     model: nn.Module, device: torch.device, dtype: torch.dtype
 ) -> tuple[int, ...] | None:
     """The first trial input the model runs on: for each candidate width w, a batch of
-    vectors (2, w), then of sequences (2, steps, w); None when none runs."""
+    sequences (2, steps, w), then of vectors (2, w); None when none runs. Sequences come
+    first: a model that loops over steps may take a 2-D input as one unbatched sequence,
+    while a model of vectors that runs on sequences is only read per step."""
     for width in candidate_widths(model):
-        for shape in ((2, width), (2, TRIAL_STEPS, width)):
+        for shape in ((2, TRIAL_STEPS, width), (2, width)):
             x = torch.randn(shape, dtype=dtype, device=device)
             if trial_run(lambda x=x: model(x)):
                 return shape

@@ -326,4 +326,12 @@ def measure_recurrent(
         for trace in traces.values()
         if trace.core.custom is not None
     ]
+    notes += [
+        f"{trace.core.name or '(model)'}: what it reads at a step is computed from its state "
+        "the step before, through other modules (an autoregressive readout, an attention "
+        "context); its Jacobians and exponents hold that input as the model gave it, so they "
+        "leave that feedback out, while ||dL/ds_t|| and the sequence view include it"
+        for trace in traces.values()
+        if trace.fed_back
+    ]
     return RecurrentMeasurement(cores, input_grad_norm, notes)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from gradscope.dataflow import reaches
 from gradscope.errors import GradscopeError
 from gradscope.probe.calls import CellCall, default_call
 from gradscope.probe.structure import map_tensors, place, tensor_leaves
@@ -65,19 +66,20 @@ class Core:
 class Call:
     """One call of a core: T steps over a batch of B, in processing order.
 
-    ``sources`` hold, for each state, the tensors the gradient at it is taken at when they
-    are not the state node itself: the state tensor a custom cell returned beside a readout
-    it computed from it, which the loss may read at that same step. (With several state
-    tensors, one may be computed from another inside the cell, and the gradient at it would
-    count that path too: there the state node is used, and a readout at the last step is
-    not seen.)
+    ``made_of`` holds, for a custom cell, the tensors it returned that each state node was
+    made from; ``gradient_at_sources`` says to take the gradient at those rather than at the
+    node: the one state tensor of a cell that also returned a readout computed from it, which
+    the loss may read at that same step. (With several state tensors one may be computed from
+    another inside the cell, and the gradient at it would count that path too: there the node
+    is used, and a readout at the last step is not seen.)
     """
 
     prev_states: Tensor
     drives: Tensor
     states: list[Tensor]
     reverse: bool
-    sources: list[list[Tensor]] | None = None
+    made_of: list[list[Tensor]] | None = None
+    gradient_at_sources: bool = False
 
     @property
     def batch(self) -> int:
@@ -87,10 +89,22 @@ class Call:
 
 @dataclass
 class Trace:
-    """What one core saw during the probe run, call by call."""
+    """What one core saw during the probe run, call by call; ``fed_back``: a call read, as
+    input, something computed from the state the call before gave (through other modules:
+    an autoregressive readout, an attention context), which the step map holds."""
 
     core: Core
     calls: list[Call] = field(default_factory=list)
+    fed_back: bool = False
+
+    def note_feedback(self, tensors: list[Tensor]) -> None:
+        """Mark the trace when one of ``tensors`` (a call's inputs) was computed from the
+        last state recorded."""
+        if self.fed_back or not self.calls:
+            return
+        call = self.calls[-1]
+        last = [call.states[-1], *(call.made_of[-1] if call.made_of else [])]
+        self.fed_back = any(reaches(t, last) for t in tensors)
 
     @property
     def steps(self) -> int:
@@ -102,24 +116,18 @@ class Trace:
         """Every state node, call after call, in processing order."""
         return [s for call in self.calls for s in call.states]
 
-    def record(
-        self,
-        prev_states: Tensor,
-        drives: Tensor,
-        states: list[Tensor],
-        reverse: bool,
-        sources: list[list[Tensor]] | None = None,
-    ):
-        """Add one call: (T, B, n) states before each step, (T, B, G) drives, T state nodes
-        (and the tensors to take each one's gradient at, see :class:`Call`)."""
-        self.calls.append(Call(prev_states.detach(), drives.detach(), states, reverse, sources))
+    def record(self, prev_states: Tensor, drives: Tensor, states: list[Tensor], reverse: bool):
+        """Add one call: (T, B, n) states before each step, (T, B, G) drives, T state nodes."""
+        self.calls.append(Call(prev_states.detach(), drives.detach(), states, reverse))
 
     def gradient_targets(self) -> list[list[Tensor]]:
         """For each state, in processing order, the tensors its gradient is gathered from."""
         return [
             sources
             for call in self.calls
-            for sources in (call.sources or [[state] for state in call.states])
+            for sources in (
+                call.made_of if call.gradient_at_sources else [[state] for state in call.states]
+            )
         ]
 
     def trajectory(self) -> tuple[Tensor, Tensor]:
@@ -158,6 +166,7 @@ class Recorder:
 
     def run(self, core: Core, inputs: Tensor, initial: Tensor, reverse: bool) -> Tensor:
         """Unroll ``core`` over time-major ``inputs`` (T, B, F); return all states (T, B, n)."""
+        self.trace(core).note_feedback([inputs])
         drives = input_drive(core.spec, core.weights, inputs)
         step = step_function(core.spec, core.weights)
         order = range(len(drives) - 1, -1, -1) if reverse else range(len(drives))
@@ -377,15 +386,16 @@ def _unrolled_custom_forward(
         skeleton = map_tensors(structure, lambda t: None)
         cell = CustomCell(module, call, layout, drive)
         core = _custom_core(recorder, name, cell, skeleton, stated)
+        recorder.trace(core).note_feedback([t for _, t in held])
         drives = drive.flatten([t for _, t in held], batch, state_next)
         views = layout.unflatten(state_next if layout.batched else state_next[0])
         by_id = {id(t): view for t, view in zip(following, views, strict=True)}
         readout = any(id(t) not in by_id for _, t in tensor_leaves(output))
+        trace = recorder.trace(core)
+        trace.record(state_prev[None], drives[None], [state_next], reverse=False)
+        trace.calls[-1].made_of = [following]
         # a readout the cell computes from its one state tensor reads it where the cell left it
-        sources = [following] if readout and len(following) == 1 else None
-        recorder.trace(core).record(
-            state_prev[None], drives[None], [state_next], reverse=False, sources=sources
-        )
+        trace.calls[-1].gradient_at_sources = readout and len(following) == 1
         return map_tensors(output, lambda t: by_id.get(id(t), t))
 
     return forward

@@ -247,3 +247,14 @@ def test_an_input_no_trial_runs_is_refused_naming_what_was_tried():
     message = str(error.value)
     assert "\n" not in message and "pass --input-shape" in message
     assert "inputs 5 wide were tried, as vectors and sequences: none ran" in message
+
+
+def test_an_input_computed_from_the_state_before_is_said_to_be_held():
+    from tests.helpers.library_models import GreedyDecoder
+
+    report = gradscope.analyze(build(GreedyDecoder), input_shape=(2, STEPS, 4))
+    notes = " ".join(report.model.notes)
+    assert "decoder: what it reads at a step is computed from its state the step before" in notes
+    assert "encoder: what it reads" not in notes  # its inputs come from the probe
+    report = gradscope.analyze(build(ContextDecoder), steps=STEPS)
+    assert "what it reads at a step" not in " ".join(report.model.notes)
