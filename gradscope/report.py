@@ -178,6 +178,21 @@ class SequenceGradient:
 
 
 @dataclass
+class CellState:
+    """How a custom cell is called: the argument its state comes in (``argument 1``,
+    ``keyword h``), where the next state lies in what it returns (``output``,
+    ``output[1]``), how many tensors and values the state holds, what else is held per step,
+    and whether a run showed it (else it was assumed)."""
+
+    argument: str
+    output: str
+    tensors: int
+    size: int
+    held: list[str] = field(default_factory=list)
+    observed: bool = True
+
+
+@dataclass
 class RecurrentCore:
     """Measurements of one (layer, direction) of a recurrent module, or of one cell."""
 
@@ -204,6 +219,7 @@ class RecurrentCore:
     gates: GateSummary | None = None
     weights: WeightSummary | None = None
     finite: bool = True
+    state: CellState | None = None
 
     @property
     def label(self) -> str:

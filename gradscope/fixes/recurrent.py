@@ -112,30 +112,98 @@ def _spectral_norm(cores: list[RecurrentCore], epsilon: float) -> str:
     return "\n".join(lines)
 
 
-def _residual_state(cores: list[RecurrentCore], epsilon: float) -> str:
-    """Wrap each custom cell so that it adds to its state: ``s' = s + f(x, s)``.
+def _argument_code(argument: str) -> str | None:
+    """``args[1]`` or ``kwargs["h"]`` for ``argument 1`` or ``keyword h``; None otherwise."""
+    kind, _, where = argument.partition(" ")
+    if kind == "argument" and where.isdigit():
+        return f"args[{where}]"
+    if kind == "keyword" and where.isidentifier():
+        return f"kwargs[{where!r}]"
+    return None
 
-    The step Jacobian becomes ``I + df/ds``, which works for any cell without knowing its
-    weights; a tuple state such as ``(h, c)`` is added part by part.
-    """
-    lines = [
-        "# s' = s + f(x, s): the step Jacobian becomes",
-        "# I + df/ds, so the gradient need not pass",
-        "# through the cell's contraction alone.",
+
+def _plain_call(core: RecurrentCore) -> bool:
+    """Whether a custom cell is called as ``cell(x, state) -> state``."""
+    state = core.state
+    return state is None or (
+        state.argument == "argument 1"
+        and state.output == "output"
+        and [part.split(" (")[0] for part in state.held] == ["argument 0"]
+    )
+
+
+#: A ResidualCell for a cell called as ``cell(x, state) -> state``.
+PLAIN_RESIDUAL_CELL = [
+    "class ResidualCell(nn.Module):",
+    "    def __init__(self, cell):",
+    "        super().__init__()",
+    "        self.cell = cell",
+    "",
+    "    def forward(self, x, state):",
+    "        update = self.cell(x, state)",
+    "        if torch.is_tensor(state):",
+    "            return state + update",
+    "        # a tuple state such as (h, c): add each part",
+    "        return type(state)(s + u for s, u in zip(state, update))",
+    "",
+]
+
+
+def _residual_wrapper(argument: str, output: str) -> list[str]:
+    """A ResidualCell for a cell called with its state in ``argument`` and returning its next
+    state at ``output`` (the whole output, or one item of it), other arguments passed on."""
+    whole = output == "output"
+    new = "out" if whole else "out" + output.removeprefix("output")
+    return [
         "class ResidualCell(nn.Module):",
         "    def __init__(self, cell):",
         "        super().__init__()",
         "        self.cell = cell",
         "",
-        "    def forward(self, x, state):",
-        "        update = self.cell(x, state)",
+        "    def forward(self, *args, **kwargs):",
+        f"        state = {argument}  # the state the model passes",
+        "        out = self.cell(*args, **kwargs)",
+        f"        new = {new}  # the next state the cell returns",
         "        if torch.is_tensor(state):",
-        "            return state + update",
-        "        # a tuple state such as (h, c): add each part",
-        "        return type(state)(s + u for s, u in zip(state, update))",
+        "            added = state + new",
+        "        elif isinstance(state, dict):",
+        "            added = {key: state[key] + new[key] for key in state}",
+        "        else:  # a tuple state such as (h, c): add each part",
+        "            added = type(state)(s + u for s, u in zip(state, new))",
+        *(
+            ["        return added"]
+            if whole
+            else [
+                "        # every output that is the next state becomes state + update",
+                "        return type(out)(added if o is new else o for o in out)",
+            ]
+        ),
         "",
     ]
-    for core in _modules(cores):
+
+
+def _residual_state(cores: list[RecurrentCore], epsilon: float) -> str:
+    """Wrap each custom cell so that it adds to its state: ``s' = s + f(x, s)``.
+
+    The step Jacobian becomes ``I + df/ds``, which works for any cell without knowing its
+    weights; a tuple or dict state is added part by part. A cell called otherwise than
+    ``cell(x, state) -> state`` (extra arguments, a state elsewhere, an ``(output, state)``
+    pair) gets a wrapper that passes everything on and adds where its state is.
+    """
+    lines = [
+        "# s' = s + f(x, s): the step Jacobian becomes",
+        "# I + df/ds, so the gradient need not pass",
+        "# through the cell's contraction alone.",
+    ]
+    modules = _modules(cores)
+    first = modules[0]
+    argument = _argument_code(first.state.argument) if first.state else None
+    single = first.state is not None and ", " not in first.state.output
+    if not _plain_call(first) and argument is not None and single:
+        lines += _residual_wrapper(argument, first.state.output)
+    else:
+        lines += PLAIN_RESIDUAL_CELL
+    for core in modules:
         target = module_expression(core.name)
         lines.append(f"{target} = ResidualCell({target})")
     lines += [

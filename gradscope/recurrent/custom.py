@@ -22,6 +22,7 @@ from torch.func import functional_call, vmap
 from gradscope.errors import GradscopeError
 from gradscope.probe.calls import CellCall, argument_text
 from gradscope.probe.structure import Path, path_text, pick, place
+from gradscope.report import CellState
 
 StepFunction = Callable[[Tensor, Tensor], Tensor]
 
@@ -161,13 +162,13 @@ class DriveLayout:
             found[held.path] = part.reshape(shape).to(held.dtype)
         return found
 
-    def words(self) -> str:
-        """``argument 0 (8 per sequence), argument 2 (1 shared by the batch)``."""
-        return ", ".join(
+    def parts(self) -> list[str]:
+        """``["argument 0 (8 per sequence)", "argument 2 (1 shared by the batch)"]``."""
+        return [
             f"{argument_text(held.path)}{path_text(held.path[2:])} "
             f"({held.width} {'per sequence' if held.per_row else 'shared by the batch'})"
             for held in self.held
-        )
+        ]
 
 
 @dataclass(eq=False)
@@ -187,9 +188,21 @@ class CustomCell:
         """Entries in one drive row: G."""
         return self.drive.size
 
+    def state(self) -> CellState:
+        """How the cell is called, as the report keeps it."""
+        call = self.call
+        return CellState(
+            argument=", ".join(dict.fromkeys(argument_text(path) for path in call.inputs)),
+            output=", ".join(f"output{path_text(path)}" for path in call.outputs),
+            tensors=len(self.layout.shapes),
+            size=self.layout.size,
+            held=self.drive.parts(),
+            observed=call.observed,
+        )
+
     def describe(self, name: str) -> str:
         """What gradscope steps and holds, in words."""
-        held = self.drive.words() or "nothing"
+        held = ", ".join(self.drive.parts()) or "nothing"
         return (
             f"cell {name}: state {self.layout.words()} in {self.call.describe()}; held at each "
             f"step as the model passed it: {held}"

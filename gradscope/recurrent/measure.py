@@ -286,6 +286,7 @@ def measure_core(
         gates=_gate_summary(spec, weights, states, drives) if finite else None,
         weights=_weight_summary(spec, weights),
         finite=finite,
+        state=core.custom.state() if core.custom else None,
     )
 
 

@@ -258,3 +258,28 @@ def test_an_input_computed_from_the_state_before_is_said_to_be_held():
     assert "encoder: what it reads" not in notes  # its inputs come from the probe
     report = gradscope.analyze(build(ContextDecoder), steps=STEPS)
     assert "what it reads at a step" not in " ".join(report.model.notes)
+
+
+@pytest.mark.parametrize("factory", [ContinuousTimeNet, lambda: RawCellNet(features=4)])
+def test_the_residual_fix_fits_a_cell_called_with_extra_arguments(factory):
+    from gradscope.fixes import OVER_TIME
+    from gradscope.report import FixId
+
+    model = build(factory)
+    name = "cell" if isinstance(model, ContinuousTimeNet) else "rnn_cell"
+    core = measured(model, cells=(name,))
+    assert core.state.argument == "argument 1" and core.state.tensors == 1
+    snippet = OVER_TIME[FixId.RESIDUAL_CONNECTIONS].snippet([core], 1e-3)
+    original = getattr(model, name)
+    exec(snippet, {"nn": torch.nn, "torch": torch, "model": model})
+    wrapped = getattr(model, name)
+    x, h = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 6 if name == "cell" else 7)
+    h = h.double()
+    extra = torch.full((2,), 0.3, dtype=torch.float64) if name == "cell" else 0.5
+    before, after = original.forward(x, h, extra), wrapped.forward(x, h, extra)
+    index = 1 if name == "cell" else 0
+    torch.testing.assert_close(after[index], h + before[index])  # the state adds to itself
+    if name == "cell":
+        torch.testing.assert_close(after[0], before[0])  # the readout is the cell's own
+    else:
+        assert after[0] is after[1]  # (h, h): both places get the new state
