@@ -23,6 +23,7 @@ ALLOWED = {
     "gradscope": {"gradscope.api"},
     "gradscope.errors": set(),
     "gradscope.options": set(),
+    "gradscope.config": set(),
     "gradscope.report": set(),
     "gradscope.theory": set(),
     "gradscope.taxonomy": set(),
@@ -60,7 +61,7 @@ ALLOWED = {
     },
     "gradscope.api": {"gradscope.pipeline"},
     "gradscope.demo": {"gradscope.api", "gradscope.pipeline"},
-    "gradscope.cli": {"gradscope.api", "gradscope.render", "gradscope.demo"},
+    "gradscope.cli": {"gradscope.api", "gradscope.render", "gradscope.demo", "gradscope.config"},
     "gradscope.__main__": {"gradscope.cli"},
 }
 #: Layers that must not import torch, so that they load instantly and test without it.
@@ -68,6 +69,7 @@ TORCH_FREE = [
     "gradscope.cli",
     "gradscope.api",
     "gradscope.options",
+    "gradscope.config",
     "gradscope.report",
     "gradscope.diagnosis",
     "gradscope.fixes",

@@ -1,0 +1,185 @@
+"""Project configuration: ``[tool.gradscope]`` in the nearest pyproject.toml, or a file given
+with ``--config`` (a pyproject.toml, or a gradscope.toml whose keys stand at the top level).
+
+Keys are the long option names of ``gradscope analyze`` in snake case; ``[[tool.gradscope.models]]``
+entries name the models ``gradscope check`` runs, each with a ``name``, a ``path`` and any
+analysis option of its own. Values are checked here, once: an unknown key, a wrong type or a
+bad value is a :class:`GradscopeError` naming the key and the file. Plain data: no torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradscope.errors import GradscopeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float))) and not isinstance(value, bool)
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    )
+
+
+#: What each key accepts: a test of the TOML value, and the words for a wrong one.
+KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "an integer"),
+    "number": (_is_number, "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "strings": (_is_strings, "a string or a list of strings"),
+    "table": (lambda v: isinstance(v, (dict, str)), "a table or a JSON string"),
+    "shape": (
+        lambda v: (
+            isinstance(v, str)
+            or (isinstance(v, list) and all(_is_int(d) or isinstance(d, (str, list)) for d in v))
+        ),
+        'a shape: "4,50,8", [4, 50, 8], or a list of them',
+    ),
+    "int_or_str": (lambda v: _is_int(v) or isinstance(v, str), "an integer or a string"),
+}
+
+#: The keys of ``[tool.gradscope]`` and of each model entry, by kind.
+OPTION_KEYS: dict[str, str] = {
+    "model": "str",
+    "model_args": "table",
+    "trust": "bool",
+    "allow_global": "strings",
+    "nonlinearity": "str",
+    "device": "str",
+    "probe": "str",
+    "steps": "int",
+    "batch": "int",
+    "seed": "int",
+    "dtype": "str",
+    "input_shape": "shape",
+    "batch_first": "bool",
+    "output_key": "str",
+    "cell": "strings",
+    "detect_cells": "bool",
+    "loss_at": "int_or_str",
+    "depth": "int_or_str",
+    "chi_probes": "int",
+    "power_iterations": "int",
+    "horizon": "int",
+    "epsilon": "number",
+    "burn_in": "int",
+    "exponents": "int",
+    "spectrum_steps": "int_or_str",
+    "format": "str",
+    "fail_on": "strings",
+    "exit_zero": "bool",
+    "ignore": "strings",
+    "output": "str",
+    "github": "bool",
+    "baseline": "str",
+    "regression_tolerance": "number",
+}
+#: Keys a model entry has besides the options.
+MODEL_KEYS = {"name": "str", "path": "str"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model ``gradscope check`` runs: its name, its checkpoint, its own options."""
+
+    name: str
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The options a configuration file sets, and its models; ``path`` is None for none."""
+
+    path: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    models: tuple[ModelEntry, ...] = ()
+
+
+def find_config(start: Path) -> Path | None:
+    """The nearest pyproject.toml from ``start`` upwards, not past a repository root."""
+    for folder in [start, *start.parents]:
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+        if (folder / ".git").exists():
+            return None
+    return None
+
+
+def load_config(path: Path | None = None, start: Path | None = None) -> ProjectConfig:
+    """The configuration in ``path`` (``--config``), else in the nearest pyproject.toml from
+    ``start`` (the working directory); no file or no section means no options."""
+    explicit = path is not None
+    if path is None:
+        path = find_config(Path.cwd() if start is None else start)
+        if path is None:
+            return ProjectConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise GradscopeError(
+            f"--config {path}: no such file; give a pyproject.toml or gradscope.toml"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise GradscopeError(f"{path}: not valid TOML ({error}); fix the file") from None
+    section = data.get("tool", {}).get("gradscope")
+    if section is None and explicit and path.name != "pyproject.toml":
+        section = data  # a gradscope.toml: its keys stand at the top level
+    if section is None:
+        return ProjectConfig(path)
+    if not isinstance(section, Mapping):
+        raise GradscopeError(f"{path}: [tool.gradscope] must be a table")
+    section = dict(section)
+    models = section.pop("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, Mapping) for m in models):
+        raise GradscopeError(f"{path}: models must be [[tool.gradscope.models]] tables")
+    options = _checked(section, OPTION_KEYS, path, "[tool.gradscope]")
+    entries = tuple(_model(dict(entry), index, path) for index, entry in enumerate(models))
+    names = [entry.name for entry in entries]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise GradscopeError(f"{path}: model names must differ; {', '.join(repeated)} repeats")
+    return ProjectConfig(path, options, entries)
+
+
+def _model(entry: dict[str, Any], index: int, path: Path) -> ModelEntry:
+    where = f"[[tool.gradscope.models]] #{index + 1}"
+    if "path" not in entry:
+        raise GradscopeError(f"{path}: {where} needs a path (the checkpoint to check)")
+    checked = _checked(entry, {**MODEL_KEYS, **OPTION_KEYS}, path, where)
+    name = checked.pop("name", None) or Path(checked["path"]).stem
+    return ModelEntry(name, checked.pop("path"), checked)
+
+
+def _checked(values: dict[str, Any], keys: dict[str, str], path: Path, where: str) -> dict:
+    """``values`` with every key known and of its kind, or one line naming the first that
+    is not."""
+    for key, value in values.items():
+        kind = keys.get(key)
+        if kind is None:
+            close = [k for k in keys if k.replace("_", "") == key.replace("-", "").replace("_", "")]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise GradscopeError(f"{path}: unknown key {key!r} in {where}{hint}")
+        test, words = KINDS[kind]
+        if not test(value):
+            raise GradscopeError(f"{path}: {key} in {where} must be {words}, not {value!r}")
+    return dict(values)

@@ -1,0 +1,82 @@
+"""Project configuration: discovery, the keys and their kinds, model entries, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradscope.config import find_config, load_config
+from gradscope.errors import GradscopeError
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_nearest_pyproject_is_found_from_below_and_not_past_a_repository_root(tmp_path):
+    root = tmp_path / "repo"
+    (root / ".git").mkdir(parents=True)
+    pyproject = write(root / "pyproject.toml", "[tool.gradscope]\nsteps = 50\n")
+    below = root / "models" / "rnn"
+    below.mkdir(parents=True)
+    assert find_config(below) == pyproject
+    assert load_config(start=below).options == {"steps": 50}
+    write(tmp_path / "pyproject.toml", "[tool.gradscope]\nsteps = 7\n")
+    other = tmp_path / "other"
+    (other / ".git").mkdir(parents=True)
+    assert find_config(other) is None  # the repository root stops the search
+
+
+def test_no_section_or_no_file_means_no_options(tmp_path):
+    write(tmp_path / "pyproject.toml", "[project]\nname = 'x'\n")
+    (tmp_path / ".git").mkdir()
+    config = load_config(start=tmp_path)
+    assert config.options == {} and config.models == () and config.path is not None
+    assert load_config(start=tmp_path / "nowhere").options == {}
+
+
+def test_models_and_a_gradscope_toml_with_top_level_keys(tmp_path):
+    path = write(
+        tmp_path / "gradscope.toml",
+        'epsilon = 1e-4\nfail_on = ["vanishing"]\n\n[[models]]\nname = "encoder"\n'
+        'path = "enc.pt"\nhorizon = 200\ncell = "decoder.cell"\n\n[[models]]\npath = "b.pt"\n',
+    )
+    config = load_config(path)
+    assert config.options == {"epsilon": 1e-4, "fail_on": ["vanishing"]}
+    first, second = config.models
+    assert (first.name, first.path, first.options) == (
+        "encoder",
+        "enc.pt",
+        {"horizon": 200, "cell": "decoder.cell"},
+    )
+    assert (second.name, second.path) == ("b", "b.pt")  # named after its file
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("steps = 'many'", r"steps in \[tool.gradscope\] must be an integer, not 'many'"),
+        ("stepz = 5", r"unknown key 'stepz' in \[tool.gradscope\]"),
+        ("fail-on = 'vanishing'", r"unknown key 'fail-on' .*did you mean fail_on\?"),
+        ("trust = 1", r"trust in \[tool.gradscope\] must be true or false"),
+        ("[[tool.gradscope.models]]\nname = 'a'", r"#1 needs a path"),
+        (
+            "[[tool.gradscope.models]]\npath = 'a.pt'\n[[tool.gradscope.models]]\npath = 'a.pt'",
+            r"model names must differ; a repeats",
+        ),
+        ("steps = [", r"not valid TOML"),
+    ],
+)
+def test_a_bad_key_or_value_is_one_line_naming_the_key_and_the_file(tmp_path, text, message):
+    path = write(tmp_path / "pyproject.toml", "[tool.gradscope]\n" + text + "\n")
+    with pytest.raises(GradscopeError, match=message) as error:
+        load_config(path)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_a_missing_config_file_is_refused(tmp_path):
+    with pytest.raises(GradscopeError, match=r"--config .*no such file"):
+        load_config(tmp_path / "absent.toml")
