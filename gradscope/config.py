@@ -183,3 +183,48 @@ def _checked(values: dict[str, Any], keys: dict[str, str], path: Path, where: st
         if not test(value):
             raise GradscopeError(f"{path}: {key} in {where} must be {words}, not {value!r}")
     return dict(values)
+
+
+#: Keys the command line reads itself (what to write, what fails); the rest go to analyze().
+OUTPUT_KEYS = ("format", "fail_on", "exit_zero", "ignore", "output", "github", "baseline")
+OUTPUT_KEYS += ("regression_tolerance",)
+#: The command-line parameter of a key, where its name differs.
+PARAMETERS = {"format": "output_format"}
+#: The analyze() keyword of a key, where its name differs.
+KEYWORDS = {"allow_global": "allow_globals", "cell": "cells"}
+
+
+def as_list(value: Any) -> list:
+    """A string or a list, as a list."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def analysis_keywords(options: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """The analyze() keywords the configuration sets, but for the parameters given on the
+    command line (``explicit``, by parameter name), which win."""
+    keywords = {}
+    for key, value in options.items():
+        if key in OUTPUT_KEYS or PARAMETERS.get(key, key) in explicit:
+            continue
+        if key in ("allow_global", "cell"):
+            value = tuple(as_list(value))
+        elif key in ("depth", "spectrum_steps") and not isinstance(value, str):
+            value = str(value)
+        keywords[KEYWORDS.get(key, key)] = value
+    return keywords
+
+
+def output_values(options: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """The output keys the configuration sets (``fail_on`` as comma-separated text, lists as
+    lists), but for the parameters given on the command line."""
+    values = {}
+    for key in OUTPUT_KEYS:
+        if key not in options or PARAMETERS.get(key, key) in explicit:
+            continue
+        value = options[key]
+        if key == "fail_on":
+            value = ",".join(as_list(value))
+        elif key == "ignore":
+            value = as_list(value)
+        values[PARAMETERS.get(key, key)] = value
+    return values

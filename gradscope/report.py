@@ -44,6 +44,8 @@ FAILING_STATUSES = STATUSES[1:]
 #: any module with parameters that no view measured.
 UNMEASURED_RECURRENCE = "unmeasured-recurrence"
 INCOMPLETE = "incomplete"
+#: The kind (and id) of a finding on a part no view measured.
+NOT_MEASURED = "not-measured"
 FAIL_ON_CHOICES = (*FAILING_STATUSES, UNMEASURED_RECURRENCE, INCOMPLETE)
 #: What fails by default: every non-healthy status, and a recurrence left unmeasured.
 DEFAULT_FAIL_ON = (*FAILING_STATUSES, UNMEASURED_RECURRENCE)
@@ -374,6 +376,7 @@ class Finding:
     message: str
     fixes: list[str] = field(default_factory=list)
     evidence: Evidence | None = field(default=None, metadata=INTERNAL)
+    ignored: bool = False
 
 
 @dataclass
@@ -435,19 +438,17 @@ class Report:
         return self.coverage is None or self.coverage.complete
 
     def fails(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:
-        """Whether any part's status is one of ``fail_on``, or the coverage falls short of
+        """Whether a finding not ignored says a part's status is one of ``fail_on`` (every
+        failing status raises an error finding of its kind), or the coverage falls short of
         what ``fail_on`` asks (``unmeasured-recurrence``, ``incomplete``)."""
-        statuses = {core.status for core in self.recurrent} | {self.status}
-        if self.sequence is not None:
-            statuses.add(self.sequence.status)
-        if self.stack is not None:
-            statuses.add(self.stack.status)
-        coverage = self.coverage
-        if UNMEASURED_RECURRENCE in fail_on and coverage and coverage.unmeasured_recurrence:
+        active = [finding for finding in self.findings if not finding.ignored]
+        errors = [finding for finding in active if finding.severity == Severity.ERROR]
+        if any(finding.kind in fail_on for finding in errors):
             return True
-        if INCOMPLETE in fail_on and not self.complete:
+        gaps = [finding for finding in active if finding.kind == NOT_MEASURED]
+        if UNMEASURED_RECURRENCE in fail_on and any(f in errors for f in gaps):
             return True
-        return bool(statuses & set(fail_on))
+        return INCOMPLETE in fail_on and bool(gaps)
 
     def summary(self) -> str:
         """The diagnosis in a few plain lines."""

@@ -23,7 +23,7 @@ def test_json_has_the_contract_keys_in_order_and_nulls_for_non_finite():
     assert entry["lyapunov"] == [0.0, None] and entry["memory_horizon"] is None
     assert set(entry["jacobian"]) >= {"spectral_radius", "sigma_max"}
     finding = data["findings"][0]
-    assert set(finding) == {"id", "kind", "severity", "where", "message", "fixes"}
+    assert set(finding) == {"id", "kind", "severity", "where", "message", "fixes", "ignored"}
     assert set(data["fixes"][0]) == {"id", "title", "detail", "snippet"}
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from gradscope.report import Coverage, Evidence, Finding, Severity, Unmeasured, named
-
-NOT_MEASURED = "not-measured"
+from gradscope.report import NOT_MEASURED, Coverage, Evidence, Finding, Severity, Unmeasured, named
 
 
 def _message(group: Unmeasured, total: int) -> str:
