@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -389,6 +390,33 @@ class Fix:
     snippet: str
 
 
+def finding_fails(finding: Finding, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:
+    """Whether ``fail_on`` fails on ``finding``: an error of a status it names (every failing
+    status raises one), a recurrence not measured (``unmeasured-recurrence``), any part not
+    measured (``incomplete``); never an ignored finding."""
+    if finding.ignored:
+        return False
+    if finding.kind == NOT_MEASURED:
+        recurrence = finding.severity == Severity.ERROR and UNMEASURED_RECURRENCE in fail_on
+        return recurrence or INCOMPLETE in fail_on
+    return finding.severity == Severity.ERROR and finding.kind in fail_on
+
+
+def places(finding: Finding) -> set[str]:
+    """Where a finding is, as ``--ignore id:where`` names it: the module of a core, ``depth``
+    for the stack, ``sequence`` for the sequence view, each module a coverage finding names."""
+    where = finding.where
+    found = {str(where[key]) for key in ("module", "stack", "view") if where.get(key) is not None}
+    found |= {str(module).split(" (")[0] for module in where.get("modules", [])}
+    return found
+
+
+def ignore_matches(pattern: str, finding: Finding) -> bool:
+    """Whether ``--ignore pattern`` (a finding id, or ``id:where``) names ``finding``."""
+    finding_id, _, where = pattern.partition(":")
+    return finding_id == finding.id and (not where or where in places(finding))
+
+
 class GradientHealthError(AssertionError):
     """Raised by :meth:`Report.assert_healthy`; its message is the diagnosis."""
 
@@ -438,17 +466,17 @@ class Report:
         return self.coverage is None or self.coverage.complete
 
     def fails(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:
-        """Whether a finding not ignored says a part's status is one of ``fail_on`` (every
-        failing status raises an error finding of its kind), or the coverage falls short of
-        what ``fail_on`` asks (``unmeasured-recurrence``, ``incomplete``)."""
-        active = [finding for finding in self.findings if not finding.ignored]
-        errors = [finding for finding in active if finding.severity == Severity.ERROR]
-        if any(finding.kind in fail_on for finding in errors):
-            return True
-        gaps = [finding for finding in active if finding.kind == NOT_MEASURED]
-        if UNMEASURED_RECURRENCE in fail_on and any(f in errors for f in gaps):
-            return True
-        return INCOMPLETE in fail_on and bool(gaps)
+        """Whether ``fail_on`` fails on one of the findings (:func:`finding_fails`)."""
+        return any(finding_fails(finding, fail_on) for finding in self.findings)
+
+    def ignoring(self, patterns: Sequence[str]) -> Report:
+        """This report with the findings ``patterns`` name (``--ignore``) marked ignored:
+        they stay listed, and no longer fail."""
+        findings = [
+            dataclasses.replace(f, ignored=f.ignored or any(ignore_matches(p, f) for p in patterns))
+            for f in self.findings
+        ]
+        return dataclasses.replace(self, findings=findings)
 
     def summary(self) -> str:
         """The diagnosis in a few plain lines."""

@@ -12,8 +12,11 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from gradscope.render import Checked
 from gradscope.render.chart import log_chart
+from gradscope.render.parts import parts
 from gradscope.report import (
+    DEFAULT_FAIL_ON,
     Coverage,
     DepthLayer,
     DepthStack,
@@ -299,6 +302,9 @@ def verdict(report: Report) -> Panel:
         survive = _nothing_found(report)
         lines.append(Text(survive if report.complete else f"In what was measured: {survive}"))
     for finding in report.findings:
+        if finding.ignored:
+            lines.append(Text(f"○ ignored ({finding.id}): {finding.message}", style="dim"))
+            continue
         marker = "✖" if finding.severity == "error" else "!"
         line = Text(f"{marker} ", style=STATUS_STYLE.get(finding.kind, ""))
         lines.append(line.append(finding.message, style="default"))
@@ -349,8 +355,46 @@ def fix_panels(report: Report) -> list[Panel]:
     return panels
 
 
+def checks_table(checked: list[Checked]) -> Table:
+    """One row per model and part (core, stack, sequence view); one per model not checked."""
+    table = Table(title="gradscope check", title_justify="left", expand=False)
+    for column in ("model", "part", "kind", "rate", "reach"):
+        table.add_column(column, overflow="fold")
+    table.add_column("status", no_wrap=True)
+    for entry in checked:
+        if entry.report is None:
+            table.add_row(entry.name, "", "", "", "", Text("error", style="bold red"))
+            continue
+        rows = parts(entry.report) or [None]
+        for index, part in enumerate(rows):
+            name = entry.name if index == 0 else ""
+            if part is None:
+                table.add_row(name, "", "", "", "", status_text(entry.report.status))
+                continue
+            table.add_row(
+                name, part.name, part.kind, part.rate, part.reach, status_text(part.status)
+            )
+    return table
+
+
 class TextRenderer:
     """The terminal report: header, cores and stack with their charts, verdict, fixes."""
+
+    def __init__(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> None:
+        self.fail_on = fail_on
+
+    def write_checks(self, checked: list[Checked], console: Console) -> None:
+        """A summary table of every model, then the verdict and fixes of each that fails,
+        and why each model not checked was not."""
+        console.print(checks_table(checked))
+        for entry in checked:
+            if entry.report is None:
+                console.print(f"{entry.name}: error: {entry.error}", style="bold red")
+            elif entry.report.fails(self.fail_on):
+                console.print(Text(f"\n{entry.name} ({entry.path})", style="bold"))
+                console.print(verdict(entry.report))
+                for panel in fix_panels(entry.report):
+                    console.print(panel)
 
     def write(self, report: Report, console: Console) -> None:
         """Print the whole terminal report."""

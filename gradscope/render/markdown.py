@@ -1,0 +1,94 @@
+"""``--format markdown``: a summary table and the fixes with their snippets, for a pull
+request comment or a CI job summary."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from gradscope.render import Checked
+from gradscope.render.parts import Part, other_findings, parts
+from gradscope.report import DEFAULT_FAIL_ON, Finding, Report
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(_cell(cell) for cell in cells) + " |"
+
+
+def _status(status: str) -> str:
+    return f"**{status}**" if status != "healthy" else status
+
+
+def _finding(finding: Finding) -> str:
+    tag = "ignored" if finding.ignored else finding.severity
+    return f"- {tag} `{finding.id}`: {finding.message}"
+
+
+def _table(rows: list[tuple[str, Part | None, str]]) -> list[str]:
+    lines = [_row(["model", "part", "kind", "rate", "reach", "status"])]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for name, part, status in rows:
+        if part is None:
+            lines.append(_row([name, "", "", "", "", _status(status)]))
+        else:
+            lines.append(
+                _row([name, part.name, part.kind, part.rate, part.reach, _status(part.status)])
+            )
+    return lines
+
+
+def _rows(name: str, report: Report) -> list[tuple[str, Part | None, str]]:
+    found = parts(report)
+    if not found:
+        return [(name, None, report.status)]
+    return [(name if i == 0 else "", part, part.status) for i, part in enumerate(found)]
+
+
+def _details(report: Report) -> list[str]:
+    lines = [_finding(f) for part in parts(report) for f in part.findings]
+    lines += [_finding(f) for f in other_findings(report)]
+    for fix in report.fixes:
+        lines += ["", f"#### Fix `{fix.id}`: {fix.title}", "", fix.detail, "", "```python"]
+        lines += [fix.snippet, "```"]
+    return lines
+
+
+class MarkdownRenderer:
+    """The report as markdown: status, a table of the parts, findings, fixes."""
+
+    def __init__(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> None:
+        self.fail_on = fail_on
+
+    def write(self, report: Report, console: Console) -> None:
+        """Write one model's report."""
+        name = report.model.path or report.model.class_name or "model"
+        lines = [f"### gradscope: {_status(report.status)}", ""]
+        lines += _table(_rows(name, report))
+        details = _details(report)
+        lines += ["", *details] if details else []
+        self._emit(lines, console)
+
+    def write_checks(self, checked: list[Checked], console: Console) -> None:
+        """Write every model ``check`` ran: one table, then the details of what failed."""
+        failing = [c for c in checked if c.report is None or c.report.fails(self.fail_on)]
+        lines = [f"### gradscope check: {len(checked) - len(failing)} of {len(checked)} pass", ""]
+        rows = []
+        for entry in checked:
+            if entry.report is None:
+                rows.append((entry.name, None, "error"))
+            else:
+                rows += _rows(entry.name, entry.report)
+        lines += _table(rows)
+        for entry in failing:
+            lines += ["", f"#### {entry.name} (`{entry.path}`)", ""]
+            lines += [f"- error: {entry.error}"] if entry.report is None else _details(entry.report)
+        self._emit(lines, console)
+
+    @staticmethod
+    def _emit(lines: list[str], console: Console) -> None:
+        console.file.write("\n".join(lines) + "\n")
+        console.file.flush()
