@@ -6,21 +6,27 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from gradscope import __version__
+from gradscope.baseline import DEFAULT_TOLERANCE
+from gradscope.config import ProjectConfig, analysis_keywords, load_config, output_values
 from gradscope.errors import GradscopeError, first_line
 from gradscope.options import DEFAULTS
 from gradscope.render import FORMATS
-from gradscope.report import DEFAULT_FAIL_ON, FAIL_ON_CHOICES
+from gradscope.render.delivery import Delivery, deliver
+from gradscope.report import DEFAULT_FAIL_ON, FAIL_ON_CHOICES, Report
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
+    from typer._click.core import ParameterSource
 except ImportError:  # pragma: no cover - older typer depends on click itself
     from click import exceptions as click_errors
+    from click.core import ParameterSource
 
 app = typer.Typer(
     name="gradscope",
@@ -49,6 +55,42 @@ def _remember_debug(value: bool) -> bool:
 DEBUG_OPTION = typer.Option(
     help="Show tracebacks of internal errors.", callback=_remember_debug, rich_help_panel=OUTPUT
 )
+
+
+IGNORE_OPTION = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Silence a finding: its id, or id:where (a module, depth, sequence); repeatable. "
+        "An ignored finding is still listed.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+OUTPUT_OPTION = Annotated[
+    str | None,
+    typer.Option(
+        help="Write the --format output to this file; the terminal shows the text report.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+GITHUB_OPTION = Annotated[
+    bool | None,
+    typer.Option(
+        "--github/--no-github",
+        help="GitHub annotations and a step summary beside the text report \\[default: when "
+        "GITHUB_ACTIONS=true].",
+        show_default=False,
+        rich_help_panel=OUTPUT,
+    ),
+]
+CONFIG_OPTION = Annotated[
+    str | None,
+    typer.Option(
+        help="A pyproject.toml or gradscope.toml to read \\[default: the nearest pyproject.toml].",
+        show_default=False,
+        rich_help_panel=OUTPUT,
+    ),
+]
+FORMAT_HELP = "text, json, markdown, github (annotations) or junit."
 
 
 def _version(value: bool) -> None:
@@ -81,7 +123,7 @@ def parse_fail_on(text: str) -> tuple[str, ...]:
 def check_format(output_format: str) -> str:
     """The output format, if gradscope knows it."""
     if output_format not in FORMATS:
-        raise GradscopeError(f"--format {output_format!r}: choose {' or '.join(FORMATS)}")
+        raise GradscopeError(f"--format {output_format!r}: choose one of {', '.join(FORMATS)}")
     return output_format
 
 
@@ -103,6 +145,7 @@ def stdout_console() -> Console:
 
 @app.command()
 def analyze(
+    ctx: typer.Context,
     checkpoint: Annotated[
         str,
         typer.Argument(
@@ -282,7 +325,7 @@ def analyze(
         ),
     ] = str(DEFAULTS.spectrum_steps),
     output_format: Annotated[
-        str, typer.Option("--format", "-f", help="text or json.", rich_help_panel=OUTPUT)
+        str, typer.Option("--format", "-f", help=FORMAT_HELP, rich_help_panel=OUTPUT)
     ] = "text",
     fail_on: Annotated[
         str,
@@ -295,46 +338,115 @@ def analyze(
     exit_zero: Annotated[
         bool, typer.Option(help="Always exit 0 after a report.", rich_help_panel=OUTPUT)
     ] = False,
+    ignore: IGNORE_OPTION = None,
+    output: OUTPUT_OPTION = None,
+    github: GITHUB_OPTION = None,
+    config: CONFIG_OPTION = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="A JSON report of the same model: exit 1 when a core, the stack or the "
+            "sequence view got worse than in it beyond --regression-tolerance.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    update_baseline: Annotated[
+        bool,
+        typer.Option(help="Write this run's JSON report to --baseline.", rich_help_panel=OUTPUT),
+    ] = False,
+    regression_tolerance: Annotated[
+        float,
+        typer.Option(
+            help="How much worse than the baseline fails: a memory or effective horizon "
+            "shorter by this fraction, or this fraction more decades over depth.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = DEFAULT_TOLERANCE,
     debug: Annotated[bool, DEBUG_OPTION] = False,
 ) -> int:
     """Analyse CHECKPOINT: gradient norms over time, Jacobian spectra, Lyapunov exponents."""
-    failing = parse_fail_on(fail_on)
-    check_format(output_format)
+    given = dict(locals())
+    explicit = explicit_parameters(ctx)
+    project = load_config(Path(config) if config else None)
+    given.update(output_values(project.options, explicit))
+    if "baseline" in project.options and "baseline" not in explicit:
+        given["baseline"] = project.options["baseline"]
+    failing = parse_fail_on(given["fail_on"])
+    check_format(given["output_format"])
+    keywords = cli_keywords(given)
+    keywords.update(analysis_keywords(project.options, explicit))
     from gradscope.api import analyze as run_analysis
-    from gradscope.render import write
 
     with progress_on_stderr() as progress:
-        report = run_analysis(
-            checkpoint,
-            model=model,
-            model_args=model_args,
-            trust=trust,
-            allow_globals=tuple(allow_global or ()),
-            nonlinearity=nonlinearity,
-            steps=steps,
-            batch=batch,
-            seed=seed,
-            dtype=dtype,
-            probe=probe,
-            input_shape=input_shape or None,
-            batch_first=batch_first,
-            horizon=horizon,
-            epsilon=epsilon,
-            burn_in=burn_in,
-            exponents=exponents,
-            spectrum_steps=spectrum_steps,
-            device=device,
-            output_key=output_key,
-            cells=tuple(cell or ()),
-            depth=depth,
-            chi_probes=chi_probes,
-            power_iterations=power_iterations,
-            detect_cells=detect_cells,
-            loss_at=loss_at,
-            progress=progress,
-        )
-    write(report, output_format, stdout_console())
-    return 0 if exit_zero or not report.fails(failing) else 1
+        report = run_analysis(checkpoint, **keywords, progress=progress)
+    report = finish(report, given, project, update_baseline)
+    delivery = Delivery(given["output_format"], given["output"], given["github"], failing)
+    deliver(report, delivery, stdout_console())
+    return 0 if given["exit_zero"] or not report.fails(failing) else 1
+
+
+def cli_keywords(given: dict[str, Any]) -> dict[str, Any]:
+    """analyze()'s keywords from the command line's parameters."""
+    return {
+        "model": given["model"],
+        "model_args": given["model_args"],
+        "trust": given["trust"],
+        "allow_globals": tuple(given["allow_global"] or ()),
+        "nonlinearity": given["nonlinearity"],
+        "steps": given["steps"],
+        "batch": given["batch"],
+        "seed": given["seed"],
+        "dtype": given["dtype"],
+        "probe": given["probe"],
+        "input_shape": given["input_shape"] or None,
+        "batch_first": given["batch_first"],
+        "horizon": given["horizon"],
+        "epsilon": given["epsilon"],
+        "burn_in": given["burn_in"],
+        "exponents": given["exponents"],
+        "spectrum_steps": given["spectrum_steps"],
+        "device": given["device"],
+        "output_key": given["output_key"],
+        "cells": tuple(given["cell"] or ()),
+        "depth": given["depth"],
+        "chi_probes": given["chi_probes"],
+        "power_iterations": given["power_iterations"],
+        "detect_cells": given["detect_cells"],
+        "loss_at": given["loss_at"],
+    }
+
+
+def finish(
+    report: Report, given: dict[str, Any], project: ProjectConfig, update: bool = False
+) -> Report:
+    """The report as the command line hands it on: the config file it used, the findings
+    ``--ignore`` names marked, and compared with (or written to) ``--baseline``."""
+    from gradscope.baseline import against_baseline, compare, load_baseline
+
+    report.settings.config = str(project.path) if project.path else None
+    report = report.ignoring(list(given.get("ignore") or []))
+    baseline = given.get("baseline")
+    if baseline and update:
+        try:
+            Path(baseline).write_text(report.to_json() + "\n", encoding="utf-8")
+        except OSError as error:
+            raise GradscopeError(f"--baseline {baseline}: cannot write it ({error})") from None
+    elif baseline:
+        tolerance = given.get("regression_tolerance", DEFAULT_TOLERANCE)
+        comparison = compare(report, load_baseline(baseline), baseline, tolerance)
+        report = against_baseline(report, comparison).ignoring(list(given.get("ignore") or []))
+    elif update:
+        raise GradscopeError("--update-baseline needs --baseline FILE: the file to write")
+    return report
+
+
+def explicit_parameters(ctx: typer.Context) -> set[str]:
+    """The parameters given on the command line (not left at their defaults)."""
+    return {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+    }
 
 
 @app.command()

@@ -45,11 +45,14 @@ FAILING_STATUSES = STATUSES[1:]
 #: any module with parameters that no view measured.
 UNMEASURED_RECURRENCE = "unmeasured-recurrence"
 INCOMPLETE = "incomplete"
+#: ``--fail-on``: a part worse than in the ``--baseline`` report.
+REGRESSION = "regression"
 #: The kind (and id) of a finding on a part no view measured.
 NOT_MEASURED = "not-measured"
-FAIL_ON_CHOICES = (*FAILING_STATUSES, UNMEASURED_RECURRENCE, INCOMPLETE)
-#: What fails by default: every non-healthy status, and a recurrence left unmeasured.
-DEFAULT_FAIL_ON = (*FAILING_STATUSES, UNMEASURED_RECURRENCE)
+FAIL_ON_CHOICES = (*FAILING_STATUSES, UNMEASURED_RECURRENCE, INCOMPLETE, REGRESSION)
+#: What fails by default: every non-healthy status, a recurrence left unmeasured, and a part
+#: worse than its baseline.
+DEFAULT_FAIL_ON = (*FAILING_STATUSES, UNMEASURED_RECURRENCE, REGRESSION)
 
 
 class Severity(Word):
@@ -107,6 +110,7 @@ class Settings:
     power_iterations: int = DEFAULTS.power_iterations
     loss: str = "seeded unit projection of the output"
     loss_at: int | str = DEFAULTS.loss_at
+    config: str | None = None
     spectrum_samples: dict[str, int] = field(default_factory=dict)
 
 
@@ -422,6 +426,27 @@ class GradientHealthError(AssertionError):
 
 
 @dataclass
+class BaselineChange:
+    """One number of a part before (the baseline) and after (this run), and whether it got
+    worse beyond the tolerance."""
+
+    where: str
+    metric: str
+    before: float | None
+    after: float | None
+    worse: bool
+
+
+@dataclass
+class BaselineComparison:
+    """This run against a saved report: the file, the tolerance, every change."""
+
+    path: str
+    tolerance: float
+    changes: list[BaselineChange] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """Everything gradscope found about one model."""
 
@@ -437,6 +462,7 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     coverage: Coverage | None = None
+    baseline: BaselineComparison | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ ALLOWED = {
     "gradscope.errors": set(),
     "gradscope.options": set(),
     "gradscope.config": set(),
+    "gradscope.baseline": set(),
     "gradscope.report": set(),
     "gradscope.theory": set(),
     "gradscope.taxonomy": set(),
@@ -61,7 +62,13 @@ ALLOWED = {
     },
     "gradscope.api": {"gradscope.pipeline"},
     "gradscope.demo": {"gradscope.api", "gradscope.pipeline"},
-    "gradscope.cli": {"gradscope.api", "gradscope.render", "gradscope.demo", "gradscope.config"},
+    "gradscope.cli": {
+        "gradscope.api",
+        "gradscope.render",
+        "gradscope.demo",
+        "gradscope.config",
+        "gradscope.baseline",
+    },
     "gradscope.__main__": {"gradscope.cli"},
 }
 #: Layers that must not import torch, so that they load instantly and test without it.
@@ -70,6 +77,7 @@ TORCH_FREE = [
     "gradscope.api",
     "gradscope.options",
     "gradscope.config",
+    "gradscope.baseline",
     "gradscope.report",
     "gradscope.diagnosis",
     "gradscope.fixes",
@@ -77,6 +85,11 @@ TORCH_FREE = [
     "gradscope.render.json_format",
     "gradscope.render.chart",
     "gradscope.render.demo",
+    "gradscope.render.markdown",
+    "gradscope.render.github",
+    "gradscope.render.junit",
+    "gradscope.render.delivery",
+    "gradscope.render.parts",
 ]
 
 
