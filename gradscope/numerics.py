@@ -42,6 +42,7 @@ def largest_singular_value(matrices: Tensor) -> Tensor:
 
 def median_and_max(values: Tensor) -> tuple[float, float]:
     """Median and maximum of ``values``; NaN for both when empty or not all finite."""
+    values = values.detach()  # a cell may read weights it keeps outside its parameters
     if values.numel() == 0 or not bool(torch.isfinite(values).all()):
         return math.nan, math.nan
     return float(values.quantile(0.5)), float(values.max())

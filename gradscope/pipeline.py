@@ -30,6 +30,7 @@ from gradscope.options import (
 )
 from gradscope.probe import Probe, make_probe
 from gradscope.report import Coverage, Note, RecurrentCore, Report, Settings
+from gradscope.taxonomy import recurrent_modules
 from gradscope.views import (
     DepthView,
     Measured,
@@ -104,6 +105,20 @@ def plan(subject: Subject) -> Plan:
     if probe is None:
         assert failure is not None
         raise GradscopeError(f"{failure} ({_tried(module)})") from None
+    if detecting and not found and _may_loop_over_axis_0(module, requested, probe):
+        flipped = _time_major(module, requested, subject.device)
+        looped = detect_cells(module, flipped[1][1]) if flipped else None
+        if looped:
+            requested, (options, probe) = flipped
+            found = looped
+            notes.append(
+                Note(
+                    "probe",
+                    "the model loops over the first axis of its input: the probe is "
+                    f"time-major, shaped {tuple(probe.inputs.shape)} (--batch-first or "
+                    "--time-major sets it)",
+                )
+            )
     if found:
         names = tuple(name for name, _ in found)
         try:
@@ -125,6 +140,46 @@ def plan(subject: Subject) -> Plan:
     if probe.time_axis is not None:
         views.append(SequenceView(requested.distance is not None))
     return Plan(probed, views, [*notes, *_probe_notes(probe, options)])
+
+
+def _may_loop_over_axis_0(module: nn.Module, requested: AnalysisOptions, probe: Probe) -> bool:
+    """Whether a model with no recurrent module, read batch-first by assumption, might loop
+    over the first axis instead (a hand-written loop over ``x.size(0)``)."""
+    return (
+        probe.time_axis == 1
+        and probe.batch_axis == 0
+        and requested.batch_first is None
+        and requested.builtin_probe
+        and not requested.input_shapes
+        and not recurrent_modules(module, scripted=False)
+    )
+
+
+def _time_major(
+    module: nn.Module, requested: AnalysisOptions, device: torch.device
+) -> tuple[AnalysisOptions, tuple[AnalysisOptions, Probe]] | None:
+    """The options and probe of the same input read time-major, or None when it does not
+    build."""
+    shape = requested.input_shape
+    if shape is not None and len(shape) == 3:
+        shape = (shape[1], shape[0], shape[2])
+    flipped = dataclasses.replace(requested, batch_first=False, input_shape=shape)
+    try:
+        options, probe = _probe(module, flipped, device)
+    except GradscopeError:
+        return None
+    probe = _as_sequence(probe, batch_first=False)
+    return (flipped, (options, probe)) if probe.time_axis == 0 else None
+
+
+def _as_sequence(probe: Probe, batch_first: bool) -> Probe:
+    """A three-axis probe read as a sequence, batch-first or time-major, where the layout
+    read from the model's first module did not (that module sits inside the loop)."""
+    if probe.inputs.dim() != 3 or probe.time_axis is not None:
+        return probe
+    return dataclasses.replace(
+        probe, time_axis=1 if batch_first else 0, batch_axis=0 if batch_first else 1
+    )
 
 
 def _shape_open(options: AnalysisOptions) -> bool:
@@ -154,33 +209,38 @@ def _searched_probe(
     tried = runnable_shape(module, device, getattr(torch, requested.dtype))
     if tried is None and requested.dtype == "float64":
         single = copy.deepcopy(module).float()
-        shape = runnable_shape(single, device, torch.float32)
-        if shape is not None:
-            kind = "sequences" if len(shape) == 3 else "vectors"
+        found = runnable_shape(single, device, torch.float32)
+        if found is not None:
+            kind, shape = found
             raise GradscopeError(
-                f"the model runs on {kind} of {shape[-1]} features in float32 only: it makes "
-                "float32 tensors of its own (a zero state, say); rerun with --dtype float32"
+                f"the model runs on {kind} of {shape[1 if kind == 'channels' else -1]} "
+                "features in float32 only: it makes float32 tensors of its own (a zero state, "
+                "say); rerun with --dtype float32"
             )
     if tried is None:
         return None
-    width = tried[-1]
-    if len(tried) == 3:
-        shape = (requested.batch or DEFAULT_BATCH, requested.steps or DEFAULT_STEPS, width)
-        batch_first = requested.batch_first is not False
-        if not batch_first:
-            shape = (shape[1], shape[0], width)
+    kind, trial = tried
+    steps = requested.steps or DEFAULT_STEPS
+    batch_first = requested.batch_first is not False
+    if kind == "sequences":
+        width = trial[-1]
+        batch = requested.batch or DEFAULT_BATCH
+        shape = (batch, steps, width) if batch_first else (steps, batch, width)
+    elif kind == "channels":
+        width = trial[1]
+        batch = DEFAULT_BATCH if has_recurrence(module, requested) else DEFAULT_DEPTH_BATCH
+        shape = (requested.batch or batch, width, steps)
     else:
+        width = trial[-1]
         shape, batch_first = (requested.batch or DEFAULT_DEPTH_BATCH, width), True
     options = dataclasses.replace(requested, input_shape=shape)
     probed_options, probe = _probe(module, options, device)
-    if len(shape) == 3 and probe.time_axis is None:  # it ran on sequences: read them so
-        probe = dataclasses.replace(
-            probe, time_axis=1 if batch_first else 0, batch_axis=0 if batch_first else 1
-        )
+    if kind != "channels":
+        probe = _as_sequence(probe, batch_first)  # it ran on sequences: read them so
     note = (
-        f"the input its first module reads does not run the model; it runs on "
-        f"{'sequences' if len(shape) == 3 else 'vectors'} of {width} features, found by trial: "
-        f"the probe is shaped {shape} (--input-shape sets it)"
+        f"the input its first module reads does not run the model; it runs on {kind} of "
+        f"{width} features, found by trial: the probe is shaped {shape} (--input-shape sets "
+        "it)"
     )
     return options, (probed_options, probe), note
 
@@ -245,9 +305,18 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
             )
         raise GradscopeError(
             "the model has no recurrent module and fewer than 3 blocks to follow the "
-            "gradient through; name a custom recurrent cell with --cell, or --depth leaves"
+            f"gradient through{_no_reach(subject)}; name a custom recurrent cell with --cell, "
+            "pass --input-shape B,T,F if it reads sequences, or --depth leaves"
         )
     return results
+
+
+def _no_reach(subject: Subject) -> str:
+    """Why a probe with a time axis gave no sequence view, in a clause."""
+    probe = subject.probe
+    if probe is None or probe.time_axis is None:
+        return ""
+    return ", and its output at the step the loss reads depends on no other step of its input"
 
 
 def cover(planned: Plan, results: list[Measured]) -> Coverage:

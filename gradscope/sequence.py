@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from gradscope.errors import GradscopeError
 from gradscope.numerics import pooled_norms
 from gradscope.probe import Probe, run_model
-from gradscope.probe.gradient import input_leaf
+from gradscope.probe.gradient import InputLeaves, by_step, input_leaf
 from gradscope.probe.loss import loss_direction, over_time, projected_output, read_output
 
 
@@ -56,11 +56,11 @@ def measure_sequence(model: nn.Module, probe: Probe, loss_at: int | str) -> Sequ
     steps = probe.steps
     with input_leaf(model, probe) as leaf:
         output = run_model(model, probe)
-        x = leaf()
-    if x is None:
+        leaves = leaf()
+    if leaves is None:
         raise GradscopeError(
             "the input gradient cannot be taken: the model reads token ids, and its embedding "
-            "does not read the whole probe"
+            "reads them neither whole nor one step at a time"
         )
     y = read_output(output, probe)
     sequence = over_time(y, probe)
@@ -78,7 +78,7 @@ def measure_sequence(model: nn.Module, probe: Probe, loss_at: int | str) -> Sequ
         read = list(range(steps)) if loss_at == "all" else [loss_step(loss_at, steps)]
     w = loss_direction(sequence.shape[-1], probe, sequence)
     projected = sequence @ w  # (steps read, batch)
-    per_step = _input_gradients(projected, read, x, probe)  # (losses, steps, batch, -1)
+    per_step = _input_gradients(projected, read, leaves, probe)  # (losses, steps, batch, -1)
     rows = []
     for position, gradient in zip(read, per_step, strict=True):
         at = position if last is None else last
@@ -86,42 +86,29 @@ def measure_sequence(model: nn.Module, probe: Probe, loss_at: int | str) -> Sequ
     return SequenceMeasurement(_pooled_over_losses(rows), loss_at, steps)
 
 
-def _input_gradients(projected: Tensor, read: list[int], x: Tensor, probe: Probe) -> Tensor:
+def _input_gradients(
+    projected: Tensor, read: list[int], leaves: InputLeaves, probe: Probe
+) -> Tensor:
     """``dL_t/dx`` for each loss step t in ``read``, shaped (losses, steps, batch, -1): one
     backward pass batched over the losses, or one pass each where the model's backward cannot
     be batched."""
     losses = torch.stack([projected[t].sum() for t in read])
-    seeds = torch.eye(len(read), dtype=losses.dtype, device=losses.device)
-    batched = len(read) > 1
-    try:
-        (grads,) = torch.autograd.grad(
-            losses if batched else losses[0],
-            x,
-            seeds if batched else None,
-            is_grads_batched=batched,
-            allow_unused=True,
-        )
-    except RuntimeError:  # a backward that vmap cannot batch: one pass per loss
-        grads = torch.stack(
-            [
-                _or_zeros(torch.autograd.grad(loss, x, retain_graph=True, allow_unused=True)[0], x)
+    inputs = leaves.tensors
+    if len(read) == 1:
+        per_loss = [torch.autograd.grad(losses[0], inputs, allow_unused=True)]
+    else:
+        seeds = torch.eye(len(read), dtype=losses.dtype, device=losses.device)
+        try:
+            grads = torch.autograd.grad(
+                losses, inputs, seeds, is_grads_batched=True, allow_unused=True
+            )
+            per_loss = [[None if g is None else g[i] for g in grads] for i in range(len(read))]
+        except RuntimeError:  # a backward that vmap cannot batch: one pass per loss
+            per_loss = [
+                torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
                 for loss in losses
             ]
-        )
-    grads = _or_zeros(grads, x.expand(len(read), *x.shape) if batched else x)
-    if not batched:
-        grads = grads[None]
-    return torch.stack([_per_step(g, probe) for g in grads])
-
-
-def _or_zeros(gradient: Tensor | None, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if gradient is None else gradient
-
-
-def _per_step(gradient: Tensor, probe: Probe) -> Tensor:
-    """A gradient shaped as the input (or its embedding), as (steps, batch, -1)."""
-    moved = gradient.movedim(probe.time_axis, 0)
-    return moved.reshape(probe.steps, probe.batch, -1)
+    return torch.stack([by_step(grads, leaves, probe) for grads in per_loss])
 
 
 def _pooled_over_losses(rows: list[list[float]]) -> list[float]:

@@ -83,7 +83,7 @@ def diagnose(
     if sequence is not None:
         judged_sequence = assess_sequence(sequence, epsilon, distance)
         cores_vanish = any(core.status != Status.HEALTHY for core in judged)
-        findings += sequence_findings(judged_sequence, epsilon, cores_vanish)
+        findings += sequence_findings(judged_sequence, epsilon, cores_vanish, bool(judged))
         statuses.append(judged_sequence.status)
     findings += coverage_findings(coverage)
     return Diagnosis(

@@ -62,11 +62,12 @@ def _where(view: SequenceGradient) -> str:
 
 
 def sequence_findings(
-    view: SequenceGradient | None, epsilon: float, cores_vanish: bool
+    view: SequenceGradient | None, epsilon: float, cores_vanish: bool, has_cores: bool = False
 ) -> list[Finding]:
     """A finding when the input gradient does not reach across the horizon, with fixes for
     the kind of model: a recurrent core's own findings carry its fixes; a model that mixes
-    time otherwise (convolutions, attention, scans) gets a wider reach."""
+    time otherwise (convolutions, attention, scans) gets a wider reach; healthy cores beside a
+    sequence view that does not reach point at what their step maps hold."""
     if view is None or view.status == Status.HEALTHY:
         return []
     status = Status(view.status)
@@ -85,14 +86,19 @@ def sequence_findings(
             f"sequence view: the input gradient of {where} reaches back "
             f"{view.effective_horizon} step(s), short of the {view.distance}-step horizon"
         )
-        fixes = [] if cores_vanish else [FixId.RECEPTIVE_FIELD]
-    advice = (
-        "the recurrent cores' findings say why and what to change"
-        if cores_vanish and status == Status.VANISHING
-        else "inputs further back than that cannot be learnt from at this checkpoint"
-        if status == Status.VANISHING
-        else "clip gradients in training"
-    )
+        fixes = [] if has_cores else [FixId.RECEPTIVE_FIELD]
+    if status != Status.VANISHING:
+        advice = "clip gradients in training"
+    elif cores_vanish:
+        advice = "the recurrent cores' findings say why and what to change"
+    elif has_cores:
+        advice = (
+            "the recurrent cores are healthy over their own step maps, so the loss loses the "
+            "input elsewhere: a part of the loop their step maps hold (see the notes), a "
+            "recurrence no core follows, or a short window before them"
+        )
+    else:
+        advice = "inputs further back than that cannot be learnt from at this checkpoint"
     return [
         Finding(
             id=ERROR_IDS[status],

@@ -127,16 +127,23 @@ def observed_call(calls: Sequence[ModuleCall]) -> CellCall | None:
 def default_call(structure: list, output: object) -> CellCall:
     """How a cell is called when no call shows it: its state is the argument named as states
     are (:data:`STATE_NAMES`), else the only keyword beside one positional argument, else the
-    second positional argument; the next state is everything it returns."""
+    second positional argument; the next state is everything it returns, or its last tensors
+    when it returns more, shaped as the state (an ``(output, state)`` pair)."""
     args, kwargs = structure
     named = next((name for name in STATE_NAMES if name in kwargs), None)
     if named is None and len(kwargs) == 1 and len(args) == 1:
         named = next(iter(kwargs))
     slot: Path = (0, 1) if named is None else (1, named)
-    outputs = tuple(path for path, _ in tensor_leaves(output))
+    returned = tensor_leaves(output)
+    outputs = tuple(path for path, _ in returned)
     try:
         given = pick(structure, slot)
     except (KeyError, IndexError, TypeError):
         given = None
-    inside = outputs if given is None else tuple(path for path, _ in tensor_leaves(given))
-    return CellCall(tuple((*slot, *path) for path in inside), outputs)
+    if given is None:
+        return CellCall(tuple((*slot, *path) for path in outputs), outputs)
+    state = tensor_leaves(given)
+    last = returned[len(returned) - len(state) :]
+    if len(returned) > len(state) and [t.shape for _, t in last] == [t.shape for _, t in state]:
+        outputs = tuple(path for path, _ in last)  # (output, state): the state comes last
+    return CellCall(tuple((*slot, *path) for path, _ in state), outputs)

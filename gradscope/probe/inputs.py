@@ -166,7 +166,25 @@ def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device)
             shape,
         )
         options, note = _within_positions(options, positions)
-    probe = probe_for(layout, options, device, given)
+    try:
+        probe = probe_for(layout, options, device, given)
+    except ProbeShapeMismatch:
+        if not isinstance(given, Tensor) or given.dim() not in (2, 3):
+            raise
+        # the input as it stands: the first module may sit inside a loop and read more
+        original = layout
+        layout = Layout(
+            int(given.shape[-1]),
+            options.batch_first is not False,
+            "the probe",
+            sequence=given.dim() == 3,
+        )
+        probe = probe_for(layout, options, device, given)
+        note = (
+            f"the probe, shaped {tuple(given.shape)}, is used as it stands: the first module "
+            f"with weights ({original.source}) reads {original.features} features, so it sits "
+            "inside what the model runs"
+        )
     probe.note = " ".join(filter(None, [probe.note, note])) or None
     return probe
 
@@ -274,19 +292,23 @@ def probe_for(
     )
 
 
+class ProbeShapeMismatch(GradscopeError):
+    """A given probe not shaped as the model's first module reads."""
+
+
 def _check_probe_shape(inputs: Tensor, layout: Layout, path: str) -> None:
     if layout.time_last or layout.tokens or layout.features is None:
         return
     if not layout.sequence:
         if inputs.dim() != 2 or inputs.shape[-1] != layout.features:
-            raise GradscopeError(
+            raise ProbeShapeMismatch(
                 f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "
                 f"(batch, {layout.features}): save the probe in that shape"
             )
         return
     if inputs.dim() not in (2, 3) or inputs.shape[-1] != layout.features:
         expected = "(batch, steps, F)" if layout.batch_first else "(steps, batch, F)"
-        raise GradscopeError(
+        raise ProbeShapeMismatch(
             f"--probe {path} has shape {tuple(inputs.shape)}, but {layout.source} expects "
             f"{expected} or (steps, F) with F = {layout.features}: save the probe in that shape"
         )

@@ -90,7 +90,6 @@ def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None,
     Kinds are PyTorch's classes (or TorchScript modules scripted from them), never a name
     alone, and sizes are read defensively: any other module is unknown, not an error.
     """
-    kind = type_name(module)
     if is_kind(module, ("Embedding",)):
         return None, size_attribute(module, "num_embeddings")
     if is_kind(module, ("Linear",)):
@@ -103,9 +102,13 @@ def _entry(name: str, module: nn.Module, needs_shape: bool) -> tuple[int | None,
         return size_attribute(module, "input_size"), None
     channels = size_attribute(module, "in_channels")
     if is_kind(module, CONVOLUTIONS) and needs_shape and channels is not None:
-        example = {"Conv1d": "B,{c},L", "Conv2d": "B,{c},H,W", "Conv3d": "B,{c},D,H,W"}[kind]
+        examples = {"Conv1d": "B,{c},L", "Conv2d": "B,{c},H,W", "Conv3d": "B,{c},D,H,W"}
+        # by kind, not class name: a parametrized (weight-normed) Conv1d is a Conv1d
+        base = next(name for name in examples if is_kind(module, (name,)))
+        example = examples[base]
         raise GradscopeError(
-            f"the model starts with {name or 'its root'} ({kind}, {channels} input channels): "
+            f"the model starts with {name or 'its root'} ({type_name(module)}, {channels} input "
+            "channels): "
             f"the rest of its input shape is unknown; pass --input-shape "
             f"{example.format(c=channels)}"
         )

@@ -42,16 +42,26 @@ def _concatenated(module: nn.Module) -> list[int]:
     return [inputs - h for h in hidden if inputs > h]
 
 
+#: Steps of a channels-first trial: enough for a few dilated convolutions.
+CHANNEL_STEPS = 32
+
+
 def runnable_shape(
     model: nn.Module, device: torch.device, dtype: torch.dtype
-) -> tuple[int, ...] | None:
-    """The first trial input the model runs on: for each candidate width w, a batch of
-    sequences (2, steps, w), then of vectors (2, w); None when none runs. Sequences come
+) -> tuple[str, tuple[int, ...]] | None:
+    """The kind and shape of the first trial input the model runs on: for each candidate
+    width w, a batch of sequences (2, steps, w), of vectors (2, w), then of channels-first
+    sequences (2, w, steps) as convolutions read; None when none runs. Sequences come
     first: a model that loops over steps may take a 2-D input as one unbatched sequence,
     while a model of vectors that runs on sequences is only read per step."""
     for width in candidate_widths(model):
-        for shape in ((2, TRIAL_STEPS, width), (2, width)):
+        trials = [
+            ("sequences", (2, TRIAL_STEPS, width)),
+            ("vectors", (2, width)),
+            ("channels", (2, width, CHANNEL_STEPS)),
+        ]
+        for kind, shape in trials:
             x = torch.randn(shape, dtype=dtype, device=device)
             if trial_run(lambda x=x: model(x)):
-                return shape
+                return kind, shape
     return None

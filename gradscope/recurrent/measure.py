@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, first_line
 from gradscope.numerics import largest_singular_value, median_and_max, pooled_norms, spectral_radius
 from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe, projection_loss, run_model
 from gradscope.probe.calls import CellCall, every_call, observed_call
-from gradscope.probe.gradient import input_leaf, per_step_input_norms
+from gradscope.probe.gradient import by_step, input_leaf, per_step_input_norms
 from gradscope.probe.trial import trial_run
 from gradscope.recurrent.cells import (
     CellSpec,
@@ -206,6 +206,25 @@ def _gathered(grads: list[Tensor | None], targets: list[Tensor], state: Tensor) 
     )
 
 
+def _guarded(step: Callable, name: str) -> Callable:
+    """A custom cell's step whose failures (its own code, met on inputs it never saw) are one
+    line naming the cell."""
+
+    def guarded(s: Tensor, u: Tensor) -> Tensor:
+        try:
+            return step(s, u)
+        except GradscopeError:
+            raise
+        except Exception as error:
+            raise GradscopeError(
+                f"--cell {name} could not be stepped on its own ({type(error).__name__}: "
+                f"{first_line(error)}): name the module the model calls once per time step, "
+                "whose forward maps (input, state) to the next state"
+            ) from None
+
+    return guarded
+
+
 #: How far a custom cell stepped on its own may stray from what the model computed, relative
 #: to the size of the states: far above rounding, far below a cell stepped on wrong arguments.
 REPRODUCTION_TOLERANCE = 1e-3
@@ -251,6 +270,13 @@ def measure_core(
     weights = None if core.weights is None else core.weights.detached()
     step = core.custom.step_function() if core.custom else step_function(spec, weights)
     if core.custom:
+        if len(trace.calls) < 2:
+            raise GradscopeError(
+                f"--cell {core.name} ran once on the probe of {options.steps} steps, so it "
+                "computes the whole sequence, not one step: name the module the model calls "
+                "once per time step"
+            )
+        step = _guarded(step, core.name)
         check_reproduced(trace, step)
     finite = bool(torch.isfinite(states).all() and torch.isfinite(drives).all())
     finite = finite and all(math.isfinite(v) for v in norms)
@@ -296,7 +322,8 @@ def measure_recurrent(
     """Run the probe once, backpropagate once, and measure every recurrent core."""
     with input_leaf(model, probe) as leaf:
         loss, traces = run_probe(model, probe, options.cells)
-        leaves = [leaf()] if leaf() is not None else []
+        inputs = leaf()
+    leaves = inputs.tensors if inputs is not None else []
     idle = [name for name in options.cells if (name, 0, "forward") not in traces]
     if idle:
         raise GradscopeError(
@@ -306,7 +333,7 @@ def measure_recurrent(
     targets = [trace.gradient_targets() for trace in traces.values()]
     flat = [t for per_trace in targets for per_state in per_trace for t in per_state]
     grads = torch.autograd.grad(loss, [*leaves, *flat], allow_unused=True)
-    input_grad = grads[0] if leaves else None
+    input_grads = grads[: len(leaves)]
     state_grads = iter(grads[len(leaves) :])
     cores = [
         measure_core(
@@ -320,8 +347,9 @@ def measure_recurrent(
         for trace, per_trace in zip(traces.values(), targets, strict=True)
     ]
     input_grad_norm = None
-    if input_grad is not None:  # for token ids, the gradient at their embedding: ||dL/de_t||
-        input_grad_norm = per_step_input_norms(input_grad, probe)
+    if inputs is not None and probe.time_axis is not None:
+        # for token ids, the gradient at their embedding: ||dL/de_t||
+        input_grad_norm = per_step_input_norms(by_step(input_grads, inputs, probe))
     notes = [
         trace.core.custom.describe(trace.core.name)
         for trace in traces.values()
@@ -334,5 +362,13 @@ def measure_recurrent(
         "leave that feedback out, while ||dL/ds_t|| and the sequence view include it"
         for trace in traces.values()
         if trace.fed_back
+    ]
+    notes += [
+        f"{trace.core.name}: the state it is given at a step is not the one it returned the "
+        "step before: the model changes it in between (another cell stepped before it, a "
+        "normalisation); its Jacobians and exponents are its own map, without that change, "
+        "while ||dL/ds_t|| and the sequence view include it"
+        for trace in traces.values()
+        if trace.state_changed
     ]
     return RecurrentMeasurement(cores, input_grad_norm, notes)

@@ -91,11 +91,15 @@ class Call:
 class Trace:
     """What one core saw during the probe run, call by call; ``fed_back``: a call read, as
     input, something computed from the state the call before gave (through other modules:
-    an autoregressive readout, an attention context), which the step map holds."""
+    an autoregressive readout, an attention context), which the step map holds;
+    ``state_changed``: a custom cell was given another state than the one it returned the
+    call before (``returned``: the ids of those tensors), changed by the model in between."""
 
     core: Core
     calls: list[Call] = field(default_factory=list)
     fed_back: bool = False
+    state_changed: bool = False
+    returned: set[int] = field(default_factory=set)
 
     def note_feedback(self, tensors: list[Tensor]) -> None:
         """Mark the trace when one of ``tensors`` (a call's inputs) was computed from the
@@ -392,6 +396,9 @@ def _unrolled_custom_forward(
         by_id = {id(t): view for t, view in zip(following, views, strict=True)}
         readout = any(id(t) not in by_id for _, t in tensor_leaves(output))
         trace = recorder.trace(core)
+        if stated and trace.returned and not all(id(t) in trace.returned for t in present):
+            trace.state_changed = True
+        trace.returned = {id(view) for view in views}
         trace.record(state_prev[None], drives[None], [state_next], reverse=False)
         trace.calls[-1].made_of = [following]
         # a readout the cell computes from its one state tensor reads it where the cell left it

@@ -40,15 +40,22 @@ def test_an_output_key_that_is_not_there_lists_what_is(capsys):
         gradscope.analyze(seeded(Tagger), steps=STEPS, output_key="scores")
 
 
-def test_a_convolutional_front_end_needs_the_input_shape():
+def test_a_convolutional_front_end_is_probed_channels_first():
     model = seeded(ConvFrontEnd)
-    with pytest.raises(GradscopeError, match=r"Conv1d, 4 input channels.*--input-shape B,4,L"):
-        gradscope.analyze(model, steps=STEPS)
+    found = gradscope.analyze(model, steps=STEPS)
+    assert found.settings.input_shape == [1, 4, STEPS]  # found by trial, channels first
+    assert any("found by trial" in note for note in found.model.notes)
 
     report = gradscope.analyze(model, input_shape=(2, 4, STEPS))
 
     assert report.recurrent[0].steps == STEPS
     assert len(report.input_grad_norm) == STEPS  # time is the last axis of a Conv1d input
+
+
+def test_a_convolutional_front_end_no_trial_runs_needs_the_input_shape():
+    model = nn.Sequential(nn.Conv1d(4, 8, 40), nn.Flatten(), nn.Linear(8, 2)).double()
+    with pytest.raises(GradscopeError, match=r"Conv1d, 4 input channels.*--input-shape B,4,L"):
+        gradscope.analyze(model, steps=STEPS)
 
 
 @pytest.mark.parametrize(
