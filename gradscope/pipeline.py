@@ -92,11 +92,11 @@ def plan(subject: Subject) -> Plan:
     try:
         options, probe = _probe(module, requested, subject.device)
     except GradscopeError as error:
-        if not detecting:
+        if not _shape_open(requested):
             raise
         failure, probe = error, None
-    found = detect_cells(module, probe) if detecting and probe is not None else None
-    if detecting and found is None and _shape_open(requested):
+    found = detect_cells(module, probe) if probe is not None else None
+    if found is None and _shape_open(requested):
         searched = _searched_probe(module, requested, subject.device)
         if searched is not None:
             requested, (options, probe), note = searched
@@ -105,6 +105,8 @@ def plan(subject: Subject) -> Plan:
     if probe is None:
         assert failure is not None
         raise GradscopeError(f"{failure} ({_tried(module)})") from None
+    if not detecting:
+        found = []
     if detecting and not found and _may_loop_over_axis_0(module, requested, probe):
         flipped = _time_major(module, requested, subject.device)
         looped = detect_cells(module, flipped[1][1]) if flipped else None
@@ -382,6 +384,7 @@ def assemble(
             shape,
             cores,
             subject.probe.shapes() if subject.probe is not None else {},
+            diagnosis.sequence is not None,
         ),
         model=subject.loaded.describe([note.text for note in notes]),
         gradscope_version=__version__,
@@ -402,9 +405,11 @@ def _settings(
     shape: list[int],
     cores: list[RecurrentCore],
     inputs: dict[str, list[int]],
+    sequence: bool = False,
 ) -> Settings:
-    """The settings as they ran: the probe's shape, and no time axis for a stack alone."""
-    over_time = bool(cores)
+    """The settings as they ran: the probe's shape, and no time axis for a stack alone (a
+    sequence view has one, but no burn-in)."""
+    over_time = bool(cores) or sequence
     return Settings(
         steps=options.steps if over_time else None,
         batch=options.batch,
@@ -416,7 +421,7 @@ def _settings(
         batch_first=options.batch_first,
         distance=options.distance if over_time else None,
         epsilon=options.epsilon,
-        burn_in=options.burn_in if over_time else None,
+        burn_in=options.burn_in if cores else None,
         exponents=options.exponents,
         spectrum_steps=options.spectrum_steps,
         device=str(device),

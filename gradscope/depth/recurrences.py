@@ -7,9 +7,10 @@ probe run, so that coverage can say they were not measured over time.
 - **Scans**: a cumulative operation (``cumsum``, ``cumprod``, ``logcumsumexp``, ``cummax``,
   ``cummin``) over the time axis in the autograd graph, the way a parallel-scan recurrence
   (a minimal GRU, a state-space model) is computed; named by the block that holds it.
-- **Loops over steps**: per-step results gathered into a sequence (``torch.stack``) where
-  each step's result depends on the one before, as a hand-written recurrent layer computes
-  with its own parameters and no cell module.
+- **Loops over steps**: per-step results gathered into a sequence (``torch.stack``), or
+  written one by one into a preallocated tensor (``out[t] = h``), where each step's result
+  depends on the one before, as a hand-written recurrent layer computes with its own
+  parameters and no cell module.
 """
 
 from __future__ import annotations
@@ -101,9 +102,28 @@ def _recurrent_nodes(
         name = node.name()
         if name.startswith(SCAN_NODES) and _over_time(node, time):
             found[id(node)] = name.removesuffix("Backward0").lower()
-        elif name.startswith(GATHER_NODES) and _chained_parts(node, time[1]):
+        elif (name.startswith(GATHER_NODES) and _chained_parts(node, time[1])) or (
+            name.endswith("CopySlices") and _chained_writes(node, time[1])
+        ):
             found[id(node)] = "a loop over steps"
     return found
+
+
+def _chained_writes(node: object, steps: int) -> bool:
+    """Whether a chain of in-place writes into slices (``out[t] = h``, a buffer filled step by
+    step) holds ``steps`` (or one fewer) values, the last of which depends on the one before:
+    the states of a loop written into a preallocated tensor. Only the chain's last write is
+    looked at."""
+    chain = [node]
+    while len(chain) <= steps:
+        before = chain[-1].next_functions[0][0] if chain[-1].next_functions else None
+        if before is None or not before.name().endswith("CopySlices"):
+            break
+        chain.append(before)
+    if len(chain) < max(MIN_LOOP_CALLS, steps - 1) or len(chain) > steps:
+        return False
+    values = [write.next_functions[-1][0] for write in chain[:2]]
+    return _within_reach(values[0], values[1])
 
 
 def _chained_parts(node: object, steps: int) -> bool:
@@ -112,7 +132,11 @@ def _chained_parts(node: object, steps: int) -> bool:
     parts = [child for child, _ in node.next_functions]
     if len(parts) < max(MIN_LOOP_CALLS, steps - 1) or len(parts) > steps:
         return False
-    last, before = parts[-1], parts[-2]
+    return _within_reach(parts[-1], parts[-2])
+
+
+def _within_reach(last: object, before: object) -> bool:
+    """Whether autograd node ``last`` depends on ``before`` within a few operations."""
     if last is None or before is None:
         return False
     frontier, seen = [last], set()

@@ -366,7 +366,10 @@ def _raised_by_own_code(error: BaseException) -> bool:
 
 
 def _failed_to_load(path: Path, error: Exception) -> GradscopeError:
-    """Loading as code failed: in the model's own code, or because the file is damaged."""
+    """Loading as code failed: in the model's own code, or because the file is damaged (a
+    class that could not be found, said as it was, is neither)."""
+    if isinstance(error, GradscopeError):
+        return error
     if not _raised_by_own_code(error):
         return _not_a_checkpoint(path, error)
     return GradscopeError(

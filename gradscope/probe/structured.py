@@ -190,4 +190,12 @@ def structured_probe(
     read = f", read first by {reader}" if reader else ""
     time = f"time on axis {probe.time_axis}" if probe.time_axis is not None else "no time axis"
     probe.note = f"the model is called as {call}; the main input is {where}{read} ({time})"
+    others = [name for name, t in probe.named_inputs() if t is not main]
+    if options.input_shapes and options.probe in ("gaussian", "zeros") and others:
+        made = "N(0, 1) noise" if options.probe == "gaussian" else "zeros"
+        probe.note += (
+            f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} {made}, as "
+            "--input-shape builds them: where they mean something (elapsed times, masks, "
+            "lengths), give real ones in a --probe file"
+        )
     return probe

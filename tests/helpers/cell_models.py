@@ -244,3 +244,118 @@ class ConcatFirst(nn.Module):
         for x_t in x.unbind(1):
             h = torch.tanh(self.cell_layer(torch.cat((x_t, h), dim=-1)))
         return h
+
+
+class TutorialRNN(nn.Module):
+    """The "classifying names" tutorial's RNN: one step, ``(output, hidden)`` back."""
+
+    def __init__(self, features: int = 10, hidden: int = 12) -> None:
+        super().__init__()
+        self.hidden_size = hidden
+        self.i2h = nn.Linear(features + hidden, hidden)
+        self.h2o = nn.Linear(hidden, 4)
+
+    def forward(self, input: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = torch.tanh(self.i2h(torch.cat((input, hidden), 1)))
+        return self.h2o(hidden), hidden
+
+
+class TimeMajorLoop(nn.Module):
+    """Loops the tutorial RNN over the first axis of its input, (steps, batch, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = TutorialRNN()
+
+    def forward(self, line: Tensor) -> Tensor:
+        hidden = line.new_zeros(line.size(1), self.rnn.hidden_size)
+        for i in range(line.size(0)):
+            output, hidden = self.rnn(line[i], hidden)
+        return output
+
+
+class MixedMemory(nn.Module):
+    """A cell whose state another module changes between steps (as a mixed-memory LSTM
+    stepped before a continuous-time cell does): no call reads what the one before returned."""
+
+    def __init__(self, features: int = 4, hidden: int = 6) -> None:
+        super().__init__()
+        self.cell = TanhPair(features, hidden)
+        self.mix = nn.Linear(hidden, hidden)
+        self.hidden = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, outputs = x.new_zeros(x.shape[0], self.hidden), []
+        for x_t in x.unbind(1):
+            y, h = self.cell(x_t, torch.tanh(self.mix(h)))
+            outputs.append(y)
+        return torch.stack(outputs, dim=1)
+
+
+class TanhPair(nn.Module):
+    """A tanh cell returning ``(output, state)``: a readout and the next state."""
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, hidden)
+        self.rec = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.tanh(self.inp(x) + self.rec(h))
+        return self.out(h), h
+
+
+class CharRNN(nn.Module):
+    """A char-RNN that embeds each step's ids inside its loop."""
+
+    def __init__(self, vocab: int = 20, width: int = 8, hidden: int = 16) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.cell = nn.LSTMCell(width, hidden)
+        self.out = nn.Linear(hidden, vocab)
+        self.hidden = hidden
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = torch.zeros(ids.shape[0], self.hidden, dtype=self.out.weight.dtype)
+        c, outputs = torch.zeros_like(h), []
+        for t in range(ids.shape[1]):
+            h, c = self.cell(self.emb(ids[:, t]), (h, c))
+            outputs.append(self.out(h))
+        return torch.stack(outputs, dim=1)
+
+
+class BufferLoop(nn.Module):
+    """A layer that loops over time on its own weight and writes each state into a
+    preallocated tensor (``out[t] = h``), as fused-kernel fallbacks do."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.inp = nn.Linear(width, width)
+        self.recurrent = nn.Parameter(torch.randn(width, width) * 0.3)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        drive = self.inp(self.norm(x))
+        h = x.new_zeros(x.shape[0], x.shape[2])
+        out = x.new_zeros(x.shape[1], x.shape[0], x.shape[2])
+        for t in range(x.shape[1]):
+            h = torch.tanh(drive[:, t] + h @ self.recurrent)
+            out[t] = h
+        return self.head(out.transpose(0, 1))
+
+
+class SingleOnly(nn.Module):
+    """A loop that makes its zero state in float32 whatever the weights: it runs in float32
+    only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(4, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.zeros(x.shape[0], 6)
+        for x_t in x.unbind(1):
+            h = self.cell(x_t, h)
+        return h

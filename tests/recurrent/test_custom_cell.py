@@ -297,12 +297,14 @@ def test_without_cell_a_model_of_custom_cells_is_found_and_stepped():
     assert_same_measurements(core, measure(model, cells=["cell"], exponents=8)[0])
 
 
-def test_without_detection_a_model_of_custom_cells_is_refused_with_the_flag_named():
+def test_without_detection_a_model_of_custom_cells_is_an_unmeasured_recurrence_naming_the_flag():
     import gradscope
 
     model = build(lambda: StateLoop(GatedNormCell(4, 5), 5))
-    with pytest.raises(GradscopeError, match="--cell"):
-        gradscope.analyze(model, steps=STEPS, detect_cells=False)
+    report = gradscope.analyze(model, steps=STEPS, detect_cells=False)
+    assert report.recurrent == [] and report.fails()
+    (group,) = report.coverage.unmeasured_recurrence
+    assert "--cell cell" in group.reason
 
 
 def test_cell_through_the_command_line(tmp_path, capsys):
