@@ -14,10 +14,17 @@ from rich.console import Console
 
 from gradscope import __version__
 from gradscope.baseline import DEFAULT_TOLERANCE
-from gradscope.config import ProjectConfig, analysis_keywords, load_config, output_values
+from gradscope.config import (
+    ModelEntry,
+    ProjectConfig,
+    analysis_keywords,
+    as_list,
+    load_config,
+    output_values,
+)
 from gradscope.errors import GradscopeError, first_line
 from gradscope.options import DEFAULTS
-from gradscope.render import FORMATS
+from gradscope.render import FORMATS, Checked
 from gradscope.render.delivery import Delivery, deliver
 from gradscope.report import DEFAULT_FAIL_ON, FAIL_ON_CHOICES, Report
 
@@ -447,6 +454,104 @@ def explicit_parameters(ctx: typer.Context) -> set[str]:
         for name in ctx.params
         if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
     }
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The models to check, by name \\[default: every one].", show_default=False
+        ),
+    ] = None,
+    config: CONFIG_OPTION = None,
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help=FORMAT_HELP, rich_help_panel=OUTPUT)
+    ] = "text",
+    output: OUTPUT_OPTION = None,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            help="What exits 1 (comma-separated), as for analyze.", rich_help_panel=OUTPUT
+        ),
+    ] = ",".join(DEFAULT_FAIL_ON),
+    ignore: IGNORE_OPTION = None,
+    github: GITHUB_OPTION = None,
+    exit_zero: Annotated[
+        bool, typer.Option(help="Always exit 0 after the reports.", rich_help_panel=OUTPUT)
+    ] = False,
+    debug: Annotated[bool, DEBUG_OPTION] = False,
+) -> int:
+    """Check the models the project's configuration lists (or those NAMES): one summary
+    table, the details of what failed, and the worst exit code (2 when a model could not be
+    checked)."""
+    given = dict(locals())
+    explicit = explicit_parameters(ctx)
+    project = load_config(Path(config) if config else None)
+    given.update(output_values(project.options, explicit))
+    failing = parse_fail_on(given["fail_on"])
+    check_format(given["output_format"])
+    entries = chosen_models(project, names or [])
+    checked: list[Checked] = []
+    with progress_on_stderr() as progress:
+        for entry in entries:
+            progress(f"checking {entry.name}")
+            checked.append(check_one(entry, project, list(ignore or []), progress))
+    delivery = Delivery(given["output_format"], given["output"], given["github"], failing)
+    deliver(checked, delivery, stdout_console())
+    if any(entry.report is None for entry in checked):
+        return 2
+    fails = any(entry.report.fails(failing) for entry in checked if entry.report is not None)
+    return 0 if given["exit_zero"] or not fails else 1
+
+
+def chosen_models(project: ProjectConfig, names: list[str]) -> list[ModelEntry]:
+    """The model entries to check: every one, or those ``names`` names (all known)."""
+    if not project.models:
+        where = project.path or "no pyproject.toml was found"
+        raise GradscopeError(
+            f"{where}: no models to check; add one [[tool.gradscope.models]] table per "
+            'checkpoint (name = "encoder", path = "encoder.pt"), or run gradscope analyze FILE'
+        )
+    known = {entry.name: entry for entry in project.models}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise GradscopeError(
+            f"no model named {', '.join(unknown)} in {project.path}; its models are "
+            f"{', '.join(known)}"
+        )
+    return [known[name] for name in names] if names else list(project.models)
+
+
+def check_one(
+    entry: ModelEntry, project: ProjectConfig, ignore: list[str], progress: Callable[[str], None]
+) -> Checked:
+    """One model's report (its options over the project's), or why there is none."""
+    from gradscope.api import analyze as run_analysis
+
+    options = {**project.options, **entry.options}
+    root = project.path.parent if project.path else Path.cwd()
+    path = str(root / entry.path)
+    values = {
+        "ignore": [*ignore, *as_list(options.get("ignore", []))],
+        "baseline": str(root / options["baseline"]) if options.get("baseline") else None,
+        "regression_tolerance": options.get("regression_tolerance", DEFAULT_TOLERANCE),
+    }
+    try:
+        report = run_analysis(path, **analysis_keywords(options, set()), progress=progress)
+        return Checked(entry.name, path, finish(report, values, project))
+    except GradscopeError as error:
+        return Checked(entry.name, path, error=str(error))
+    except Exception as error:
+        if _Debug.requested:
+            traceback.print_exc()
+        return Checked(
+            entry.name,
+            path,
+            error=f"internal error: {type(error).__name__}: {first_line(error)} (rerun "
+            "gradscope analyze on it with --debug for a traceback, and report it)",
+        )
 
 
 @app.command()

@@ -411,6 +411,8 @@ def places(finding: Finding) -> set[str]:
     for the stack, ``sequence`` for the sequence view, each module a coverage finding names."""
     where = finding.where
     found = {str(where[key]) for key in ("module", "stack", "view") if where.get(key) is not None}
+    if where.get("module") == "":
+        found.add("(model)")  # a recurrent module that is the whole model
     found |= {str(module).split(" (")[0] for module in where.get("modules", [])}
     return found
 

@@ -1,0 +1,156 @@
+"""gradscope as a CI gate: configuration and its precedence, check over several models,
+--output, GitHub's annotations and step summary, --ignore, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gradscope.cli import main
+
+from tests.helpers.models import orthogonal, rnn_with_recurrence
+
+STEPS = 20
+
+
+def rnn_checkpoint(path: Path, gain: float) -> Path:
+    """A vanilla RNN whose W_hh is ``gain`` times an orthogonal matrix, as a state dict."""
+    torch.manual_seed(0)
+    rnn = rnn_with_recurrence(gain * orthogonal(8, seed=1))
+    with torch.no_grad():
+        rnn.weight_ih_l0.normal_(0, 0.05)
+    torch.save(rnn.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A repository with a pyproject.toml, as the working directory."""
+    (tmp_path / ".git").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    return tmp_path
+
+
+def json_of(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_config_sets_options_and_the_command_line_wins(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    (project / "pyproject.toml").write_text(
+        f'[tool.gradscope]\nsteps = {STEPS}\nepsilon = 1e-2\nformat = "json"\n'
+    )
+    assert main(["analyze", "rnn.pt"]) in (0, 1)
+    settings = json_of(capsys)["settings"]
+    assert (settings["steps"], settings["epsilon"]) == (STEPS, 1e-2)
+    assert settings["config"] == str(project / "pyproject.toml")
+    main(["analyze", "rnn.pt", "--steps", "10", "--epsilon", "0.001"])
+    settings = json_of(capsys)["settings"]
+    assert (settings["steps"], settings["epsilon"]) == (10, 1e-3)
+
+
+def test_a_bad_config_value_is_exit_2_naming_the_key_and_the_file(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    (project / "pyproject.toml").write_text("[tool.gradscope]\nhorizon = 'long'\n")
+    assert main(["analyze", "rnn.pt"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "horizon" in error and "pyproject.toml" in error
+
+
+def test_check_runs_every_model_reports_the_broken_one_and_exits_2(project, capsys):
+    rnn_checkpoint(project / "good.pt", 0.99)
+    rnn_checkpoint(project / "short.pt", 0.5)
+    (project / "broken.pt").write_text("not a checkpoint")
+    (project / "pyproject.toml").write_text(
+        f"[tool.gradscope]\nsteps = {STEPS}\n"
+        '[[tool.gradscope.models]]\nname = "good"\npath = "good.pt"\n'
+        '[[tool.gradscope.models]]\nname = "short"\npath = "short.pt"\n'
+        '[[tool.gradscope.models]]\nname = "broken"\npath = "broken.pt"\n'
+    )
+    assert main(["check", "-f", "json"]) == 2
+    models = json_of(capsys)["models"]
+    assert [m["name"] for m in models] == ["good", "short", "broken"]
+    assert models[0]["report"]["status"] == "healthy"
+    assert models[1]["report"]["status"] == "vanishing"
+    assert "not a PyTorch checkpoint" in models[2]["error"]
+    assert main(["check", "good"]) == 0
+    assert main(["check", "good", "short"]) == 1
+    capsys.readouterr()
+    assert main(["check", "nope"]) == 2
+    assert "no model named nope" in capsys.readouterr().err
+
+
+def test_output_writes_the_format_while_the_terminal_shows_text(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.5)
+    code = main(["analyze", "rnn.pt", "--steps", str(STEPS), "-f", "junit", "--output", "r.xml"])
+    assert code == 1
+    assert "Verdict" in capsys.readouterr().out
+    assert (project / "r.xml").read_text().startswith('<?xml version="1.0"')
+
+
+def test_under_github_actions_annotations_and_the_step_summary_are_written(
+    project, capsys, monkeypatch
+):
+    rnn_checkpoint(project / "rnn.pt", 0.5)
+    summary = project / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main(["analyze", "rnn.pt", "--steps", str(STEPS)]) == 1
+    out = capsys.readouterr().out
+    assert "::error file=rnn.pt,title=gradscope vanishing-gradient::" in out
+    assert summary.read_text().startswith("### gradscope: **vanishing**")
+    summary.unlink()
+    main(["analyze", "rnn.pt", "--steps", str(STEPS), "--no-github"])
+    assert "::error" not in capsys.readouterr().out and not summary.exists()
+
+
+def test_an_ignored_finding_is_listed_and_no_longer_fails(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.5)
+    args = ["analyze", "rnn.pt", "--steps", str(STEPS), "-f", "json"]
+    assert main([*args, "--ignore", "vanishing-gradient:(model)"]) == 0
+    findings = json_of(capsys)["findings"]
+    assert any(f["id"] == "vanishing-gradient" and f["ignored"] for f in findings)
+    assert main([*args, "--ignore", "vanishing-gradient:elsewhere"]) == 1
+
+
+def test_a_worse_but_healthy_model_fails_against_its_baseline(project, capsys):
+    args = ["analyze", "rnn.pt", "--steps", str(STEPS), "--baseline", "base.json"]
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    assert main([*args, "--update-baseline"]) == 0
+    assert json.loads((project / "base.json").read_text())["status"] == "healthy"
+    capsys.readouterr()
+    assert main(args) == 0  # the same model: no regression
+    capsys.readouterr()
+    rnn_checkpoint(project / "rnn.pt", 0.97)  # still healthy over 20 steps, horizon ~3x shorter
+    assert main([*args, "-f", "json"]) == 1
+    report = json_of(capsys)
+    assert report["status"] == "healthy"
+    (regression,) = [f for f in report["findings"] if f["id"] == "regression"]
+    assert "memory horizon" in regression["message"]
+    changes = report["baseline"]["changes"]
+    assert any(c["metric"] == "memory_horizon" and c["worse"] for c in changes)
+
+
+def test_a_baseline_of_another_model_is_exit_2_naming_the_mismatch(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    main(["analyze", "rnn.pt", "--steps", str(STEPS), "--baseline", "b.json", "--update-baseline"])
+    torch.save(nn.GRU(8, 8, num_layers=2).state_dict(), project / "gru.pt")
+    capsys.readouterr()
+    assert main(["analyze", "gru.pt", "--steps", str(STEPS), "--baseline", "b.json"]) == 2
+    assert "is a report of another model" in capsys.readouterr().err
+
+
+def test_the_same_checkpoint_gives_the_same_bytes(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.9)
+    outputs = []
+    for output_format in ("json", "markdown", "junit"):
+        for _ in range(2):
+            main(["analyze", "rnn.pt", "--steps", str(STEPS), "-f", output_format])
+            outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[2] == outputs[3] and outputs[4] == outputs[5]
