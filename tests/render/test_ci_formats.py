@@ -3,6 +3,7 @@ parsed as XML), GitHub workflow commands, and check's lists of models."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from xml.etree import ElementTree
 
@@ -55,7 +56,9 @@ def test_junit_passes_what_fail_on_does_not_name():
 
 def test_github_annotations_are_errors_for_what_fails_and_escaped():
     report = vanishing()
-    report.model.path = "models/rnn,v2.pt"
+    report = dataclasses.replace(
+        report, model=dataclasses.replace(report.model, path="models/rnn,v2.pt")
+    )
     lines = rendered(report, "github").splitlines()
     assert lines and all(
         line.startswith("::error file=models/rnn%2Cv2.pt,title=") for line in lines
