@@ -520,6 +520,24 @@ class Report:
         if self.fails(DEFAULT_FAIL_ON):
             raise GradientHealthError(self.summary())
 
+    def assert_no_regression(self, baseline: str, tolerance: float | None = None) -> None:
+        """Raise :class:`GradientHealthError` naming every part worse than in the JSON report
+        saved at ``baseline`` beyond ``tolerance`` (default 0.2), before -> after."""
+        from gradscope.baseline import (
+            DEFAULT_TOLERANCE,
+            compare,
+            load_baseline,
+            regression_findings,
+        )
+
+        tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+        comparison = compare(self, load_baseline(baseline), str(baseline), tolerance)
+        worse = regression_findings(comparison)
+        if worse:
+            lines = [f"gradscope: worse than the baseline {baseline}"]
+            lines += [f"- [{finding.id}] {finding.message}" for finding in worse]
+            raise GradientHealthError("\n".join(lines))
+
 
 def named(names: list[str], limit: int = 4) -> str:
     """``a, b, c, d and 5 more``: at most ``limit`` names of a long list."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: pytester runs the plugin's own tests (tests/test_pytest_plugin.py) in a fresh pytest.
+pytest_plugins = ["pytester"]
+
 
 def pytest_addoption(parser) -> None:
     parser.addoption(

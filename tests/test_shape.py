@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gradscope"
 
 #: Plain data and pure functions that any layer may import.
 SHARED = {"gradscope", "gradscope.errors", "gradscope.options", "gradscope.report"}
-SHARED |= {"gradscope.theory", "gradscope.taxonomy"}
+SHARED |= {"gradscope.theory", "gradscope.taxonomy", "gradscope.baseline"}
 #: What each layer may import besides SHARED and its own package; every module is in a layer.
 ALLOWED = {
     "gradscope": {"gradscope.api"},
@@ -61,6 +61,7 @@ ALLOWED = {
         "gradscope.probe",
     },
     "gradscope.api": {"gradscope.pipeline"},
+    "gradscope.pytest_plugin": {"gradscope.api"},
     "gradscope.demo": {"gradscope.api", "gradscope.pipeline"},
     "gradscope.cli": {
         "gradscope.api",
@@ -75,6 +76,7 @@ ALLOWED = {
 TORCH_FREE = [
     "gradscope.cli",
     "gradscope.api",
+    "gradscope.pytest_plugin",
     "gradscope.options",
     "gradscope.config",
     "gradscope.baseline",
