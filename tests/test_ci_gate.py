@@ -154,3 +154,55 @@ def test_the_same_checkpoint_gives_the_same_bytes(project, capsys):
             main(["analyze", "rnn.pt", "--steps", str(STEPS), "-f", output_format])
             outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[2] == outputs[3] and outputs[4] == outputs[5]
+
+
+def action_script() -> str:
+    """The shell script of the composite action's check step, as action.yml holds it."""
+    lines = (Path(__file__).parents[1] / "action.yml").read_text().splitlines()
+    start = lines.index("      run: |") + 1
+    script = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith("        "):
+            break
+        script.append(line[8:])
+    return "\n".join(script)
+
+
+def test_the_composite_action_runs_gradscope_check_with_its_inputs(project):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    rnn_checkpoint(project / "good.pt", 0.99)
+    rnn_checkpoint(project / "short.pt", 0.5)
+    config = project / "gradscope.toml"
+    config.write_text(
+        f'steps = {STEPS}\n[[models]]\nname = "good"\npath = "good.pt"\n'
+        '[[models]]\nname = "short"\npath = "short.pt"\n'
+    )
+    gradscope = shutil.which("gradscope") or str(Path(sys.executable).parent / "gradscope")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(gradscope).parent}{os.pathsep}{os.environ['PATH']}",
+        "GRADSCOPE_CONFIG": str(config),
+        "GRADSCOPE_FORMAT": "junit",
+        "GRADSCOPE_OUTPUT": "",
+        "GRADSCOPE_ARGS": "good",
+    }
+    run = subprocess.run(
+        ["bash", "-c", action_script()], env=env, capture_output=True, text=True, cwd=project
+    )
+    assert run.returncode == 0, run.stderr
+    assert '<testsuite name="good"' in run.stdout and "short" not in run.stdout
+    env["GRADSCOPE_ARGS"] = ""
+    run = subprocess.run(
+        ["bash", "-c", action_script()], env=env, capture_output=True, text=True, cwd=project
+    )
+    assert run.returncode == 1 and '<testsuite name="short"' in run.stdout
+
+
+def test_the_pre_commit_hook_runs_gradscope_check():
+    hooks = (Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text()
+    assert "id: gradscope-check" in hooks and "entry: gradscope check" in hooks
+    assert "pass_filenames: false" in hooks
