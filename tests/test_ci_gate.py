@@ -206,3 +206,48 @@ def test_the_pre_commit_hook_runs_gradscope_check():
     hooks = (Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text()
     assert "id: gradscope-check" in hooks and "entry: gradscope check" in hooks
     assert "pass_filenames: false" in hooks
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--update-baseline"], "--update-baseline needs --baseline FILE"),
+        (["--baseline", "absent.json"], "no such file; write one with --update-baseline"),
+        (["--baseline", "rnn.pt"], "not a JSON report"),
+        (["--baseline", "b.json", "--regression-tolerance", "1.5"], "must lie in [0, 1)"),
+        (["--format", "yaml"], "--format 'yaml': choose one of text, json, markdown"),
+        (["--output", "missing/dir/r.md"], "--output missing/dir/r.md: cannot write it"),
+        (["--config", "nowhere.toml"], "--config nowhere.toml: no such file"),
+    ],
+)
+def test_every_refusal_is_exit_2_on_one_line(project, capsys, args, message):
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    main(["analyze", "rnn.pt", "--steps", "8", "--baseline", "b.json", "--update-baseline"])
+    capsys.readouterr()
+    assert main(["analyze", "rnn.pt", "--steps", "8", *args]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+
+
+def test_check_reads_each_models_baseline_and_ignores_from_the_config(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    main(["analyze", "rnn.pt", "--steps", str(STEPS), "--baseline", "b.json", "--update-baseline"])
+    rnn_checkpoint(project / "rnn.pt", 0.97)
+    (project / "pyproject.toml").write_text(
+        f"[tool.gradscope]\nsteps = {STEPS}\n"
+        '[[tool.gradscope.models]]\nname = "rnn"\npath = "rnn.pt"\nbaseline = "b.json"\n'
+    )
+    capsys.readouterr()
+    assert main(["check"]) == 1
+    assert "worse than in the baseline" in capsys.readouterr().out
+    (project / "pyproject.toml").write_text(
+        f'[tool.gradscope]\nsteps = {STEPS}\nignore = ["regression"]\n'
+        '[[tool.gradscope.models]]\nname = "rnn"\npath = "rnn.pt"\nbaseline = "b.json"\n'
+    )
+    assert main(["check"]) == 0
+
+
+def test_check_without_models_says_how_to_list_them(project, capsys):
+    (project / "pyproject.toml").write_text("[tool.gradscope]\nsteps = 10\n")
+    assert main(["check"]) == 2
+    assert "no models to check; add one [[tool.gradscope.models]]" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from gradscope.render.chart import log_chart
 from gradscope.render.parts import parts
 from gradscope.report import (
     DEFAULT_FAIL_ON,
+    BaselineComparison,
     Coverage,
     DepthLayer,
     DepthStack,
@@ -355,6 +356,26 @@ def fix_panels(report: Report) -> list[Panel]:
     return panels
 
 
+def baseline_table(comparison: BaselineComparison) -> Table:
+    """Every number compared with the baseline: before, after, and whether it got worse."""
+    table = Table(
+        title=f"Against the baseline {comparison.path} (tolerance "
+        f"{100 * comparison.tolerance:.0f}%)",
+        title_justify="left",
+    )
+    for column in ("part", "metric", "before", "after", "worse"):
+        table.add_column(column)
+    for change in comparison.changes:
+        table.add_row(
+            change.where,
+            change.metric.replace("lambda_1", "λ1").replace("_", " "),
+            number(change.before),
+            number(change.after),
+            Text("worse", style="bold red") if change.worse else "",
+        )
+    return table
+
+
 def checks_table(checked: list[Checked]) -> Table:
     """One row per model and part (core, stack, sequence view); one per model not checked."""
     table = Table(title="gradscope check", title_justify="left", expand=False)
@@ -418,6 +439,8 @@ class TextRenderer:
             console.print(depth_chart(report.layers))
         if report.sequence is not None:
             console.print(sequence_panel(report.sequence))
+        if report.baseline is not None:
+            console.print(baseline_table(report.baseline))
         console.print(verdict(report))
         for panel in fix_panels(report):
             console.print(panel)
