@@ -71,8 +71,21 @@ def compare(
         raise GradscopeError(
             f"--regression-tolerance must lie in [0, 1) (a fraction, e.g. 0.2), not {tolerance}"
         )
+    _same_settings(report, baseline, path)
     before = {_key(core): core for core in baseline.get("recurrent") or []}
     now = {_key(dataclasses.asdict(core)): core for core in report.recurrent}
+    kinds = {key: core.get("cell") for key, core in before.items()}
+    parameters = (baseline.get("model") or {}).get("parameters")
+    if parameters not in (None, report.model.parameters) or any(
+        kinds.get(key) not in (None, core.cell) for key, core in now.items()
+    ):
+        theirs = ", ".join(f"{key} ({kind})" for key, kind in kinds.items()) or "no cores"
+        ours = ", ".join(f"{key} ({core.cell})" for key, core in now.items()) or "no cores"
+        raise GradscopeError(
+            f"--baseline {path} is a report of another model: {parameters} parameters, "
+            f"{theirs}; this model has {report.model.parameters}, {ours} (write a new one "
+            "with --update-baseline)"
+        )
     if set(before) != set(now) or (baseline.get("depth") is None) != (report.stack is None):
         theirs = ", ".join(before) or "none"
         ours = ", ".join(now) or "none"
@@ -111,19 +124,44 @@ def compare(
     return BaselineComparison(path, tolerance, changes)
 
 
+#: Settings that change the numbers compared: a baseline must have been run with the same.
+COMPARED_SETTINGS = ("epsilon", "dtype", "loss_at")
+
+
+def _same_settings(report: Report, baseline: dict[str, Any], path: str) -> None:
+    """Refuse a baseline measured with other settings than this run (a horizon depends on
+    epsilon): the change would not be the model's."""
+    theirs = baseline.get("settings") or {}
+    for name in COMPARED_SETTINGS:
+        ours = getattr(report.settings, name)
+        if name in theirs and theirs[name] != ours:
+            raise GradscopeError(
+                f"--baseline {path} was measured with {name} {theirs[name]}, this run with "
+                f"{ours}: compare runs with the same settings (or write a new baseline with "
+                "--update-baseline)"
+            )
+
+
 def _percent(before: float | None, after: float | None) -> str:
     if before is None or after is None or not before:
         return ""
     return f", {100 * (after - before) / abs(before):+.0f}%"
 
 
-def _where(change: BaselineChange) -> dict[str, Any]:
+def _where(change: BaselineChange, report: Report | None) -> dict[str, Any]:
+    """Where a change is, as the finding on that part says it (a core by module, layer and
+    direction)."""
     if change.where in ("depth", "sequence"):
         return {"stack": "depth"} if change.where == "depth" else {"view": "sequence"}
-    return {"module": change.where.split("[")[0]}
+    for core in report.recurrent if report is not None else []:
+        if core.label == change.where:
+            return {"module": core.name, "layer": core.layer, "direction": core.direction}
+    return {"module": change.where}
 
 
-def regression_findings(comparison: BaselineComparison) -> list[Finding]:
+def regression_findings(
+    comparison: BaselineComparison, report: Report | None = None
+) -> list[Finding]:
     """One error finding per part that got worse than its baseline."""
     findings = []
     for change in comparison.changes:
@@ -141,7 +179,7 @@ def regression_findings(comparison: BaselineComparison) -> list[Finding]:
                 id=REGRESSION,
                 kind=REGRESSION,
                 severity=Severity.ERROR,
-                where=_where(change),
+                where=_where(change, report),
                 message=f"{reason}: the gradients got worse than in the baseline.",
                 evidence=Evidence("baseline", None, reason),
             )
@@ -154,5 +192,5 @@ def against_baseline(report: Report, comparison: BaselineComparison) -> Report:
     return dataclasses.replace(
         report,
         baseline=comparison,
-        findings=[*regression_findings(comparison), *report.findings],
+        findings=[*regression_findings(comparison, report), *report.findings],
     )

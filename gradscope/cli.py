@@ -18,15 +18,15 @@ from gradscope.config import (
     ModelEntry,
     ProjectConfig,
     analysis_keywords,
-    as_list,
     load_config,
     output_values,
+    run_ignores,
 )
 from gradscope.errors import GradscopeError, first_line
 from gradscope.options import DEFAULTS
 from gradscope.render import FORMATS, Checked
 from gradscope.render.delivery import Delivery, deliver
-from gradscope.report import DEFAULT_FAIL_ON, FAIL_ON_CHOICES, Report
+from gradscope.report import DEFAULT_FAIL_ON, FAIL_ON_CHOICES, FINDING_IDS, Report
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
@@ -375,11 +375,9 @@ def analyze(
     given = dict(locals())
     explicit = explicit_parameters(ctx)
     project = load_config(Path(config) if config else None)
-    given.update(output_values(project.options, explicit))
+    failing = run_settings(given, explicit, project)
     if "baseline" in project.options and "baseline" not in explicit:
         given["baseline"] = project.options["baseline"]
-    failing = parse_fail_on(given["fail_on"])
-    check_format(given["output_format"])
     keywords = cli_keywords(given)
     keywords.update(analysis_keywords(project.options, explicit))
     from gradscope.api import analyze as run_analysis
@@ -390,6 +388,35 @@ def analyze(
     delivery = Delivery(given["output_format"], given["output"], given["github"], failing)
     deliver(report, delivery, stdout_console())
     return 0 if given["exit_zero"] or not report.fails(failing) else 1
+
+
+def run_settings(
+    given: dict[str, Any], explicit: set[str], project: ProjectConfig
+) -> tuple[str, ...]:
+    """The run's output settings in ``given``, the configuration's where the command line
+    left them (``--ignore`` patterns add up), checked; returns what fails. A bad value from
+    the configuration names its file; models import from the configuration's folder."""
+    given.update(output_values(project.options, explicit))
+    given["ignore"] = run_ignores(list(given.get("ignore") or []), project.options)
+    with_project_imports(project)
+    try:
+        failing = parse_fail_on(given["fail_on"])
+        check_format(given["output_format"])
+        check_ignores(given["ignore"])
+    except GradscopeError as error:
+        if project.path is None or not set(project.options) & {"fail_on", "format", "ignore"}:
+            raise
+        raise GradscopeError(f"{error} (read from {project.path})") from None
+    return failing
+
+
+def check_ignores(patterns: list[str]) -> None:
+    """Refuse an ``--ignore`` pattern whose id no finding has."""
+    unknown = [p for p in patterns if p.partition(":")[0] not in FINDING_IDS]
+    if unknown:
+        raise GradscopeError(
+            f"--ignore {unknown[0]}: no finding has that id; the ids are {', '.join(FINDING_IDS)}"
+        )
 
 
 def cli_keywords(given: dict[str, Any]) -> dict[str, Any]:
@@ -430,7 +457,7 @@ def finish(
     ``--ignore`` names marked, and compared with (or written to) ``--baseline``."""
     from gradscope.baseline import against_baseline, compare, load_baseline
 
-    report.settings.config = str(project.path) if project.path else None
+    report.settings.config = shown(project.path) if project.path else None
     report = report.ignoring(list(given.get("ignore") or []))
     baseline = given.get("baseline")
     if baseline and update:
@@ -445,6 +472,22 @@ def finish(
     elif update:
         raise GradscopeError("--update-baseline needs --baseline FILE: the file to write")
     return report
+
+
+def shown(path: str | Path) -> str:
+    """A path as reports show it: relative to the working directory when it lies below it
+    (a CI's repository root), so that reports do not depend on where the checkout is."""
+    resolved = Path(path).resolve()
+    here = Path.cwd().resolve()
+    return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else str(path)
+
+
+def with_project_imports(project: ProjectConfig) -> None:
+    """Let ``model = "package.module:Class"`` import from the configuration's folder."""
+    if project.path is not None:
+        folder = str(project.path.parent.resolve())
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 def explicit_parameters(ctx: typer.Context) -> set[str]:
@@ -481,6 +524,13 @@ def check(
     exit_zero: Annotated[
         bool, typer.Option(help="Always exit 0 after the reports.", rich_help_panel=OUTPUT)
     ] = False,
+    update_baseline: Annotated[
+        bool,
+        typer.Option(
+            help="Write each model's report to the baseline its entry names.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     debug: Annotated[bool, DEBUG_OPTION] = False,
 ) -> int:
     """Check the models the project's configuration lists (or those NAMES): one summary
@@ -489,15 +539,13 @@ def check(
     given = dict(locals())
     explicit = explicit_parameters(ctx)
     project = load_config(Path(config) if config else None)
-    given.update(output_values(project.options, explicit))
-    failing = parse_fail_on(given["fail_on"])
-    check_format(given["output_format"])
-    entries = chosen_models(project, names or [])
+    failing = run_settings(given, explicit, project)
+    entries = chosen_models(project, list(dict.fromkeys(names or [])))
     checked: list[Checked] = []
     with progress_on_stderr() as progress:
         for entry in entries:
             progress(f"checking {entry.name}")
-            checked.append(check_one(entry, project, list(ignore or []), progress))
+            checked.append(check_one(entry, project, given["ignore"], progress, update_baseline))
     delivery = Delivery(given["output_format"], given["output"], given["github"], failing)
     deliver(checked, delivery, stdout_console())
     if any(entry.report is None for entry in checked):
@@ -525,22 +573,25 @@ def chosen_models(project: ProjectConfig, names: list[str]) -> list[ModelEntry]:
 
 
 def check_one(
-    entry: ModelEntry, project: ProjectConfig, ignore: list[str], progress: Callable[[str], None]
+    entry: ModelEntry,
+    project: ProjectConfig,
+    ignore: list[str],
+    progress: Callable[[str], None],
+    update: bool = False,
 ) -> Checked:
     """One model's report (its options over the project's), or why there is none."""
     from gradscope.api import analyze as run_analysis
 
     options = {**project.options, **entry.options}
-    root = project.path.parent if project.path else Path.cwd()
-    path = str(root / entry.path)
+    path = shown(entry.path)
     values = {
-        "ignore": [*ignore, *as_list(options.get("ignore", []))],
-        "baseline": str(root / options["baseline"]) if options.get("baseline") else None,
+        "ignore": run_ignores(ignore, entry.options),
+        "baseline": options.get("baseline"),
         "regression_tolerance": options.get("regression_tolerance", DEFAULT_TOLERANCE),
     }
     try:
         report = run_analysis(path, **analysis_keywords(options, set()), progress=progress)
-        return Checked(entry.name, path, finish(report, values, project))
+        return Checked(entry.name, path, finish(report, values, project, update))
     except GradscopeError as error:
         return Checked(entry.name, path, error=str(error))
     except Exception as error:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import GradscopeError
+from gradscope.options import AnalysisOptions, LoadOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,7 +153,7 @@ def load_config(path: Path | None = None, start: Path | None = None) -> ProjectC
     models = section.pop("models", [])
     if not isinstance(models, list) or not all(isinstance(m, Mapping) for m in models):
         raise GradscopeError(f"{path}: models must be [[tool.gradscope.models]] tables")
-    options = _checked(section, OPTION_KEYS, path, "[tool.gradscope]")
+    options = _resolved(_checked(section, OPTION_KEYS, path, "[tool.gradscope]"), path.parent)
     entries = tuple(_model(dict(entry), index, path) for index, entry in enumerate(models))
     names = [entry.name for entry in entries]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -165,14 +166,77 @@ def _model(entry: dict[str, Any], index: int, path: Path) -> ModelEntry:
     where = f"[[tool.gradscope.models]] #{index + 1}"
     if "path" not in entry:
         raise GradscopeError(f"{path}: {where} needs a path (the checkpoint to check)")
-    checked = _checked(entry, {**MODEL_KEYS, **OPTION_KEYS}, path, where)
+    run_wide = sorted(set(entry) & set(RUN_KEYS))
+    if run_wide:
+        raise GradscopeError(
+            f"{path}: {', '.join(run_wide)} in {where} applies to the whole run: set it in "
+            "[tool.gradscope] or on the command line"
+        )
+    checked = _resolved(_checked(entry, {**MODEL_KEYS, **OPTION_KEYS}, path, where), path.parent)
     name = checked.pop("name", None) or Path(checked["path"]).stem
     return ModelEntry(name, checked.pop("path"), checked)
 
 
+#: Keys that say where files are; read from the configuration file's folder.
+PATH_KEYS = ("path", "output", "baseline", "probe")
+#: Keys of the whole run, not of one model.
+RUN_KEYS = ("format", "fail_on", "exit_zero", "output", "github")
+
+
+def _resolved(options: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``options`` with its file paths (and a ``file.py:Class`` model) read from ``root``."""
+    resolved = dict(options)
+    for key in PATH_KEYS:
+        value = resolved.get(key)
+        if isinstance(value, str) and value not in ("gaussian", "zeros"):
+            resolved[key] = str(root / value)
+    model = resolved.get("model")
+    if isinstance(model, str) and ".py:" in model:
+        file, _, name = model.rpartition(":")
+        resolved["model"] = f"{root / file}:{name}"
+    return resolved
+
+
+#: The field of AnalysisOptions or LoadOptions each key sets, where its name differs.
+FIELDS = {"horizon": "distance", "depth": "granularity", "cell": "cells"}
+FIELDS |= {"allow_global": "allow_globals"}
+LOAD_KEYS = ("model", "model_args", "trust", "allow_global", "nonlinearity")
+
+
+def _valid(values: dict[str, Any], path: Path, where: str) -> None:
+    """Refuse a value of the right kind but out of range or choice (``steps = -5``,
+    ``dtype = "float16"``) before anything is loaded, naming the key and the file."""
+    load, analysis = {}, {}
+    for key, value in values.items():
+        if key in OPTION_KEYS and key not in OUTPUT_KEYS:
+            target = load if key in LOAD_KEYS else analysis
+            if key in ("allow_global", "cell"):
+                value = tuple(as_list(value))
+            elif key == "depth":
+                value = str(value)
+            elif key == "model_args" and isinstance(value, dict):
+                continue
+            target[FIELDS.get(key, key)] = value
+    tolerance = values.get("regression_tolerance", 0.0)
+    try:
+        LoadOptions(**load)
+        AnalysisOptions(**analysis)
+        if not 0 <= tolerance < 1:
+            raise GradscopeError(f"regression_tolerance must lie in [0, 1), not {tolerance}")
+    except GradscopeError as error:
+        raise GradscopeError(f"{path}: {where}: {_as_keys(str(error))}") from None
+
+
+def _as_keys(message: str) -> str:
+    """A message about command-line flags (``--steps``) reworded for config keys."""
+    for key in sorted({*OPTION_KEYS, *FIELDS.values()}, key=len, reverse=True):
+        message = message.replace(f"--{key.replace('_', '-')}", key)
+    return message
+
+
 def _checked(values: dict[str, Any], keys: dict[str, str], path: Path, where: str) -> dict:
-    """``values`` with every key known and of its kind, or one line naming the first that
-    is not."""
+    """``values`` with every key known, of its kind and in range, or one line naming the
+    first that is not."""
     for key, value in values.items():
         kind = keys.get(key)
         if kind is None:
@@ -182,6 +246,7 @@ def _checked(values: dict[str, Any], keys: dict[str, str], path: Path, where: st
         test, words = KINDS[kind]
         if not test(value):
             raise GradscopeError(f"{path}: {key} in {where} must be {words}, not {value!r}")
+    _valid(values, path, where)
     return dict(values)
 
 
@@ -214,6 +279,11 @@ def analysis_keywords(options: Mapping[str, Any], explicit: set[str]) -> dict[st
     return keywords
 
 
+def run_ignores(given: list[str], options: Mapping[str, Any]) -> list[str]:
+    """The command line's ``--ignore`` patterns and the configuration's, together."""
+    return list(dict.fromkeys([*given, *as_list(options.get("ignore", []))]))
+
+
 def output_values(options: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
     """The output keys the configuration sets (``fail_on`` as comma-separated text, lists as
     lists), but for the parameters given on the command line."""
@@ -222,9 +292,9 @@ def output_values(options: Mapping[str, Any], explicit: set[str]) -> dict[str, A
         if key not in options or PARAMETERS.get(key, key) in explicit:
             continue
         value = options[key]
+        if key == "ignore":
+            continue  # ignores add up: see run_ignores
         if key == "fail_on":
             value = ",".join(as_list(value))
-        elif key == "ignore":
-            value = as_list(value)
         values[PARAMETERS.get(key, key)] = value
     return values

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -451,9 +453,24 @@ def run(
     progress: Progress = quiet,
 ) -> Report:
     """The whole analysis of ``source`` (a checkpoint path or a module)."""
-    progress("loading the model")
-    planned = plan(load(source, load_options, options))
-    results = measure(planned, progress)
-    length = _length(planned, results)
-    diagnosis = judge(results, options, length[0], cover(planned, results))
-    return assemble(planned, results, diagnosis, options, length)
+    with without_internal_deprecations():
+        progress("loading the model")
+        planned = plan(load(source, load_options, options))
+        results = measure(planned, progress)
+        length = _length(planned, results)
+        diagnosis = judge(results, options, length[0], cover(planned, results))
+        return assemble(planned, results, diagnosis, options, length)
+
+
+#: Deprecations PyTorch raises inside its own code as gradscope calls it (torch.func's
+#: forward mode scripts a helper): not the user's to act on, and an error under -W error.
+INTERNAL_DEPRECATIONS = r".*`torch\.jit\.script` is deprecated"
+
+
+@contextmanager
+def without_internal_deprecations() -> Iterator[None]:
+    """Keep PyTorch's warnings about its own internals out of the user's output."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", message=INTERNAL_DEPRECATIONS, category=category)
+        yield

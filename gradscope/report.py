@@ -49,6 +49,15 @@ INCOMPLETE = "incomplete"
 REGRESSION = "regression"
 #: The kind (and id) of a finding on a part no view measured.
 NOT_MEASURED = "not-measured"
+#: The ids a finding can have (what ``--ignore`` names).
+FINDING_IDS = (
+    "vanishing-gradient",
+    "exploding-gradient",
+    "nonfinite-values",
+    "transient-growth",
+    NOT_MEASURED,
+    "regression",
+)
 FAIL_ON_CHOICES = (*FAILING_STATUSES, UNMEASURED_RECURRENCE, INCOMPLETE, REGRESSION)
 #: What fails by default: every non-healthy status, a recurrence left unmeasured, and a part
 #: worse than its baseline.

@@ -49,7 +49,7 @@ def test_the_config_sets_options_and_the_command_line_wins(project, capsys):
     assert main(["analyze", "rnn.pt"]) in (0, 1)
     settings = json_of(capsys)["settings"]
     assert (settings["steps"], settings["epsilon"]) == (STEPS, 1e-2)
-    assert settings["config"] == str(project / "pyproject.toml")
+    assert settings["config"] == "pyproject.toml"  # shown from the working directory
     main(["analyze", "rnn.pt", "--steps", "10", "--epsilon", "0.001"])
     settings = json_of(capsys)["settings"]
     assert (settings["steps"], settings["epsilon"]) == (10, 1e-3)
@@ -200,11 +200,22 @@ def test_the_composite_action_runs_gradscope_check_with_its_inputs(project):
         ["bash", "-c", action_script()], env=env, capture_output=True, text=True, cwd=project
     )
     assert run.returncode == 1 and '<testsuite name="short"' in run.stdout
+    env["GRADSCOPE_ARGS"] = 'short --ignore "vanishing-gradient" --fail-on "vanishing,*"'
+    env["GRADSCOPE_FORMAT"] = ""  # the configuration's format, else text
+    run = subprocess.run(
+        ["bash", "-c", action_script()], env=env, capture_output=True, text=True, cwd=project
+    )
+    assert run.returncode == 2 and "--fail-on 'vanishing,*'" in run.stderr  # quoted, unexpanded
+    env["GRADSCOPE_ARGS"] = 'short --ignore "vanishing-gradient"'
+    run = subprocess.run(
+        ["bash", "-c", action_script()], env=env, capture_output=True, text=True, cwd=project
+    )
+    assert run.returncode == 0 and "gradscope check" in run.stdout
 
 
 def test_the_pre_commit_hook_runs_gradscope_check():
     hooks = (Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text()
-    assert "id: gradscope-check" in hooks and "entry: gradscope check" in hooks
+    assert "id: gradscope-check\n" in hooks and "entry: gradscope check" in hooks
     assert "pass_filenames: false" in hooks
 
 
@@ -216,7 +227,7 @@ def test_the_pre_commit_hook_runs_gradscope_check():
         (["--baseline", "rnn.pt"], "not a JSON report"),
         (["--baseline", "b.json", "--regression-tolerance", "1.5"], "must lie in [0, 1)"),
         (["--format", "yaml"], "--format 'yaml': choose one of text, json, markdown"),
-        (["--output", "missing/dir/r.md"], "--output missing/dir/r.md: cannot write it"),
+        (["--output", "rnn.pt/r.md"], "--output rnn.pt/r.md: cannot write it"),
         (["--config", "nowhere.toml"], "--config nowhere.toml: no such file"),
     ],
 )
@@ -251,3 +262,90 @@ def test_check_without_models_says_how_to_list_them(project, capsys):
     (project / "pyproject.toml").write_text("[tool.gradscope]\nsteps = 10\n")
     assert main(["check"]) == 2
     assert "no models to check; add one [[tool.gradscope.models]]" in capsys.readouterr().err
+
+
+def test_regressions_show_on_their_part_in_every_format(project, capsys):
+    args = ["analyze", "rnn.pt", "--steps", str(STEPS), "--baseline", "b.json"]
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    main([*args, "--update-baseline"])
+    rnn_checkpoint(project / "rnn.pt", 0.97)
+    capsys.readouterr()
+    main([*args, "-f", "junit"])
+    from xml.etree import ElementTree
+
+    root = ElementTree.fromstring(capsys.readouterr().out.split("\n", 1)[1])
+    failing = [
+        case.get("name") for case in root.iter("testcase") if case.find("failure") is not None
+    ]
+    assert failing == ["(model)"]  # the core's own case, not coverage
+    main([*args, "-f", "markdown"])
+    markdown = capsys.readouterr().out
+    assert markdown.startswith("### gradscope: healthy, worse than the baseline")
+    assert "| (model) | memory horizon |" in markdown and "**worse**" in markdown
+    main(args)
+    assert "Against the baseline b.json" in capsys.readouterr().out
+
+
+def test_a_baseline_of_another_kind_of_cell_or_other_settings_is_refused(project, capsys):
+    torch.manual_seed(0)
+    torch.save(nn.LSTM(8, 8).state_dict(), project / "lstm.pt")
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    main(["analyze", "lstm.pt", "--steps", "8", "--baseline", "b.json", "--update-baseline"])
+    capsys.readouterr()
+    assert main(["analyze", "rnn.pt", "--steps", "8", "--baseline", "b.json"]) == 2
+    assert "is a report of another model" in capsys.readouterr().err
+    args = ["analyze", "lstm.pt", "--steps", "8", "--baseline", "b.json", "--epsilon", "0.1"]
+    assert main(args) == 2
+    assert "was measured with epsilon 0.001, this run with 0.1" in capsys.readouterr().err
+
+
+def test_a_step_summary_that_cannot_be_written_is_a_warning_not_the_outcome(
+    project, capsys, monkeypatch
+):
+    rnn_checkpoint(project / "rnn.pt", 0.5)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(project / "missing" / "summary.md"))
+    assert main(["analyze", "rnn.pt", "--steps", str(STEPS)]) == 1
+    assert "warning: cannot append to GITHUB_STEP_SUMMARY" in capsys.readouterr().err
+
+
+def test_output_makes_its_folder(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.99)
+    assert main(["analyze", "rnn.pt", "--steps", "8", "-f", "junit", "--output", "r/j.xml"]) == 0
+    assert (project / "r" / "j.xml").is_file()
+
+
+def test_an_ignore_no_finding_can_match_is_refused(project, capsys):
+    rnn_checkpoint(project / "rnn.pt", 0.5)
+    assert main(["analyze", "rnn.pt", "--steps", "8", "--ignore", "vanishing"]) == 2
+    assert "no finding has that id; the ids are vanishing-gradient" in capsys.readouterr().err
+
+
+def test_check_from_a_subfolder_reads_paths_from_the_config_and_lists_ignores(
+    project, capsys, monkeypatch
+):
+    rnn_checkpoint(project / "rnn.pt", 0.5)
+    (project / "pyproject.toml").write_text(
+        f'[tool.gradscope]\nsteps = {STEPS}\noutput = "reports/r.md"\nformat = "markdown"\n'
+        'ignore = ["vanishing-gradient"]\n'
+        '[[tool.gradscope.models]]\nname = "rnn"\npath = "rnn.pt"\n'
+    )
+    (project / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(project / "src" / "deep")
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "rnn: ○ ignored (vanishing-gradient)" in " ".join(out.split())
+    summary = (project / "reports" / "r.md").read_text()
+    assert "ignored findings" in summary and "- ignored `vanishing-gradient`" in summary
+
+
+def test_pytorch_deprecations_from_its_own_internals_never_reach_the_user(project):
+    import warnings
+
+    import gradscope
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = gradscope.analyze(nn.LSTM(4, 8, batch_first=True), steps=8)
+    assert report.recurrent

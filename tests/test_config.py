@@ -49,10 +49,34 @@ def test_models_and_a_gradscope_toml_with_top_level_keys(tmp_path):
     first, second = config.models
     assert (first.name, first.path, first.options) == (
         "encoder",
-        "enc.pt",
+        str(tmp_path / "enc.pt"),  # read from the configuration's folder
         {"horizon": 200, "cell": "decoder.cell"},
     )
-    assert (second.name, second.path) == ("b", "b.pt")  # named after its file
+    assert (second.name, second.path) == ("b", str(tmp_path / "b.pt"))  # named after its file
+
+
+def test_paths_and_script_models_are_read_from_the_configurations_folder(tmp_path):
+    path = write(
+        tmp_path / "proj" / "pyproject.toml",
+        '[tool.gradscope]\noutput = "reports/r.xml"\nbaseline = "b.json"\nprobe = "gaussian"\n'
+        '[[tool.gradscope.models]]\npath = "m.pt"\nmodel = "nets.py:Net"\nprobe = "x.pt"\n',
+    )
+    config = load_config(path)
+    folder = tmp_path / "proj"
+    assert config.options["output"] == str(folder / "reports/r.xml")
+    assert config.options["baseline"] == str(folder / "b.json")
+    assert config.options["probe"] == "gaussian"
+    (model,) = config.models
+    assert model.options == {"model": f"{folder / 'nets.py'}:Net", "probe": str(folder / "x.pt")}
+
+
+def test_a_key_of_the_whole_run_in_a_model_entry_is_refused(tmp_path):
+    path = write(
+        tmp_path / "pyproject.toml",
+        '[tool.gradscope]\n[[tool.gradscope.models]]\npath = "m.pt"\nfail_on = ["exploding"]\n',
+    )
+    with pytest.raises(GradscopeError, match=r"fail_on in .* applies to the whole run"):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +104,20 @@ def test_a_bad_key_or_value_is_one_line_naming_the_key_and_the_file(tmp_path, te
 def test_a_missing_config_file_is_refused(tmp_path):
     with pytest.raises(GradscopeError, match=r"--config .*no such file"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("steps = -5", r"\[tool.gradscope\]: steps must be a positive number"),
+        ("dtype = 'float16'", r"\[tool.gradscope\]: dtype must be float32 or float64"),
+        ("horizon = 0", r"\[tool.gradscope\]: horizon must be a positive number"),
+        ("regression_tolerance = 2.0", r"regression_tolerance must lie in \[0, 1\)"),
+        ("[[tool.gradscope.models]]\npath = 'a.pt'\nbatch = 0", r"#1: batch must be a positive"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_before_anything_loads(tmp_path, text, message):
+    path = write(tmp_path / "pyproject.toml", "[tool.gradscope]\n" + text + "\n")
+    with pytest.raises(GradscopeError, match=message) as error:
+        load_config(path)
+    assert str(error.value).startswith(str(path))

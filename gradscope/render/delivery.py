@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,26 @@ def on_github(delivery: Delivery) -> bool:
 
 
 def _to_file(path: str, text: str) -> None:
+    """Write ``text`` to ``--output path``, making its folders as pytest's --junitxml does."""
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text, encoding="utf-8")
     except OSError as error:
         raise GradscopeError(f"--output {path}: cannot write it ({error.strerror})") from None
+
+
+def _to_step_summary(path: str, text: str) -> None:
+    """Append to GitHub's step summary; a file that cannot be written is a warning, never the
+    run's outcome."""
+    try:
+        with Path(path).open("a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        print(
+            f"gradscope: warning: cannot append to GITHUB_STEP_SUMMARY {path} "
+            f"({error.strerror}); the report above is complete",
+            file=sys.stderr,
+        )
 
 
 def deliver(reports: Report | list[Checked], delivery: Delivery, stdout: Console) -> None:
@@ -61,5 +78,6 @@ def deliver(reports: Report | list[Checked], delivery: Delivery, stdout: Console
         emit("github", stdout)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:
-            with Path(summary).open("a", encoding="utf-8") as handle:
-                emit("markdown", Console(file=handle, no_color=True, soft_wrap=True))
+            buffer = io.StringIO()
+            emit("markdown", Console(file=buffer, no_color=True, soft_wrap=True))
+            _to_step_summary(summary, buffer.getvalue())

@@ -6,13 +6,13 @@ from __future__ import annotations
 from rich.console import Console
 
 from gradscope.render import Checked
-from gradscope.render.parts import Part, other_findings, parts
+from gradscope.render.parts import Part, other_findings, parts, worse_than_baseline
 from gradscope.report import DEFAULT_FAIL_ON, Finding, Report
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a markdown table cell (or a heading): no pipes, line breaks or tags."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
 def _row(cells: list[str]) -> str:
@@ -48,9 +48,31 @@ def _rows(name: str, report: Report) -> list[tuple[str, Part | None, str]]:
     return [(name if i == 0 else "", part, part.status) for i, part in enumerate(found)]
 
 
+def _number(value: float | None) -> str:
+    return "∞" if value is None else f"{value:.3g}"
+
+
+def _baseline(report: Report) -> list[str]:
+    """Every number against the baseline, before and after."""
+    comparison = report.baseline
+    if comparison is None:
+        return []
+    lines = ["", f"Against the baseline `{comparison.path}`:", ""]
+    lines += [
+        _row(["part", "metric", "before", "after", "worse"]),
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for change in comparison.changes:
+        metric = change.metric.replace("lambda_1", "λ1").replace("_", " ")
+        after, worse = _number(change.after), "**worse**" if change.worse else ""
+        lines.append(_row([change.where, metric, _number(change.before), after, worse]))
+    return lines
+
+
 def _details(report: Report) -> list[str]:
     lines = [_finding(f) for part in parts(report) for f in part.findings]
     lines += [_finding(f) for f in other_findings(report)]
+    lines += _baseline(report)
     for fix in report.fixes:
         lines += ["", f"#### Fix `{fix.id}`: {fix.title}", "", fix.detail, "", "```python"]
         lines += [fix.snippet, "```"]
@@ -66,7 +88,8 @@ class MarkdownRenderer:
     def write(self, report: Report, console: Console) -> None:
         """Write one model's report."""
         name = report.model.path or report.model.class_name or "model"
-        lines = [f"### gradscope: {_status(report.status)}", ""]
+        worse = ", worse than the baseline" if worse_than_baseline(report.findings) else ""
+        lines = [f"### gradscope: {_status(report.status)}{worse}", ""]
         lines += _table(_rows(name, report))
         details = _details(report)
         lines += ["", *details] if details else []
@@ -75,6 +98,11 @@ class MarkdownRenderer:
     def write_checks(self, checked: list[Checked], console: Console) -> None:
         """Write every model ``check`` ran: one table, then the details of what failed."""
         failing = [c for c in checked if c.report is None or c.report.fails(self.fail_on)]
+        ignoring = [
+            c
+            for c in checked
+            if c not in failing and c.report and any(f.ignored for f in c.report.findings)
+        ]
         lines = [f"### gradscope check: {len(checked) - len(failing)} of {len(checked)} pass", ""]
         rows = []
         for entry in checked:
@@ -84,8 +112,11 @@ class MarkdownRenderer:
                 rows += _rows(entry.name, entry.report)
         lines += _table(rows)
         for entry in failing:
-            lines += ["", f"#### {entry.name} (`{entry.path}`)", ""]
+            lines += ["", f"#### {_cell(entry.name)} (`{entry.path}`)", ""]
             lines += [f"- error: {entry.error}"] if entry.report is None else _details(entry.report)
+        for entry in ignoring:
+            lines += ["", f"#### {_cell(entry.name)} (`{entry.path}`), ignored findings", ""]
+            lines += [_finding(f) for f in entry.report.findings if f.ignored]
         self._emit(lines, console)
 
     @staticmethod

@@ -3,10 +3,11 @@ findings about each: what summary tables and test reports list. Reads the report
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from gradscope.report import Finding, RecurrentCore, Report
+from gradscope.report import REGRESSION, Finding, RecurrentCore, Report
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,19 @@ def _about_core(finding: Finding, core: RecurrentCore) -> bool:
     )
 
 
+def worse_than_baseline(findings: list[Finding]) -> bool:
+    """Whether a regression against the baseline, not ignored, is among ``findings``."""
+    return any(f.kind == REGRESSION and not f.ignored for f in findings)
+
+
+def _status(status: str, findings: list[Finding]) -> str:
+    """A part's status, ``regression`` where it is healthy but worse than its baseline."""
+    return REGRESSION if status == "healthy" and worse_than_baseline(findings) else status
+
+
 def parts(report: Report) -> list[Part]:
-    """Every core, then the stack, then the sequence view, with their findings."""
+    """Every core, then the stack, then the sequence view, with their findings; a healthy
+    part worse than its baseline has the status ``regression``."""
     found = []
     for core in report.recurrent:
         found.append(
@@ -78,7 +90,11 @@ def parts(report: Report) -> list[Part]:
                 [f for f in report.findings if f.where.get("view") == "sequence"],
             )
         )
-    return found
+    return [_with_status(part) for part in found]
+
+
+def _with_status(part: Part) -> Part:
+    return dataclasses.replace(part, status=_status(part.status, part.findings))
 
 
 def other_findings(report: Report) -> list[Finding]:

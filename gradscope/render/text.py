@@ -33,6 +33,7 @@ STATUS_STYLE = {
     "exploding": "bold red",
     "nonfinite": "bold magenta",
     "not-measured": "bold cyan",
+    "regression": "bold red",
 }
 SHORT_DIRECTION = {"forward": "fwd", "reverse": "rev"}
 #: At most this many gradient charts; the rest of the cores are in the table only.
@@ -416,6 +417,11 @@ class TextRenderer:
                 console.print(verdict(entry.report))
                 for panel in fix_panels(entry.report):
                     console.print(panel)
+            else:
+                for finding in entry.report.findings:
+                    if finding.ignored:
+                        text = f"{entry.name}: ○ ignored ({finding.id}): {finding.message}"
+                        console.print(text, style="dim")
 
     def write(self, report: Report, console: Console) -> None:
         """Print the whole terminal report."""
