@@ -606,6 +606,87 @@ def check_one(
 
 
 @app.command()
+def compare(
+    ctx: typer.Context,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Checkpoints or saved JSON reports, in order; a quoted glob "
+            '("ckpts/epoch-*.pt") is expanded in natural order, epoch-2 before epoch-10.',
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="The class for a state_dict, as for analyze.", rich_help_panel=LOADING),
+    ] = None,
+    model_args: Annotated[
+        str | None,
+        typer.Option(help="JSON keyword arguments for --model.", rich_help_panel=LOADING),
+    ] = None,
+    trust: Annotated[
+        bool, typer.Option(help="Load files that hold code.", rich_help_panel=LOADING)
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="Probe length T.", rich_help_panel=ANALYSIS)
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option(help="Probe batch.", rich_help_panel=ANALYSIS)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed.", rich_help_panel=ANALYSIS)] = DEFAULTS.seed,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(metavar="SHAPE", help="Full input shape.", rich_help_panel=ANALYSIS),
+    ] = None,
+    cell: Annotated[
+        list[str] | None, typer.Option(help="A custom cell's path.", rich_help_panel=ANALYSIS)
+    ] = None,
+    horizon: Annotated[
+        int | None, typer.Option(help="Distance L to judge over.", rich_help_panel=ANALYSIS)
+    ] = None,
+    config: CONFIG_OPTION = None,
+    output_format: Annotated[
+        str,
+        typer.Option("--format", "-f", help="text, json or markdown.", rich_help_panel=OUTPUT),
+    ] = "text",
+    debug: Annotated[bool, DEBUG_OPTION] = False,
+) -> int:
+    """Compare checkpoints (or saved reports) side by side: a table per core, stack and
+    sequence view with a column per input, and the change from the first to the last. Other
+    analysis options come from the configuration; exit 1 when the last input fails."""
+    from gradscope.compare import compare as series
+    from gradscope.compare import expanded, read_reports
+    from gradscope.render.compare import ComparisonRenderer
+
+    if output_format not in ("text", "json", "markdown"):
+        raise GradscopeError(f"--format {output_format!r}: compare writes text, json or markdown")
+    explicit = explicit_parameters(ctx)
+    project = load_config(Path(config) if config else None)
+    with_project_imports(project)
+    given = {"model": model, "model_args": model_args, "trust": trust, "steps": steps}
+    given |= {"batch": batch, "seed": seed, "input_shape": input_shape or None}
+    given |= {"cells": tuple(cell or ()), "horizon": horizon}
+    keywords = {key: value for key, value in given.items() if value is not None}
+    keywords.update(analysis_keywords(project.options, explicit))
+    named: list[tuple[str, dict]] = []
+    from gradscope.api import analyze as run_analysis
+
+    with progress_on_stderr() as progress:
+        for path in expanded(inputs):
+            saved = read_reports(path)
+            if saved is not None:
+                named += saved
+                continue
+            progress(f"analysing {path}")
+            named.append((path, run_analysis(path, **keywords, progress=progress).to_dict()))
+    if len(named) < 2:
+        raise GradscopeError("compare needs two inputs or more (checkpoints or JSON reports)")
+    comparison = series(named)
+    ComparisonRenderer(output_format).write(comparison, stdout_console())
+    return 1 if comparison.fails() else 0
+
+
+@app.command()
 def demo(
     output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
     steps: Annotated[int, typer.Option(help="Probe length T.")] = 100,

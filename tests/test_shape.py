@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gradscope"
 
 #: Plain data and pure functions that any layer may import.
 SHARED = {"gradscope", "gradscope.errors", "gradscope.options", "gradscope.report"}
-SHARED |= {"gradscope.theory", "gradscope.taxonomy", "gradscope.baseline"}
+SHARED |= {"gradscope.theory", "gradscope.taxonomy", "gradscope.baseline", "gradscope.compare"}
 #: What each layer may import besides SHARED and its own package; every module is in a layer.
 ALLOWED = {
     "gradscope": {"gradscope.api"},
@@ -25,6 +25,7 @@ ALLOWED = {
     "gradscope.options": set(),
     "gradscope.config": set(),
     "gradscope.baseline": set(),
+    "gradscope.compare": set(),
     "gradscope.report": set(),
     "gradscope.theory": set(),
     "gradscope.taxonomy": set(),
@@ -92,6 +93,8 @@ TORCH_FREE = [
     "gradscope.render.junit",
     "gradscope.render.delivery",
     "gradscope.render.parts",
+    "gradscope.render.compare",
+    "gradscope.compare",
 ]
 
 
