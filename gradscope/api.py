@@ -42,6 +42,7 @@ def analyze(
     power_iterations: int = DEFAULTS.power_iterations,
     detect_cells: bool = DEFAULTS.detect_cells,
     loss_at: int | str = DEFAULTS.loss_at,
+    what_if: bool = DEFAULTS.what_if,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Probe a model and diagnose its gradient flow over time and over depth.
@@ -64,7 +65,8 @@ def analyze(
 
     Judging: ``horizon`` (the distance L to learn across; default each core's length),
     ``epsilon`` (a change by 1/epsilon within L fails), ``loss_at`` (the step the sequence
-    view's loss reads: ``last``, ``all`` or a step number). Over time: ``burn_in``,
+    view's loss reads: ``last``, ``all`` or a step number), ``what_if`` (apply each fix gradscope
+    can to a copy and measure its effect). Over time: ``burn_in``,
     ``exponents``, ``spectrum_steps``; over depth: ``depth`` (``blocks``, ``leaves`` or N
     levels), ``chi_probes``, ``power_iterations``. ``progress`` receives one line per stage.
 
@@ -105,6 +107,7 @@ def analyze(
         power_iterations=power_iterations,
         detect_cells=detect_cells,
         loss_at=loss_at,
+        what_if=what_if,
     )
     from gradscope.pipeline import quiet, run
 

@@ -282,6 +282,15 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = str(DEFAULTS.loss_at),
+    what_if: Annotated[
+        bool,
+        typer.Option(
+            "--what-if/--no-what-if",
+            help="Apply each fix gradscope can to a copy of the model and measure its effect "
+            "(about one more analysis per such fix).",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = DEFAULTS.what_if,
     depth: Annotated[
         str,
         typer.Option(
@@ -447,6 +456,7 @@ def cli_keywords(given: dict[str, Any]) -> dict[str, Any]:
         "power_iterations": given["power_iterations"],
         "detect_cells": given["detect_cells"],
         "loss_at": given["loss_at"],
+        "what_if": given["what_if"],
     }
 
 

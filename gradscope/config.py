@@ -74,6 +74,7 @@ OPTION_KEYS: dict[str, str] = {
     "output_key": "str",
     "cell": "strings",
     "detect_cells": "bool",
+    "what_if": "bool",
     "loss_at": "int_or_str",
     "depth": "int_or_str",
     "chi_probes": "int",

@@ -65,7 +65,8 @@ class AnalysisOptions:
     core's own length); ``granularity`` that of the depth view (``--depth``). ``detect_cells``:
     find modules the model loops as recurrent cells and step them as ``--cell`` would.
     ``loss_at``: the time step the sequence view's loss reads (``last``, ``all``, or a step
-    number, negative from the end).
+    number, negative from the end). ``what_if``: apply each fix gradscope can to a copy of
+    the model and measure its effect.
     """
 
     steps: int | None = None
@@ -89,6 +90,7 @@ class AnalysisOptions:
     input_shapes: tuple[tuple[str | None, tuple[int, ...]], ...] = ()
     detect_cells: bool = True
     loss_at: int | str = "last"
+    what_if: bool = True
 
     def __post_init__(self) -> None:
         shapes = parse_input_shapes(self.input_shape) if self.input_shape is not None else ()

@@ -19,7 +19,7 @@ from torch import nn
 from gradscope import __version__
 from gradscope.coverage import module_coverage, parts_coverage
 from gradscope.diagnosis import Diagnosis, diagnose
-from gradscope.diagnosis.verdict import with_distances
+from gradscope.diagnosis.verdict import assess_cores, with_distances, worst
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
@@ -31,7 +31,7 @@ from gradscope.options import (
     LoadOptions,
 )
 from gradscope.probe import Probe, make_probe
-from gradscope.report import Coverage, Note, RecurrentCore, Report, Settings
+from gradscope.report import Coverage, Fix, FixEffect, Note, RecurrentCore, Report, Settings
 from gradscope.taxonomy import recurrent_modules
 from gradscope.views import (
     DepthView,
@@ -396,9 +396,78 @@ def assemble(
         layers=diagnosis.layers,
         stack=diagnosis.stack,
         findings=diagnosis.findings,
-        fixes=build_fixes(diagnosis, options.epsilon),
+        fixes=_what_if(planned, diagnosis, build_fixes(diagnosis, options.epsilon), requested),
         coverage=diagnosis.coverage,
     )
+
+
+def _what_if(
+    planned: Plan, diagnosis: Diagnosis, fixes: list[Fix], requested: AnalysisOptions
+) -> list[Fix]:
+    """The fixes with their effect measured on a copy of the model where gradscope can apply
+    them (``--what-if``), those that helped first and those that did not last; a fix that
+    changes nothing measurable says so."""
+    from gradscope.whatif import NOT_MEASURABLE, measure_fix
+
+    subject = planned.subject
+    if not requested.what_if or subject.module is None or subject.probe is None:
+        return fixes
+    by_key = {(core.name, core.layer, core.direction): core for core in diagnosis.cores}
+    measured = []
+    for fix in fixes:
+        if fix.id in NOT_MEASURABLE:
+            measured.append(dataclasses.replace(fix, measured=NOT_MEASURABLE[fix.id]))
+            continue
+        involved = [
+            by_key[finding.evidence.key]
+            for finding in diagnosis.findings
+            if fix.id in finding.fixes
+            and finding.evidence is not None
+            and finding.evidence.key in by_key
+        ]
+        try:
+            result = measure_fix(subject.module, subject.probe, subject.options, fix.id, involved)
+        except GradscopeError as error:
+            measured.append(dataclasses.replace(fix, measured=f"not measured: {error}"))
+            continue
+        if result is None or not involved:
+            measured.append(fix)
+            continue
+        steps = subject.probe.steps
+        after = assess_cores(
+            with_distances(result.cores, requested.distance, steps), requested.epsilon
+        )
+        after_by_key = {(core.name, core.layer, core.direction): core for core in after}
+        effect, statuses = [], []
+        unique = {(core.name, core.layer, core.direction): core for core in involved}
+        for key, core in unique.items():
+            fixed = after_by_key.get(key)
+            if fixed is None:
+                continue
+            effect += [
+                FixEffect(core.label, "memory_horizon", core.memory_horizon, fixed.memory_horizon),
+                FixEffect(core.label, "lambda_1", core.top_exponent, fixed.top_exponent),
+            ]
+            statuses.append(fixed.status)
+        measured.append(
+            dataclasses.replace(
+                fix, effect=effect, status_after=worst(statuses), measured=result.change
+            )
+        )
+    return sorted(measured, key=_benefit_rank)
+
+
+def _benefit_rank(fix: Fix) -> int:
+    """0: measured to lengthen a horizon; 1: not measured; 2: measured, and it did not."""
+    horizons = [e for e in fix.effect if e.metric == "memory_horizon"]
+    if not horizons:
+        return 1
+    longer = any(
+        (e.after is None and e.before is not None)
+        or (e.after is not None and e.before is not None and e.after > e.before)
+        for e in horizons
+    )
+    return 0 if longer else 2
 
 
 def _settings(

@@ -394,13 +394,28 @@ class Finding:
 
 
 @dataclass
+class FixEffect:
+    """One number of a part before the fix and after it, measured on a copy of the model."""
+
+    where: str
+    metric: str
+    before: float | None
+    after: float | None
+
+
+@dataclass
 class Fix:
-    """One remedy, with why it applies and a snippet that fits the model at hand."""
+    """One remedy, with why it applies and a snippet that fits the model at hand; ``effect``
+    and ``status_after`` where it was applied to a copy and measured (``measured`` says what
+    was changed, or why nothing could be measured)."""
 
     id: str
     title: str
     detail: str
     snippet: str
+    effect: list[FixEffect] = field(default_factory=list)
+    status_after: str | None = None
+    measured: str | None = None
 
 
 def finding_fails(finding: Finding, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:

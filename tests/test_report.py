@@ -24,7 +24,15 @@ def test_json_has_the_contract_keys_in_order_and_nulls_for_non_finite():
     assert set(entry["jacobian"]) >= {"spectral_radius", "sigma_max"}
     finding = data["findings"][0]
     assert set(finding) == {"id", "kind", "severity", "where", "message", "fixes", "ignored"}
-    assert set(data["fixes"][0]) == {"id", "title", "detail", "snippet"}
+    assert set(data["fixes"][0]) == {
+        "id",
+        "title",
+        "detail",
+        "snippet",
+        "effect",
+        "status_after",
+        "measured",
+    }
 
 
 def test_assert_healthy_raises_an_assertion_error_with_the_diagnosis():

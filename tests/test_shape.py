@@ -43,6 +43,7 @@ ALLOWED = {
     },
     "gradscope.depth": {"gradscope.numerics", "gradscope.probe", "gradscope.dataflow"},
     "gradscope.sequence": {"gradscope.numerics", "gradscope.probe"},
+    "gradscope.whatif": {"gradscope.numerics", "gradscope.probe", "gradscope.recurrent"},
     "gradscope.diagnosis": set(),
     "gradscope.fixes": {"gradscope.diagnosis"},
     "gradscope.render": set(),
@@ -56,6 +57,7 @@ ALLOWED = {
     },
     "gradscope.pipeline": {
         "gradscope.views",
+        "gradscope.whatif",
         "gradscope.coverage",
         "gradscope.diagnosis",
         "gradscope.fixes",

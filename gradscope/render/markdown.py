@@ -74,8 +74,17 @@ def _details(report: Report) -> list[str]:
     lines += [_finding(f) for f in other_findings(report)]
     lines += _baseline(report)
     for fix in report.fixes:
-        lines += ["", f"#### Fix `{fix.id}`: {fix.title}", "", fix.detail, "", "```python"]
-        lines += [fix.snippet, "```"]
+        lines += ["", f"#### Fix `{fix.id}`: {fix.title}", "", fix.detail]
+        if fix.effect:
+            changes = ", ".join(
+                f"{e.where} {e.metric.replace('_', ' ')} {_number(e.before)} → {_number(e.after)}"
+                for e in fix.effect
+            )
+            after = f"; {fix.status_after} after" if fix.status_after else ""
+            lines += ["", f"Measured on a copy: {changes}{after} ({fix.measured})."]
+        elif fix.measured:
+            lines += ["", f"Not measured: {fix.measured}."]
+        lines += ["", "```python", fix.snippet, "```"]
     return lines
 
 
