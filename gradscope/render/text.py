@@ -329,7 +329,11 @@ def coverage_line(coverage: Coverage) -> Text:
     """What share of the parameters was measured, and by which view."""
     views = "; ".join(
         f"{VIEW_WORDS.get(view, view)}: "
-        + (named(modules) if len(modules) <= 4 else f"{len(modules)} modules")
+        + (
+            named([m or "(model)" for m in modules])
+            if len(modules) <= 4
+            else f"{len(modules)} modules"
+        )
         for view, modules in coverage.views.items()
     )
     whole = coverage.measured_parameters == coverage.parameters
