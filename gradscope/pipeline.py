@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -427,8 +428,9 @@ def _what_if(
         ]
         try:
             result = measure_fix(subject.module, subject.probe, subject.options, fix.id, involved)
-        except GradscopeError as error:
-            measured.append(dataclasses.replace(fix, measured=f"not measured: {error}"))
+        except GradscopeError as error:  # what failed, without advice for another run
+            reason = str(error).split("; ")[0]
+            measured.append(dataclasses.replace(fix, measured=f"not measured: {reason}"))
             continue
         if result is None or not involved:
             measured.append(fix)
@@ -457,17 +459,18 @@ def _what_if(
     return sorted(measured, key=_benefit_rank)
 
 
-def _benefit_rank(fix: Fix) -> int:
-    """0: measured to lengthen a horizon; 1: not measured; 2: measured, and it did not."""
-    horizons = [e for e in fix.effect if e.metric == "memory_horizon"]
-    if not horizons:
-        return 1
-    longer = any(
-        (e.after is None and e.before is not None)
-        or (e.after is not None and e.before is not None and e.after > e.before)
-        for e in horizons
-    )
-    return 0 if longer else 2
+def _benefit_rank(fix: Fix) -> tuple[int, float]:
+    """Fixes measured to lengthen a horizon first, the longest gain first; then those not
+    measured; then those measured not to help (listed, as tried)."""
+    gains = [
+        math.inf if e.after is None else e.after / e.before
+        for e in fix.effect
+        if e.metric == "memory_horizon" and e.before
+    ]
+    if not gains:
+        return (1, 0.0)
+    best = max(gains)
+    return (0, -best) if best > 1 else (2, 0.0)
 
 
 def _settings(

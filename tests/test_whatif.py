@@ -78,3 +78,47 @@ def test_clipping_says_it_has_nothing_to_measure_and_no_what_if_measures_nothing
     assert orthogonal_fix.effect and orthogonal_fix.status_after is not None
     quiet = gradscope.analyze(model, steps=STEPS, what_if=False)
     assert all(f.effect == [] and f.measured is None for f in quiet.fixes)
+
+
+def test_a_vanilla_rnn_swapped_for_a_gated_cell_is_measured_and_left_alone_in_the_model():
+    from tests.helpers.models import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(nn.RNN(4, 16, batch_first=True)).double()
+    report = gradscope.analyze(model, steps=40)
+    assert report.status == "vanishing"
+    fixes = {f.id: f for f in report.fixes}
+    for fix_id, cls in (("use-lstm", "LSTM"), ("use-gru", "GRU")):
+        fix = fixes[fix_id]
+        horizon = {e.metric: e for e in fix.effect}["memory_horizon"]
+        assert horizon.after > horizon.before and f"encoder as nn.{cls}" in fix.measured
+    assert isinstance(model.encoder, nn.RNN)  # the user's model is not changed
+
+
+def test_spectral_norm_brings_a_growing_map_to_the_identity():
+    rnn = rnn_with_recurrence(1.5 * torch.eye(4, dtype=torch.float64), nonlinearity="relu")
+    with torch.no_grad():
+        rnn.bias_ih_l0.fill_(1.0)  # every unit stays active: J = W_hh
+    report = gradscope.analyze(rnn, steps=STEPS, probe="zeros", exponents=4)
+    fix = next(f for f in report.fixes if f.id == "spectral-norm")
+    after = {e.metric: e.after for e in fix.effect}
+    assert after["lambda_1"] == pytest.approx(0.0, abs=1e-9)  # J = I after the fix
+    assert fix.status_after == "healthy" and "sigma_max(W_hh) = 1" in fix.measured
+
+
+def test_a_fix_the_models_forward_cannot_run_says_why_in_one_sentence():
+    class Unpacks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(4, 16, batch_first=True)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            return self.head(out + h.transpose(0, 1))  # an LSTM's h is a pair
+
+    torch.manual_seed(0)
+    report = gradscope.analyze(Unpacks().double(), steps=40)
+    fix = next(f for f in report.fixes if f.id == "use-lstm")
+    assert fix.effect == [] and fix.measured.startswith("not measured: the model's forward")
+    assert "--input-shape" not in fix.measured
