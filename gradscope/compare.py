@@ -4,11 +4,15 @@ saved reports and fresh analyses compare alike. Plain data: no torch."""
 
 from __future__ import annotations
 
+import glob
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from gradscope.report import FAILING_STATUSES, SCHEMA_VERSION
+from gradscope.errors import GradscopeError
+from gradscope.report import FAILING_STATUSES, SCHEMA_VERSION, core_label
 
 
 @dataclass
@@ -71,18 +75,6 @@ class Comparison:
         }
 
 
-def _label(core: dict[str, Any]) -> str:
-    """A core's name as the report shows it: ``encoder``, ``encoder[l1 reverse]``."""
-    name = core.get("name") or "(model)"
-    single = core.get("is_cell") or (
-        core.get("num_layers", 1) == 1 and not core.get("bidirectional")
-    )
-    if single:
-        return name
-    reverse = " reverse" if core.get("direction") == "reverse" else ""
-    return f"{name}[l{core.get('layer', 0)}{reverse}]"
-
-
 def _rows(
     report: dict[str, Any],
 ) -> dict[str, tuple[str, str, str, float | None, float | None, str]]:
@@ -91,7 +83,7 @@ def _rows(
     rows = {}
     for core in report.get("recurrent") or []:
         exponents = core.get("lyapunov") or [None]
-        rows[_label(core)] = (
+        rows[core_label(core)] = (
             core.get("cell", ""),
             "lambda_1",
             "memory_horizon",
@@ -156,11 +148,6 @@ def read_reports(path: str) -> list[tuple[str, dict[str, Any]]] | None:
     """The JSON reports saved at ``path``, named: one for a ``.json`` report, one per line
     of a ``.jsonl`` series (named by its ``step``); None for a file that is not JSON (a
     checkpoint to analyse)."""
-    import json
-    from pathlib import Path
-
-    from gradscope.errors import GradscopeError
-
     suffix = Path(path).suffix
     if suffix not in (".json", ".jsonl"):
         return None
@@ -184,8 +171,6 @@ def read_reports(path: str) -> list[tuple[str, dict[str, Any]]] | None:
 def expanded(patterns: list[str]) -> list[str]:
     """The inputs in the order given, each quoted glob pattern (``"ckpts/epoch-*.pt"``)
     expanded in natural order; a pattern that matches nothing stays as it is."""
-    import glob
-
     found: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern), key=natural_key) if glob.has_magic(pattern) else []

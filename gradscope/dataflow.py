@@ -52,20 +52,28 @@ def depends_on(outputs: Iterable[Tensor]) -> Callable[[Tensor], bool]:
     return test
 
 
-def reaches(tensor: Tensor, targets: Iterable[Tensor], limit: int = 2048) -> bool:
-    """Whether ``tensor`` was computed from one of ``targets`` within ``limit`` autograd
-    nodes, nearest first: a cheap test that stops early on long graphs (False when unsure)."""
-    goals = {id(t.grad_fn) for t in targets if t.grad_fn is not None}
-    if tensor.grad_fn is None or not goals:
-        return False
+def within_reach(start: object, goals: set[int], limit: int) -> bool:
+    """Whether autograd node ``start`` depends on one of the nodes whose ids are ``goals``
+    within ``limit`` nodes, nearest first: a cheap test that stops early on long graphs
+    (False when unsure)."""
     seen: set[int] = set()
-    queue = deque([tensor.grad_fn])
+    queue = deque([start])
     while queue and len(seen) < limit:
         node = queue.popleft()
+        if node is None:
+            continue
         if id(node) in goals:
             return True
-        if node is None or id(node) in seen:
+        if id(node) in seen:
             continue
         seen.add(id(node))
         queue.extend(child for child, _ in node.next_functions)
     return False
+
+
+def reaches(tensor: Tensor, targets: Iterable[Tensor], limit: int = 2048) -> bool:
+    """Whether ``tensor`` was computed from one of ``targets`` (:func:`within_reach`)."""
+    goals = {id(t.grad_fn) for t in targets if t.grad_fn is not None}
+    if tensor.grad_fn is None or not goals:
+        return False
+    return within_reach(tensor.grad_fn, goals, limit)

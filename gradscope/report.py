@@ -240,11 +240,8 @@ class RecurrentCore:
     @property
     def label(self) -> str:
         """A short human name: ``encoder``, ``encoder[l1 reverse]``."""
-        name = self.name or "(model)"
-        if self.is_cell or (self.num_layers == 1 and not self.bidirectional):
-            return name
-        reverse = " reverse" if self.direction == "reverse" else ""
-        return f"{name}[l{self.layer}{reverse}]"
+        fields = ("name", "layer", "direction", "is_cell", "num_layers", "bidirectional")
+        return core_label({field: getattr(self, field) for field in fields})
 
     @property
     def top_exponent(self) -> float:
@@ -416,6 +413,16 @@ class Fix:
     effect: list[FixEffect] = field(default_factory=list)
     status_after: str | None = None
     measured: str | None = None
+
+
+def core_label(core: dict[str, Any]) -> str:
+    """A core's short human name from its fields (a report's JSON core, or a core's):
+    ``encoder``, ``encoder[l1 reverse]``."""
+    name = core.get("name") or "(model)"
+    if core.get("is_cell") or (core.get("num_layers", 1) == 1 and not core.get("bidirectional")):
+        return name
+    reverse = " reverse" if core.get("direction") == "reverse" else ""
+    return f"{name}[l{core.get('layer', 0)}{reverse}]"
 
 
 def finding_fails(finding: Finding, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from gradscope.dataflow import walk
+from gradscope.dataflow import walk, within_reach
 from gradscope.probe.calls import CallLog, ModuleCall, observed_call
 from gradscope.taxonomy import is_builtin_recurrent, is_within
 
@@ -123,7 +123,7 @@ def _chained_writes(node: object, steps: int) -> bool:
     if len(chain) < max(MIN_LOOP_CALLS, steps - 1) or len(chain) > steps:
         return False
     values = [write.next_functions[-1][0] for write in chain[:2]]
-    return _within_reach(values[0], values[1])
+    return values[1] is not None and within_reach(values[0], {id(values[1])}, CHAIN_SEARCH)
 
 
 def _chained_parts(node: object, steps: int) -> bool:
@@ -132,23 +132,8 @@ def _chained_parts(node: object, steps: int) -> bool:
     parts = [child for child, _ in node.next_functions]
     if len(parts) < max(MIN_LOOP_CALLS, steps - 1) or len(parts) > steps:
         return False
-    return _within_reach(parts[-1], parts[-2])
-
-
-def _within_reach(last: object, before: object) -> bool:
-    """Whether autograd node ``last`` depends on ``before`` within a few operations."""
-    if last is None or before is None:
-        return False
-    frontier, seen = [last], set()
-    while frontier and len(seen) < CHAIN_SEARCH:
-        current = frontier.pop(0)
-        if current is before:
-            return True
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        frontier.extend(child for child, _ in current.next_functions)
-    return False
+    before = parts[-2]
+    return before is not None and within_reach(parts[-1], {id(before)}, CHAIN_SEARCH)
 
 
 def _over_time(node: object, time: tuple[int, int, int]) -> bool:

@@ -140,14 +140,17 @@ class Trace:
         Calls with another batch size than the first (a module reused on other inputs) are left
         out: a trajectory follows one batch of sequences.
         """
-        same = [call for call in self.calls if call.batch == self.calls[0].batch]
+        same = self._one_batch()
         return torch.cat([c.prev_states for c in same]), torch.cat([c.drives for c in same])
+
+    def _one_batch(self) -> list[Call]:
+        """The calls with the first call's batch size."""
+        return [call for call in self.calls if call.batch == self.calls[0].batch]
 
     def next_states(self) -> Tensor:
         """The state after each step (steps, B, n), detached, for the calls of
         :meth:`trajectory`."""
-        same = [call for call in self.calls if call.batch == self.calls[0].batch]
-        return torch.stack([s.detach() for call in same for s in call.states])
+        return torch.stack([s.detach() for call in self._one_batch() for s in call.states])
 
     def time_order(self, per_step: list[float]) -> list[float]:
         """Reorder per-step values from processing order to time order within each call."""

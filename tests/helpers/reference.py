@@ -162,3 +162,18 @@ def stacked_state_gradients(module: nn.Module, inputs: Tensor, seed: int) -> dic
         return float(grad.pow(2).sum(-1).mean().sqrt())
 
     return {key: [pooled(s) for s in states] for key, states in states_of.items()}
+
+
+def twin_statistics(
+    jacobians: list[list[Tensor]], count: int, burn_in: int, seed: int
+) -> tuple[Tensor, Tensor, list[float]]:
+    """Spectral radius and sigma_max of every Jacobian, and the QR exponents of each batch
+    element's sequence averaged over the batch; ``jacobians[b][t]``."""
+    every = [j for per_element in jacobians for j in per_element]
+    rho = torch.tensor([spectral_radius(j) for j in every], dtype=torch.float64)
+    sigma = torch.tensor([sigma_max(j) for j in every], dtype=torch.float64)
+    exponents = torch.tensor(
+        [qr_lyapunov(per_element, count, burn_in, seed) for per_element in jacobians],
+        dtype=torch.float64,
+    )
+    return rho, sigma, exponents.mean(0).tolist()

@@ -122,14 +122,8 @@ def brute_force(cell, x, count, seed):
         ]
         for b in range(batch)
     ]
-    flat = [j for per_element in jacobians for j in per_element]
-    rho = torch.tensor([reference.spectral_radius(j) for j in flat], dtype=torch.float64)
-    sigma = torch.tensor([reference.sigma_max(j) for j in flat], dtype=torch.float64)
-    exponents = torch.tensor(
-        [reference.qr_lyapunov(per_element, count, BURN_IN, seed) for per_element in jacobians],
-        dtype=torch.float64,
-    )
-    return rho, sigma, exponents.mean(0).tolist(), norms
+    rho, sigma, exponents = reference.twin_statistics(jacobians, count, BURN_IN, seed)
+    return rho, sigma, exponents, norms
 
 
 @pytest.mark.parametrize("keyword", [False, True], ids=["positional", "keyword"])

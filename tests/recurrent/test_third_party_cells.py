@@ -73,14 +73,8 @@ def twin(model, step_at, count: int = 3, last=None):
                 for b in range(BATCH)
             ],
         )
-    every = [j for per_element in jacobians for j in per_element]
-    rho = torch.tensor([reference.spectral_radius(j) for j in every], dtype=torch.float64)
-    sigma = torch.tensor([reference.sigma_max(j) for j in every], dtype=torch.float64)
-    exponents = torch.tensor(
-        [reference.qr_lyapunov(per_element, count, BURN_IN, SEED) for per_element in jacobians],
-        dtype=torch.float64,
-    )
-    return rho, sigma, exponents.mean(0).tolist(), norms
+    rho, sigma, exponents = reference.twin_statistics(jacobians, count, BURN_IN, SEED)
+    return rho, sigma, exponents, norms
 
 
 def chained_norms(jacobians, last_grads) -> list[float]:
