@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from torch import nn
 from gradscope import __version__
 from gradscope.coverage import module_coverage, parts_coverage
 from gradscope.diagnosis import Diagnosis, diagnose
-from gradscope.diagnosis.verdict import assess_cores, with_distances, worst
+from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
@@ -32,7 +31,7 @@ from gradscope.options import (
     LoadOptions,
 )
 from gradscope.probe import Probe, make_probe
-from gradscope.report import Coverage, Fix, FixEffect, Note, RecurrentCore, Report, Settings
+from gradscope.report import Coverage, Fix, Note, RecurrentCore, Report, Settings
 from gradscope.taxonomy import recurrent_modules
 from gradscope.views import (
     DepthView,
@@ -397,80 +396,34 @@ def assemble(
         layers=diagnosis.layers,
         stack=diagnosis.stack,
         findings=diagnosis.findings,
-        fixes=_what_if(planned, diagnosis, build_fixes(diagnosis, options.epsilon), requested),
+        fixes=_what_if(
+            planned, diagnosis, build_fixes(diagnosis, options.epsilon), requested, steps
+        ),
         coverage=diagnosis.coverage,
     )
 
 
 def _what_if(
-    planned: Plan, diagnosis: Diagnosis, fixes: list[Fix], requested: AnalysisOptions
+    planned: Plan,
+    diagnosis: Diagnosis,
+    fixes: list[Fix],
+    requested: AnalysisOptions,
+    steps: int,
 ) -> list[Fix]:
-    """The fixes with their effect measured on a copy of the model where gradscope can apply
-    them (``--what-if``), those that helped first and those that did not last; a fix that
-    changes nothing measurable says so."""
-    from gradscope.whatif import NOT_MEASURABLE, measure_fix
+    """The fixes with their effect measured on a copy of the model (or of the parts rebuilt
+    from its weights) where gradscope can apply them (``--what-if``), in order of benefit."""
+    from gradscope.whatif import measure_fixes, on_model, on_parts
 
     subject = planned.subject
-    if not requested.what_if or subject.module is None or subject.probe is None:
+    if not requested.what_if:
         return fixes
-    by_key = {(core.name, core.layer, core.direction): core for core in diagnosis.cores}
-    measured = []
-    for fix in fixes:
-        if fix.id in NOT_MEASURABLE:
-            measured.append(dataclasses.replace(fix, measured=NOT_MEASURABLE[fix.id]))
-            continue
-        involved = [
-            by_key[finding.evidence.key]
-            for finding in diagnosis.findings
-            if fix.id in finding.fixes
-            and finding.evidence is not None
-            and finding.evidence.key in by_key
-        ]
-        try:
-            result = measure_fix(subject.module, subject.probe, subject.options, fix.id, involved)
-        except GradscopeError as error:  # what failed, without advice for another run
-            reason = str(error).split("; ")[0]
-            measured.append(dataclasses.replace(fix, measured=f"not measured: {reason}"))
-            continue
-        if result is None or not involved:
-            measured.append(fix)
-            continue
-        steps = subject.probe.steps
-        after = assess_cores(
-            with_distances(result.cores, requested.distance, steps), requested.epsilon
-        )
-        after_by_key = {(core.name, core.layer, core.direction): core for core in after}
-        effect, statuses = [], []
-        unique = {(core.name, core.layer, core.direction): core for core in involved}
-        for key, core in unique.items():
-            fixed = after_by_key.get(key)
-            if fixed is None:
-                continue
-            effect += [
-                FixEffect(core.label, "memory_horizon", core.memory_horizon, fixed.memory_horizon),
-                FixEffect(core.label, "lambda_1", core.top_exponent, fixed.top_exponent),
-            ]
-            statuses.append(fixed.status)
-        measured.append(
-            dataclasses.replace(
-                fix, effect=effect, status_after=worst(statuses), measured=result.change
-            )
-        )
-    return sorted(measured, key=_benefit_rank)
-
-
-def _benefit_rank(fix: Fix) -> tuple[int, float]:
-    """Fixes measured to lengthen a horizon first, the longest gain first; then those not
-    measured; then those measured not to help (listed, as tried)."""
-    gains = [
-        math.inf if e.after is None else e.after / e.before
-        for e in fix.effect
-        if e.metric == "memory_horizon" and e.before
-    ]
-    if not gains:
-        return (1, 0.0)
-    best = max(gains)
-    return (0, -best) if best > 1 else (2, 0.0)
+    if subject.loaded.parts is not None:
+        remeasure = on_parts(subject.loaded.parts, subject.options, subject.device, steps)
+    elif subject.module is not None and subject.probe is not None:
+        remeasure = on_model(subject.module, subject.probe, subject.options)
+    else:
+        return fixes
+    return measure_fixes(fixes, diagnosis, remeasure, requested)
 
 
 def _settings(

@@ -404,7 +404,8 @@ class FixEffect:
 class Fix:
     """One remedy, with why it applies and a snippet that fits the model at hand; ``effect``
     and ``status_after`` where it was applied to a copy and measured (``measured`` says what
-    was changed, or why nothing could be measured)."""
+    was changed, or why nothing could be measured), and ``helps``: whether it was measured to
+    help (None when not measured)."""
 
     id: str
     title: str
@@ -413,6 +414,7 @@ class Fix:
     effect: list[FixEffect] = field(default_factory=list)
     status_after: str | None = None
     measured: str | None = None
+    helps: bool | None = None
 
 
 def core_label(core: dict[str, Any]) -> str:

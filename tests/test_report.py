@@ -32,6 +32,7 @@ def test_json_has_the_contract_keys_in_order_and_nulls_for_non_finite():
         "effect",
         "status_after",
         "measured",
+        "helps",
     }
 
 

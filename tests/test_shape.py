@@ -22,6 +22,7 @@ SHARED |= {"gradscope.theory", "gradscope.taxonomy", "gradscope.baseline", "grad
 ALLOWED = {
     "gradscope": {"gradscope.api", "gradscope.monitor"},
     "gradscope.monitor": {"gradscope.api"},
+    "gradscope.integrations": {"gradscope.monitor"},
     "gradscope.errors": set(),
     "gradscope.options": set(),
     "gradscope.config": set(),
@@ -43,7 +44,13 @@ ALLOWED = {
     },
     "gradscope.depth": {"gradscope.numerics", "gradscope.probe", "gradscope.dataflow"},
     "gradscope.sequence": {"gradscope.numerics", "gradscope.probe"},
-    "gradscope.whatif": {"gradscope.numerics", "gradscope.probe", "gradscope.recurrent"},
+    "gradscope.whatif": {
+        "gradscope.numerics",
+        "gradscope.probe",
+        "gradscope.recurrent",
+        "gradscope.depth",
+        "gradscope.diagnosis",
+    },
     "gradscope.diagnosis": set(),
     "gradscope.fixes": {"gradscope.diagnosis"},
     "gradscope.render": set(),

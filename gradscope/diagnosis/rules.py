@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gradscope.report import DepthLayer, DepthStack, RecurrentCore, Status
-from gradscope.taxonomy import SATURATING_KEYS, activation_key
+from gradscope.taxonomy import SATURATING_KEYS, activation_key, saturates
 
 #: The stable id of the finding each failing status raises.
 ERROR_IDS = {
@@ -137,3 +138,76 @@ def he_nonlinearity(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
             return "relu"
         return "sigmoid" if "sigmoid" in key else "tanh"
     return "leaky_relu" if key in ("leakyrelu", "prelu", "rrelu") else "relu"
+
+
+def _consecutive(layer: DepthLayer) -> bool:
+    indices = sorted(layer.indices)
+    return bool(indices) and indices == list(range(indices[0], indices[0] + len(indices)))
+
+
+@dataclass
+class SkipPlan:
+    """Where ``x + f(x)`` goes around each shape-keeping block without a skip.
+
+    ``grouped``: blocks of a container's consecutive children, by container, regrouped by
+    rebuilding it; ``singles``: blocks that are one module, wrapped in place by path;
+    ``by_hand``: blocks of several modules elsewhere, whose skip belongs in ``forward()``.
+    """
+
+    grouped: dict[str, list[DepthLayer]]
+    singles: list[str]
+    by_hand: list[DepthLayer]
+
+
+def skip_plan(layers: Sequence[DepthLayer]) -> SkipPlan:
+    """How to put a skip around every block of :func:`skip_candidates`."""
+    grouped: dict[str, list[DepthLayer]] = {}
+    singles, by_hand = [], []
+    candidates = skip_candidates(layers)
+    for layer in candidates:
+        if len(layer.modules) > 1 and layer.parent is not None and _consecutive(layer):
+            grouped.setdefault(layer.parent, []).append(layer)
+    for layer in candidates:
+        if len(layer.modules) > 1:
+            if layer.parent not in grouped or not _consecutive(layer):
+                by_hand.append(layer)
+        elif layer.parent in grouped and layer.indices:  # renumbered with its container
+            grouped[layer.parent].append(layer)
+        else:
+            singles.append(layer.modules[0])
+    return SkipPlan(grouped, singles, by_hand)
+
+
+def swapped_activation_blocks(layers: Sequence[DepthLayer]) -> list[DepthLayer]:
+    """The blocks whose saturating activation becomes ReLU; a last block that changes the
+    size keeps its own, since it shapes the output."""
+    blocks = [layer for layer in layers if saturates(layer.activation)]
+    head = layers[-1] if layers else None
+    if head is not None and head in blocks and head.input_size != head.output_size:
+        blocks.remove(head)
+    return blocks
+
+
+def branch_scale(stack: DepthStack, layers: Sequence[DepthLayer]) -> tuple[float, str, str]:
+    """The factor each residual branch is scaled by: 1/sqrt(depth x chi_B), or 1/sqrt(depth)
+    when chi_B is near 1 or unknown; with the expression and its reading in words."""
+    depth = len(residual_layers(layers)) or stack.residual_blocks
+    gain = branch_gain(layers)
+    if math.isnan(gain) or gain <= 0 or abs(gain - 1) < 0.1:
+        return 1 / math.sqrt(depth), f"1 / {depth} ** 0.5", f"1/sqrt({depth})"
+    written = float(f"{gain:.3g}")  # the value the snippet writes
+    return (
+        1 / math.sqrt(depth * written),
+        f"1 / ({depth} * {gain:.3g}) ** 0.5",
+        f"1/sqrt({depth} x chi_B {gain:.3g})",
+    )
+
+
+def plain_cell_call(core: RecurrentCore) -> bool:
+    """Whether a custom cell is called as ``cell(x, state) -> state``."""
+    state = core.state
+    return state is None or (
+        state.argument == "argument 1"
+        and state.output == "output"
+        and [part.split(" (")[0] for part in state.held] == ["argument 0"]
+    )

@@ -4,7 +4,6 @@ that calls for each."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 from gradscope.diagnosis.clauses import (
@@ -18,7 +17,7 @@ from gradscope.diagnosis.clauses import (
     spread_clause,
 )
 from gradscope.diagnosis.rules import (
-    branch_gain,
+    branch_scale,
     dead_blocks,
     dominant_activation,
     he_nonlinearity,
@@ -26,7 +25,8 @@ from gradscope.diagnosis.rules import (
     plain_chi,
     residual_layers,
     saturated_blocks,
-    skip_candidates,
+    skip_plan,
+    swapped_activation_blocks,
 )
 from gradscope.fixes.code import literal, module_expression, paths_list, progression
 from gradscope.fixes.recurrent import OVER_TIME, clip_snippet
@@ -73,11 +73,6 @@ RESIDUAL_CLASS = [
 ]
 
 
-def _consecutive(layer: DepthLayer) -> bool:
-    indices = sorted(layer.indices)
-    return bool(indices) and indices == list(range(indices[0], indices[0] + len(indices)))
-
-
 def _rebuild_container(parent: str, blocks: list[DepthLayer]) -> list[str]:
     """Rebuild a Sequential (or ModuleList) with each block's children inside a ``Residual``."""
     spans = {min(layer.indices): len(layer.indices) for layer in blocks}
@@ -119,20 +114,8 @@ def _skip_blocks(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     rebuilding the container; a block that is one module is wrapped in place by its path; a
     block of several modules elsewhere needs its skip written in ``forward()``.
     """
-    grouped: dict[str, list[DepthLayer]] = {}
-    singles, by_hand = [], []
-    candidates = skip_candidates(layers)
-    for layer in candidates:
-        if len(layer.modules) > 1 and layer.parent is not None and _consecutive(layer):
-            grouped.setdefault(layer.parent, []).append(layer)
-    for layer in candidates:
-        if len(layer.modules) > 1:
-            if layer.parent not in grouped or not _consecutive(layer):
-                by_hand.append(layer)
-        elif layer.parent in grouped and layer.indices:  # renumbered with its container
-            grouped[layer.parent].append(layer)
-        else:
-            singles.append(layer.modules[0])
+    plan = skip_plan(layers)
+    grouped, singles, by_hand = plan.grouped, plan.singles, plan.by_hand
     lines = [
         "# x + f(x): each block's Jacobian becomes I + df/dx, so",
         "# the gradient reaches the input along the identity.",
@@ -156,14 +139,13 @@ def _skip_blocks(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
 
 def _change_activation(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     """Swap each saturating activation for ReLU and re-initialise with He init."""
-    blocks = [layer for layer in layers if saturates(layer.activation)]
-    head = layers[-1] if layers else None
+    blocks = swapped_activation_blocks(layers)
     lines = [
         "# ReLU's slope is 1 where a unit is active; He init",
         "# then starts every block with chi = 1 (GELU also works).",
     ]
-    if head is not None and head in blocks and head.input_size != head.output_size:
-        blocks.remove(head)
+    head = layers[-1] if layers else None
+    if head is not None and saturates(head.activation) and head not in blocks:
         lines.append(f"# {head.name} keeps its {head.activation}: it shapes the output")
     keys = dict.fromkeys(activation_key(layer.activation) or "" for layer in blocks)
     classes = [f"nn.{SATURATING_KEYS[key]}" for key in keys if key in SATURATING_KEYS]
@@ -250,11 +232,7 @@ def _scale_branches(stack: DepthStack, layers: Sequence[DepthLayer]) -> str:
     """Scale each branch's last layer by 1/sqrt(depth x chi_B), or zero it (SkipInit)."""
     residual = residual_layers(layers)
     depth = len(residual) or stack.residual_blocks
-    gain = branch_gain(layers)
-    if math.isnan(gain) or gain <= 0 or abs(gain - 1) < 0.1:
-        scale, why = f"1 / {depth} ** 0.5", f"1/sqrt({depth})"
-    else:
-        scale, why = f"1 / ({depth} * {gain:.3g}) ** 0.5", f"1/sqrt({depth} x chi_B {gain:.3g})"
+    _, scale, why = branch_scale(stack, layers)
     lines = [
         f"# {depth} residual blocks: a branch scaled by {why} makes",
         "# the product of sqrt(1 + chi_B) over depth about e^0.5.",

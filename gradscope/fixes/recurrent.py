@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gradscope.diagnosis.rules import plain_cell_call
 from gradscope.fixes.code import module_expression
 from gradscope.fixes.registry import Advice
 from gradscope.report import FixId, RecurrentCore
@@ -122,16 +123,6 @@ def _argument_code(argument: str) -> str | None:
     return None
 
 
-def _plain_call(core: RecurrentCore) -> bool:
-    """Whether a custom cell is called as ``cell(x, state) -> state``."""
-    state = core.state
-    return state is None or (
-        state.argument == "argument 1"
-        and state.output == "output"
-        and [part.split(" (")[0] for part in state.held] == ["argument 0"]
-    )
-
-
 #: A ResidualCell for a cell called as ``cell(x, state) -> state``.
 PLAIN_RESIDUAL_CELL = [
     "class ResidualCell(nn.Module):",
@@ -199,7 +190,7 @@ def _residual_state(cores: list[RecurrentCore], epsilon: float) -> str:
     first = modules[0]
     argument = _argument_code(first.state.argument) if first.state else None
     single = first.state is not None and ", " not in first.state.output
-    if not _plain_call(first) and argument is not None and single:
+    if not plain_cell_call(first) and argument is not None and single:
         lines += _residual_wrapper(argument, first.state.output)
     else:
         lines += PLAIN_RESIDUAL_CELL

@@ -74,7 +74,8 @@ def _details(report: Report) -> list[str]:
     lines += [_finding(f) for f in other_findings(report)]
     lines += _baseline(report)
     for fix in report.fixes:
-        lines += ["", f"#### Fix `{fix.id}`: {fix.title}", "", fix.detail]
+        tried = " (tried: did not help)" if fix.helps is False else ""
+        lines += ["", f"#### Fix `{fix.id}`: {fix.title}{tried}", "", fix.detail]
         if fix.effect:
             changes = ", ".join(
                 f"{e.where} {e.metric.replace('_', ' ')} {_number(e.before)} → {_number(e.after)}"

@@ -347,21 +347,30 @@ def coverage_line(coverage: Coverage) -> Text:
     )
 
 
+#: How each measured number of a fix is named and written.
+EFFECT_FORMS = {
+    "memory_horizon": ("horizon", "{:.1f}"),
+    "lambda_1": ("λ1", "{:+.3f}"),
+    "decades": ("decades", "{:+.1f}"),
+}
+
+
 def fix_effect_line(fix: Fix, distance: int | None) -> Text | None:
-    """``measured: encoder horizon 15.3 -> 98.4 steps; healthy at horizon 100``, or why it
-    was not measured; None when nothing was tried."""
+    """``measured on a copy: encoder horizon 15.3 → 98.4 ...; healthy at horizon 100``, or
+    why it was not measured; None when nothing was tried."""
     if not fix.effect:
         return Text(f"{fix.measured}\n", style="dim") if fix.measured else None
-    changes = [
-        f"{e.where} {'horizon' if e.metric == 'memory_horizon' else 'λ1'} "
-        f"{number(e.before, '{:.1f}' if e.metric == 'memory_horizon' else '{:+.3f}')} → "
-        f"{number(e.after, '{:.1f}' if e.metric == 'memory_horizon' else '{:+.3f}')}"
-        for e in fix.effect
-    ]
+    changes = []
+    for e in fix.effect:
+        name, form = EFFECT_FORMS.get(e.metric, (e.metric, "{:.3g}"))
+        changes.append(f"{e.where} {name} {number(e.before, form)} → {number(e.after, form)}")
     line = Text("measured on a copy: " + ", ".join(changes))
     if fix.status_after:
         line.append("; ").append(status_text(fix.status_after))
-        line.append(f" at horizon {distance}" if distance else "")
+        over_time = any(e.metric == "memory_horizon" for e in fix.effect)
+        line.append(f" at horizon {distance}" if distance and over_time else "")
+    if fix.helps is False:
+        line.append("; did not help", style="bold")
     return line.append(f" ({fix.measured})\n", style="dim")
 
 
@@ -375,7 +384,8 @@ def fix_panels(report: Report) -> list[Panel]:
         panels.append(
             Panel(
                 Group(*parts),
-                title=f"fix {fix.id}: {fix.title}",
+                title=f"fix {fix.id}: {fix.title}"
+                + (" (tried: did not help)" if fix.helps is False else ""),
                 title_align="left",
             )
         )
