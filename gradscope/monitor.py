@@ -18,7 +18,8 @@ class Monitor:
     options build (the same seed every time, so that the series compares like with like); the
     model itself, its gradients, its training mode and the random number generators are left
     as they were. ``path``: a ``.jsonl`` file each report is appended to, with its ``step``.
-    Other keywords are :func:`gradscope.analyze`'s options.
+    Other keywords are :func:`gradscope.analyze`'s options; fixes are not measured on every
+    analysis unless ``what_if=True`` (each would cost about one more analysis).
     """
 
     def __init__(
@@ -37,7 +38,7 @@ class Monitor:
         self.every = every
         self.path = Path(path) if path is not None else None
         self.example_input = example_input
-        self.options = options
+        self.options = {"what_if": False, **options}
         self.series: list[tuple[int, Report]] = []
 
     def step(self, global_step: int) -> Report | None:

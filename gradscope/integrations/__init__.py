@@ -1,0 +1,1 @@
+"""Integrations with training frameworks, each imported only when used (an optional extra)."""
