@@ -46,7 +46,8 @@ def _vanishing_advice(core: RecurrentCore, epsilon: float) -> str:
         mean = core.gates.mean if core.gates else math.nan
         advice = (
             f"the {gate} gate averages {mean:.2f}, so each step keeps about {mean:.0%} of its "
-            "state: training must first learn to keep information; a total "
+            "state: training must first learn to keep information, as gated cells often do "
+            "(watch the horizon with gradscope.Monitor); a total "
             f"{gate}-gate bias of {suggested_gate_bias(core.distance, epsilon):.1f} shortens that"
         )
         if core.gates is None or core.gates.bias_mean is None:

@@ -290,11 +290,19 @@ def sequence_panel(view: SequenceGradient) -> Panel:
     return Panel(Group(line, chart), title=title, title_align="left")
 
 
+#: What a healthy verdict on a vanilla RNN cannot promise (the calibration in the README).
+VANILLA_CAVEAT = (
+    " At these weights: a vanilla RNN has no gates to hold information, and training can "
+    "shorten its horizon (watch it with gradscope.Monitor)."
+)
+
+
 def _nothing_found(report: Report) -> str:
+    caveat = VANILLA_CAVEAT if any(c.cell.startswith("rnn_") for c in report.recurrent) else ""
     if report.stack is None:
-        return "Gradients survive the horizon in every core."
+        return "Gradients survive the horizon in every core." + caveat
     if report.recurrent:
-        return "Gradients survive the horizon in every core and the depth of the stack."
+        return "Gradients survive the horizon in every core and the depth of the stack." + caveat
     return "Gradients survive the depth of the stack."
 
 

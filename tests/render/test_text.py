@@ -235,3 +235,18 @@ def test_the_coverage_line_names_a_recurrence_no_view_measured():
         "coverage: all 10 parameters measured (over depth: net); a recurrence not measured "
         "over time: (model) (Scan)" in text
     )
+
+
+def plain(report: Report) -> str:
+    """The rendered report as one line of words, without the panels' borders."""
+    return " ".join(rendered(report).replace("│", " ").split())
+
+
+def test_a_healthy_vanilla_rnn_is_healthy_at_these_weights_only():
+    # the calibration: orthogonal vanilla RNNs judged healthy lost their horizon in training
+    healthy = report_of(core("rnn_tanh", 0.0))
+    text = plain(dataclasses.replace(healthy, status="healthy", findings=[]))
+    assert "At these weights: a vanilla RNN has no gates to hold information" in text
+    gated = report_of(core("lstm", 0.0))
+    text = plain(dataclasses.replace(gated, status="healthy", findings=[]))
+    assert "Gradients survive the horizon in every core." in text and "vanilla" not in text
