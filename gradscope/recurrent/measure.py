@@ -23,7 +23,8 @@ from gradscope.recurrent.cells import (
     gate_values,
     step_function,
 )
-from gradscope.recurrent.dynamics import lyapunov_exponents, state_jacobians
+from gradscope.recurrent.dynamics import Jacobian, lyapunov_exponents, state_jacobians
+from gradscope.recurrent.linearised import jacobian_function, jvp_function
 from gradscope.recurrent.unroll import Trace, unrolled
 from gradscope.report import (
     Extremes,
@@ -146,12 +147,16 @@ def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int
 
 
 def _jacobian_summary(
-    step: Callable, states: Tensor, drives: Tensor, options: AnalysisOptions
+    step: Callable,
+    states: Tensor,
+    drives: Tensor,
+    options: AnalysisOptions,
+    closed: Jacobian | None = None,
 ) -> JacobianSummary:
     steps, batch, n = states.shape
     chosen = spectrum_samples(options.spectrum_steps, steps, batch, n).to(states.device)
     jacobians = state_jacobians(
-        step, states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen]
+        step, states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen], closed
     )
     finite = bool(torch.isfinite(jacobians).all())
     empty = jacobians.new_empty(0)
@@ -287,9 +292,19 @@ def measure_core(
     if finite:
         generator = torch.Generator().manual_seed(options.seed)
         count = min(options.exponents, spec.state_size)
-        per_element = lyapunov_exponents(step, states, drives, count, burn_in, generator)
+        builtin = weights is not None and not core.custom
+        per_element = lyapunov_exponents(
+            step,
+            states,
+            drives,
+            count,
+            burn_in,
+            generator,
+            jvp_function(spec, weights) if builtin else None,
+        )
         exponents = per_element.sort(dim=-1, descending=True).values.mean(0).tolist()
-        jacobian = _jacobian_summary(step, states, drives, options)
+        closed = jacobian_function(spec, weights) if builtin else None
+        jacobian = _jacobian_summary(step, states, drives, options, closed)
     return RecurrentCore(
         name=core.name,
         cell=spec.kind,
