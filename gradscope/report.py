@@ -238,6 +238,11 @@ class RecurrentCore:
     state: CellState | None = None
 
     @property
+    def key(self) -> tuple[str, int, str]:
+        """(module, layer, direction): what names one core, as a finding's evidence does."""
+        return (self.name, self.layer, self.direction)
+
+    @property
     def label(self) -> str:
         """A short human name: ``encoder``, ``encoder[l1 reverse]``."""
         fields = ("name", "layer", "direction", "is_cell", "num_layers", "bidirectional")

@@ -88,7 +88,7 @@ def _finding(
         where=_where(core),
         message=message,
         fixes=fixes,
-        evidence=Evidence("core", (core.name, core.layer, core.direction), reason),
+        evidence=Evidence("core", core.key, reason),
     )
 
 

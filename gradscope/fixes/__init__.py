@@ -36,7 +36,7 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
     call for gets each.
     """
     findings = diagnosis.findings
-    by_key = {(c.name, c.layer, c.direction): c for c in diagnosis.cores}
+    by_key = {c.key: c for c in diagnosis.cores}
     fixes = []
     for fix_id in dict.fromkeys(fix_id for finding in findings for fix_id in finding.fixes):
         calling = [f for f in findings if fix_id in f.fixes]

@@ -53,18 +53,20 @@ def tangent_map(
 
     Step functions act row-wise on batches, so the k columns of each frame become k extra rows.
     """
-    if closed is None:
+
+    def by_autodiff(rows: Tensor, drives: Tensor, tangents: Tensor) -> Tensor:
         from torch.func import jvp
 
-        def closed(rows: Tensor, drives: Tensor, tangents: Tensor) -> Tensor:
-            return jvp(lambda x: step(x, drives), (rows,), (tangents,))[1]
+        return jvp(lambda x: step(x, drives), (rows,), (tangents,))[1]
+
+    along = closed or by_autodiff
 
     def push_forward(s: Tensor, u: Tensor, frame: Tensor) -> Tensor:
         batch, n, k = frame.shape
         rows = s.repeat_interleave(k, dim=0)
         drives = u.repeat_interleave(k, dim=0)
         tangents = frame.transpose(1, 2).reshape(batch * k, n)
-        pushed = closed(rows, drives, tangents)
+        pushed = along(rows, drives, tangents)
         return pushed.reshape(batch, k, -1).transpose(1, 2)
 
     return push_forward

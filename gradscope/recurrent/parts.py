@@ -21,6 +21,17 @@ from gradscope.recurrent.measure import measure_recurrent, per_step_norms
 from gradscope.report import RecurrentCore
 
 
+def hold(holder: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` (``encoder.rnn``) inside ``holder``, with plain modules for
+    the parents it lacks."""
+    *parents, last = path.split(".")
+    for name in parents:
+        if not hasattr(holder, name):
+            holder.add_module(name, nn.Module())
+        holder = getattr(holder, name)
+    holder.add_module(last, module)
+
+
 class PartRunner(nn.Module):
     """One rebuilt part at its path in the model, run over a whole sequence.
 
@@ -29,13 +40,7 @@ class PartRunner(nn.Module):
 
     def __init__(self, part: InferredPart, batch_first: bool) -> None:
         super().__init__()
-        path = part.name.split(".") if part.name else ["cell"]
-        holder: nn.Module = self
-        for name in path[:-1]:
-            child = nn.Module()
-            holder.add_module(name, child)
-            holder = child
-        holder.add_module(path[-1], part.module)
+        hold(self, part.name or "cell", part.module)
         self.part = [part.module]  # a plain list: not registered twice
         self.is_cell = part.is_cell
         self.batch_first = batch_first

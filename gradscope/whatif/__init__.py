@@ -30,7 +30,15 @@ from gradscope.whatif.apply import NotApplied
 from gradscope.whatif.depth import OVER_DEPTH
 from gradscope.whatif.recurrent import OVER_TIME
 
-__all__ = ["NOT_MEASURABLE", "NotApplied", "Remeasure", "fixed_copy", "measure_fixes"]
+__all__ = [
+    "NOT_MEASURABLE",
+    "NotApplied",
+    "Remeasure",
+    "fixed_copy",
+    "measure_fixes",
+    "on_model",
+    "on_parts",
+]
 
 #: Why a fix has no measured effect, where that is its nature.
 NOT_MEASURABLE = {
@@ -79,20 +87,14 @@ def on_model(model: nn.Module, probe: Probe, options: AnalysisOptions) -> Remeas
 def on_parts(parts: list, options: AnalysisOptions, device: torch.device, steps: int) -> Remeasure:
     """Recurrent parts rebuilt from weights, held at their paths in one module, each measured
     again on its own as the parts view does."""
-    from gradscope.recurrent.parts import measure_parts
+    from gradscope.recurrent.parts import hold, measure_parts
 
     if len(parts) == 1 and not parts[0].name:
         holder = parts[0].module
     else:
         holder = nn.Module()
         for part in parts:
-            parent = holder
-            *path, last = part.name.split(".")
-            for name in path:
-                if not hasattr(parent, name):
-                    parent.add_module(name, nn.Module())
-                parent = getattr(parent, name)
-            parent.add_module(last, part.module)
+            hold(holder, part.name, part.module)
 
     def cores(fixed: nn.Module) -> list[RecurrentCore]:
         moved = [dataclasses.replace(p, module=fixed.get_submodule(p.name)) for p in parts]
@@ -128,7 +130,7 @@ def fixed_copy(
     return fixed, "; ".join(changes)
 
 
-def gain(effect: FixEffect) -> float | None:
+def _gain(effect: FixEffect) -> float | None:
     """How many times better a number is after the fix: the horizon's ratio (infinite when
     nothing decays any more), or 10^(decades regained) of a stack; None for lambda_1 (read
     through the horizon) and where there is nothing to compare."""
@@ -147,11 +149,10 @@ def gain(effect: FixEffect) -> float | None:
 def _core_effect(
     before: list[RecurrentCore], after: list[RecurrentCore]
 ) -> tuple[list[FixEffect], list[str]]:
-    key = lambda core: (core.name, core.layer, core.direction)  # noqa: E731
-    fixed = {key(core): core for core in after}
+    fixed = {core.key: core for core in after}
     effect, statuses = [], []
-    for core in {key(core): core for core in before}.values():
-        found = fixed.get(key(core))
+    for core in {core.key: core for core in before}.values():
+        found = fixed.get(core.key)
         if found is None:
             continue
         effect += [
@@ -164,7 +165,7 @@ def _core_effect(
 
 def _involved(fix: Fix, diagnosis: Diagnosis) -> tuple[list[RecurrentCore], bool]:
     """The cores whose findings call for ``fix``, and whether the stack's does."""
-    by_key = {(core.name, core.layer, core.direction): core for core in diagnosis.cores}
+    by_key = {core.key: core for core in diagnosis.cores}
     calling = [f for f in diagnosis.findings if fix.id in f.fixes and f.evidence is not None]
     cores = [
         by_key[f.evidence.key]
@@ -206,7 +207,7 @@ def _measured(fix: Fix, diagnosis: Diagnosis, subject: Remeasure, options: Analy
         after = assess_depth(stack_after[0], stack_after[1], options.epsilon)
         effect.append(FixEffect("depth", "decades", stack[0].decades, after.decades))
         statuses.append(after.status)
-    gains = [g for g in map(gain, effect) if g is not None]
+    gains = [g for g in map(_gain, effect) if g is not None]
     return dataclasses.replace(
         fix,
         effect=effect,
@@ -224,7 +225,7 @@ def _benefit_rank(fix: Fix) -> tuple:
         return (1,)
     if not fix.helps:
         return (2,)
-    best = max(g for g in map(gain, fix.effect) if g is not None)
+    best = max(g for g in map(_gain, fix.effect) if g is not None)
     return (0, fix.status_after != "healthy", -best)
 
 

@@ -53,16 +53,18 @@ def _layers_under(model: nn.Module, paths: list[str]) -> list[nn.Module]:
     return list(found.values())
 
 
-def _reinitialise(
-    model: nn.Module, paths: list[str], draw: Callable[[Tensor], Tensor], what: str
+def _redraw(
+    model: nn.Module, paths: list[str], seed: int, init: Callable[..., Tensor], **kwargs: object
 ) -> int:
-    """Each Linear/Conv weight under ``paths`` drawn anew, its bias zeroed; how many."""
+    """Each Linear/Conv weight under ``paths`` drawn anew by ``init`` (an ``nn.init``
+    function, from ``seed``), its bias zeroed; how many."""
     layers = _layers_under(model, paths)
     if not layers:
-        raise NotApplied(f"the blocks hold no Linear or Conv layer to {what}")
+        raise NotApplied("the blocks hold no Linear or Conv layer to re-initialise")
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in layers:
-            layer.weight.copy_(draw(layer.weight))
+            layer.weight.copy_(seeded(init, layer.weight, generator, **kwargs))
             if layer.bias is not None:
                 layer.bias.zero_()
     return len(layers)
@@ -77,12 +79,8 @@ def _init_gain(
 ) -> tuple[nn.Module, str]:
     """kaiming_normal_ with the nonlinearity the snippet names, drawn from ``seed``."""
     nonlinearity = he_nonlinearity(stack, layers)
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(weight: Tensor) -> Tensor:
-        return seeded(nn.init.kaiming_normal_, weight, generator, nonlinearity=nonlinearity)
-
-    count = _reinitialise(model, _plain(layers), draw, "re-initialise")
+    init = nn.init.kaiming_normal_
+    count = _redraw(model, _plain(layers), seed, init, nonlinearity=nonlinearity)
     return model, f"kaiming_normal_ ({nonlinearity}) in {count} layer(s), biases zero"
 
 
@@ -92,12 +90,7 @@ def _orthogonal(
     """orthogonal_ with the activation's gain, drawn from ``seed``."""
     nonlinearity = he_nonlinearity(stack, layers)
     gain = nn.init.calculate_gain(nonlinearity)
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(weight: Tensor) -> Tensor:
-        return seeded(nn.init.orthogonal_, weight, generator, gain=gain)
-
-    count = _reinitialise(model, _plain(layers), draw, "re-initialise")
+    count = _redraw(model, _plain(layers), seed, nn.init.orthogonal_, gain=gain)
     return model, f"orthogonal weights (gain {gain:.3g}) in {count} layer(s), biases zero"
 
 
@@ -117,12 +110,7 @@ def _change_activation(
             "the saturating activations are called as functions in forward(), not modules "
             "gradscope can swap on a copy"
         )
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(weight: Tensor) -> Tensor:
-        return seeded(nn.init.kaiming_normal_, weight, generator, nonlinearity="relu")
-
-    count = _reinitialise(model, paths, draw, "re-initialise")
+    count = _redraw(model, paths, seed, nn.init.kaiming_normal_, nonlinearity="relu")
     return model, f"{swapped} activation(s) made ReLU, He init in {count} layer(s)"
 
 
