@@ -43,6 +43,7 @@ def analyze(
     detect_cells: bool = DEFAULTS.detect_cells,
     loss_at: int | str = DEFAULTS.loss_at,
     what_if: bool = DEFAULTS.what_if,
+    max_memory: int | str | None = DEFAULTS.max_memory,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Probe a model and diagnose its gradient flow over time and over depth.
@@ -68,7 +69,9 @@ def analyze(
     view's loss reads: ``last``, ``all`` or a step number), ``what_if`` (apply each fix gradscope
     can to a copy and measure its effect). Over time: ``burn_in``,
     ``exponents``, ``spectrum_steps``; over depth: ``depth`` (``blocks``, ``leaves`` or N
-    levels), ``chi_probes``, ``power_iterations``. ``progress`` receives one line per stage.
+    levels), ``chi_probes``, ``power_iterations``. ``max_memory``: bytes (or a size such as
+    ``"2GB"``) for Jacobian work, which goes in chunks to stay within it. ``progress``
+    receives one line per stage.
 
     Raises :class:`gradscope.errors.GradscopeError` for unusable input or options.
     """
@@ -108,6 +111,7 @@ def analyze(
         detect_cells=detect_cells,
         loss_at=loss_at,
         what_if=what_if,
+        max_memory=max_memory,
     )
     from gradscope.pipeline import quiet, run
 

@@ -340,6 +340,14 @@ def analyze(
             help="Steps with full Jacobian spectra: auto, all or N.", rich_help_panel=ANALYSIS
         ),
     ] = str(DEFAULTS.spectrum_steps),
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory for Jacobian work (e.g. 512MB, 4GB): larger work goes in chunks "
+            "\\[default: 256MB].",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
     output_format: Annotated[
         str, typer.Option("--format", "-f", help=FORMAT_HELP, rich_help_panel=OUTPUT)
     ] = "text",
@@ -448,6 +456,7 @@ def cli_keywords(given: dict[str, Any]) -> dict[str, Any]:
         "burn_in": given["burn_in"],
         "exponents": given["exponents"],
         "spectrum_steps": given["spectrum_steps"],
+        "max_memory": given["max_memory"],
         "device": given["device"],
         "output_key": given["output_key"],
         "cells": tuple(given["cell"] or ()),

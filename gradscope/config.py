@@ -84,6 +84,7 @@ OPTION_KEYS: dict[str, str] = {
     "burn_in": "int",
     "exponents": "int",
     "spectrum_steps": "int_or_str",
+    "max_memory": "int_or_str",
     "format": "str",
     "fail_on": "strings",
     "exit_zero": "bool",

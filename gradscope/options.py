@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ class AnalysisOptions:
     detect_cells: bool = True
     loss_at: int | str = "last"
     what_if: bool = True
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         shapes = parse_input_shapes(self.input_shape) if self.input_shape is not None else ()
@@ -108,6 +110,8 @@ class AnalysisOptions:
         if isinstance(self.probe, Path):
             object.__setattr__(self, "probe", str(self.probe))
         object.__setattr__(self, "loss_at", parse_loss_at(self.loss_at))
+        if isinstance(self.max_memory, str):
+            object.__setattr__(self, "max_memory", parse_memory(self.max_memory))
         for ok, message in self._checks():
             if not ok:
                 raise GradscopeError(message)
@@ -152,6 +156,10 @@ class AnalysisOptions:
             (
                 self.power_iterations > 0,
                 f"--power-iterations must be 1 or more, not {self.power_iterations}",
+            ),
+            (
+                self.max_memory is None or self.max_memory > 0,
+                f"--max-memory must be a positive size such as 2GB, not {self.max_memory}",
             ),
             (
                 self.input_shape is None or all(d > 0 for d in self.input_shape),
@@ -274,6 +282,19 @@ def parse_spectrum_steps(text: str) -> int | str:
         raise GradscopeError(
             f"--spectrum-steps must be auto, all or a positive number of steps, not {text!r}"
         ) from None
+
+
+MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from a size such as ``512MB``, ``2GB``, ``1.5g`` or ``1000000`` (binary units)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if match is None or float(match[1]) <= 0:
+        raise GradscopeError(
+            f"--max-memory must be a positive size such as 512MB or 2GB, not {text!r}"
+        )
+    return int(float(match[1]) * MEMORY_UNITS[match[2]])
 
 
 #: The defaults, as the command line shows them.

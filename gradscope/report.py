@@ -147,11 +147,24 @@ class Extremes:
 @dataclass(frozen=True)
 class JacobianSummary:
     """The step Jacobian ``J_t = ds_t/ds_{t-1}`` over the trajectory: its spectral radius and
-    largest singular value, from ``samples`` (step, batch element) eigendecompositions."""
+    largest singular value at ``samples`` (step, batch element) pairs, by ``method``: "dense"
+    (eigen- and singular values of the materialised Jacobian) or "krylov" (matrix-free:
+    Arnoldi and Golub-Kahan on products with it, with the largest relative ``residual`` of
+    each estimate)."""
 
     spectral_radius: Extremes
     sigma_max: Extremes
     samples: int
+    method: str = "dense"
+    residual: KrylovResidual | None = None
+
+
+@dataclass(frozen=True)
+class KrylovResidual:
+    """The largest relative residual of the matrix-free estimates of a core's spectra."""
+
+    spectral_radius: float
+    sigma_max: float
 
 
 @dataclass(frozen=True)

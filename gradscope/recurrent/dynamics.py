@@ -11,24 +11,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-StepFunction = Callable[[Tensor, Tensor], Tensor]
-#: A closed-form Jacobian ``(s, u) -> J`` and JVP ``(s, u, v) -> J v`` over rows.
-Jacobian = Callable[[Tensor, Tensor], Tensor]
-TangentMap = Callable[[Tensor, Tensor, Tensor], Tensor]
+from gradscope.krylov import (
+    MAX_DIMENSION,
+    KrylovEstimate,
+    largest_singular_values,
+    rows_within,
+    spectral_radii,
+)
+from gradscope.recurrent.linearised import Linearisation
 
-#: Largest number of Jacobian entries materialised at once (chunks of steps stay below it).
-JACOBIAN_CHUNK_ENTRIES = 1 << 24
+StepFunction = Callable[[Tensor, Tensor], Tensor]
+#: A closed-form Jacobian ``(s, u) -> J`` over rows, and a closed-form linearisation.
+Jacobian = Callable[[Tensor, Tensor], Tensor]
+Linearise = Callable[[Tensor, Tensor], Linearisation]
+
+#: Bytes of Jacobians materialised at once unless told (chunks of steps stay below it).
+JACOBIAN_CHUNK_BYTES = 1 << 27
 
 
 def state_jacobians(
-    step: StepFunction, states: Tensor, drives: Tensor, closed: Jacobian | None = None
+    step: StepFunction,
+    states: Tensor,
+    drives: Tensor,
+    closed: Jacobian | None = None,
+    chunk_bytes: int = JACOBIAN_CHUNK_BYTES,
 ) -> Tensor:
     """``J = d step(s, u) / ds`` at each row of ``states`` (M, n) and ``drives`` (M, G), by
-    the ``closed`` form when given."""
+    the ``closed`` form when given, computed ``chunk_bytes`` of Jacobians at a time."""
     n = states.shape[-1]
     if closed is not None:
         jacobian = closed
@@ -36,7 +50,7 @@ def state_jacobians(
         from torch.func import jacfwd, vmap
 
         jacobian = vmap(jacfwd(step, argnums=0))
-    chunk = max(1, JACOBIAN_CHUNK_ENTRIES // (n * n))
+    chunk = max(1, chunk_bytes // (n * n * states.element_size()))
     return torch.cat(
         [
             jacobian(states[i : i + chunk], drives[i : i + chunk])
@@ -45,31 +59,93 @@ def state_jacobians(
     )
 
 
+def autograd_linearisation(step: StepFunction, s: Tensor, u: Tensor) -> Linearisation:
+    """A custom step linearised at rows ``(s, u)``: ``J v`` by torch.func's JVP, ``J^T w`` by
+    backpropagating through one recorded forward step (kept for every pull)."""
+    from torch.func import jvp
+
+    rows = s.detach().requires_grad_(True)
+    with torch.enable_grad():
+        stepped = step(rows, u)
+
+    def push(v: Tensor) -> Tensor:
+        return jvp(lambda x: step(x, u), (s,), (v,))[1]
+
+    def pull(w: Tensor) -> Tensor:
+        if not stepped.requires_grad:  # the step does not read its state
+            return torch.zeros_like(w)
+        grad = torch.autograd.grad(stepped, rows, w, retain_graph=True, allow_unused=True)[0]
+        return torch.zeros_like(w) if grad is None else grad
+
+    return Linearisation(push, pull)
+
+
+@dataclass(frozen=True)
+class MatrixFreeSpectra:
+    """Spectral radius and largest singular value of each Jacobian, estimated matrix-free."""
+
+    spectral_radius: KrylovEstimate
+    sigma_max: KrylovEstimate
+
+
+def matrix_free_spectra(
+    linearise: Linearise,
+    states: Tensor,
+    drives: Tensor,
+    budget_bytes: int,
+    generator: torch.Generator | None = None,
+) -> MatrixFreeSpectra:
+    """Spectra of the Jacobians at rows ``states`` (M, n), ``drives`` (M, G) by Krylov
+    methods on products with them, in chunks of rows whose Krylov bases fit ``budget_bytes``.
+    ``linearise(s, u)`` gives a chunk's products."""
+    m, n = states.shape
+    if m == 0:
+        empty = KrylovEstimate(states.new_empty(0), states.new_empty(0), 0, 0.0)
+        return MatrixFreeSpectra(empty, empty)
+    chunk = rows_within(budget_bytes, n, MAX_DIMENSION, states.dtype)
+    radii, sigmas = [], []
+    for i in range(0, m, chunk):
+        rows = slice(i, i + chunk)
+        linear = linearise(states[rows], drives[rows])
+        start = torch.randn(2, len(states[rows]), n, generator=generator, dtype=torch.float64)
+        start = start.to(states)
+        radii.append(spectral_radii(linear.push, start[0]))
+        sigmas.append(largest_singular_values(linear.push, linear.pull, start[1]))
+    return MatrixFreeSpectra(_joined(radii), _joined(sigmas))
+
+
+def _joined(estimates: list[KrylovEstimate]) -> KrylovEstimate:
+    return KrylovEstimate(
+        torch.cat([e.values for e in estimates]),
+        torch.cat([e.residuals for e in estimates]),
+        max(e.dimension for e in estimates),
+        estimates[0].tolerance,
+    )
+
+
 def tangent_map(
-    step: StepFunction, closed: TangentMap | None = None
+    step: StepFunction, linearise: Linearise | None = None
 ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """``(s, u, Q) -> J(s, u) Q`` for s (B, n), u (B, G), Q (B, n, k), by one batched JVP
-    (the ``closed`` form when given).
+    """``(s, u, Q) -> J(s, u) Q`` for s (B, n), u (B, G), Q (B, n, k): by the cell's
+    ``linearise`` where it has one (its coefficients broadcast over the k columns), else by
+    one batched JVP of torch.func whose k columns become k extra rows (step functions act
+    row-wise)."""
 
-    Step functions act row-wise on batches, so the k columns of each frame become k extra rows.
-    """
+    def by_linearisation(s: Tensor, u: Tensor, frame: Tensor) -> Tensor:
+        linear = linearise(s[:, None, :], u[:, None, :])
+        return linear.push(frame.transpose(1, 2)).transpose(1, 2)
 
-    def by_autodiff(rows: Tensor, drives: Tensor, tangents: Tensor) -> Tensor:
+    def by_autodiff(s: Tensor, u: Tensor, frame: Tensor) -> Tensor:
         from torch.func import jvp
 
-        return jvp(lambda x: step(x, drives), (rows,), (tangents,))[1]
-
-    along = closed or by_autodiff
-
-    def push_forward(s: Tensor, u: Tensor, frame: Tensor) -> Tensor:
         batch, n, k = frame.shape
-        rows = s.repeat_interleave(k, dim=0)
         drives = u.repeat_interleave(k, dim=0)
         tangents = frame.transpose(1, 2).reshape(batch * k, n)
-        pushed = along(rows, drives, tangents)
+        rows = s.repeat_interleave(k, dim=0)
+        pushed = jvp(lambda x: step(x, drives), (rows,), (tangents,))[1]
         return pushed.reshape(batch, k, -1).transpose(1, 2)
 
-    return push_forward
+    return by_autodiff if linearise is None else by_linearisation
 
 
 def lyapunov_exponents(
@@ -79,20 +155,20 @@ def lyapunov_exponents(
     count: int,
     burn_in: int,
     generator: torch.Generator | None = None,
-    closed: TangentMap | None = None,
+    linearise: Linearise | None = None,
 ) -> Tensor:
     """Top ``count`` Lyapunov exponents (nats per step) along a trajectory, by the QR method.
 
     Benettin's method: push an orthonormal frame through each step's Jacobian, re-orthonormalise
     with QR, and average ``log |diag R|`` over the steps after ``burn_in``. Returns (batch, count)
     in the order of the frame's columns; a direction a step annihilates (``|R_ii|`` at rounding
-    level of ``||J Q||``) gives ``-inf``. Non-finite Jacobians give NaN. ``closed``: the step's
-    closed-form JVP, where it has one.
+    level of ``||J Q||``) gives ``-inf``. Non-finite Jacobians give NaN. ``linearise``: the
+    cell's closed-form linearisation, where it has one.
     """
     steps, batch, n = states.shape
     if not 0 <= burn_in < steps:
         raise ValueError(f"burn_in={burn_in} must lie in [0, {steps})")
-    push = tangent_map(step, closed)
+    push = tangent_map(step, linearise)
     noise = torch.randn(n, count, generator=generator, dtype=torch.float64)
     frame = torch.linalg.qr(noise.to(states))[0].expand(batch, n, count)
     tiny = torch.finfo(states.dtype).eps

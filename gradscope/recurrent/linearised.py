@@ -18,6 +18,7 @@ With ``a = u + W_hh h`` (GRU: ``W_hh s + b_hh`` per gate) and the gate slopes
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -101,39 +102,72 @@ def jacobian_function(spec: CellSpec, weights: CellWeights) -> Jacobian:
     raise ValueError(f"unknown cell kind {spec.kind!r}")
 
 
-def jvp_function(spec: CellSpec, weights: CellWeights) -> TangentMap:
-    """``(s, u, v) -> J(s, u) v`` for rows ``s``, ``u`` and tangents ``v`` (M, n)."""
+@dataclass(frozen=True)
+class Linearisation:
+    """A cell's step linearised at rows ``(s, u)``: ``push(v) = J v`` and ``pull(w) = J^T w``
+    for (M, n) rows, with the gate values computed once."""
+
+    push: Callable[[Tensor], Tensor]
+    pull: Callable[[Tensor], Tensor]
+
+
+def linearisation(spec: CellSpec, weights: CellWeights, s: Tensor, u: Tensor) -> Linearisation:
+    """The step of a built-in cell linearised at rows ``s`` (M, n) and ``u`` (M, G)."""
     w_hh = weights.weight_hh
 
     if spec.kind in ("rnn_tanh", "rnn_relu"):
-
-        def rnn(s: Tensor, u: Tensor, v: Tensor) -> Tensor:
-            return _slope(spec.kind, u + F.linear(s, w_hh)) * F.linear(v, w_hh)
-
-        return rnn
+        slope = _slope(spec.kind, u + F.linear(s, w_hh))
+        return Linearisation(
+            push=lambda v: slope * F.linear(v, w_hh),
+            pull=lambda w: (slope * w) @ w_hh,
+        )
 
     if spec.kind == "lstm":
         out = spec.output_size
         projection = weights.weight_hr
+        _, _, f, o, tanh_c, (di, df, dg) = _lstm_parts(spec, weights, s, u)
+        d_output = tanh_c * o * (1 - o)  # dm / da_o
+        keep = o * (1 - tanh_c * tanh_c)  # dm / dc'
 
-        def lstm(s: Tensor, u: Tensor, v: Tensor) -> Tensor:
-            _, _, f, o, tanh_c, (di, df, dg) = _lstm_parts(spec, weights, s, u)
+        def lstm_push(v: Tensor) -> Tensor:
             d_i, d_f, d_g, d_o = F.linear(v[..., :out], w_hh).chunk(4, dim=-1)
             dc = di * d_i + df * d_f + dg * d_g + f * v[..., out:]
-            dm = tanh_c * o * (1 - o) * d_o + o * (1 - tanh_c * tanh_c) * dc
+            dm = d_output * d_o + keep * dc
             dh = dm if projection is None else F.linear(dm, projection)
             return torch.cat((dh, dc), dim=-1)
 
-        return lstm
+        def lstm_pull(w: Tensor) -> Tensor:
+            w_h, w_c = w[..., :out], w[..., out:]
+            w_m = w_h if projection is None else w_h @ projection
+            w_dc = w_c + keep * w_m
+            gates = torch.cat((di * w_dc, df * w_dc, dg * w_dc, d_output * w_m), dim=-1)
+            return torch.cat((gates @ w_hh, f * w_dc), dim=-1)
+
+        return Linearisation(lstm_push, lstm_pull)
 
     if spec.kind == "gru":
+        r, z, n, g_n = _gru_parts(weights, s, u)
+        d_reset = (1 - z) * (1 - n * n) * g_n * r * (1 - r)  # ds' / da_r
+        d_new = (1 - z) * (1 - n * n) * r  # ds' / d(W_n s)
+        d_update = (s - n) * z * (1 - z)  # ds' / da_z
 
-        def gru(s: Tensor, u: Tensor, v: Tensor) -> Tensor:
-            r, z, n, g_n = _gru_parts(weights, s, u)
+        def gru_push(v: Tensor) -> Tensor:
             d_r, d_z, d_n = F.linear(v, w_hh).chunk(3, dim=-1)
-            dn = (1 - n * n) * (g_n * r * (1 - r) * d_r + r * d_n)
-            return (1 - z) * dn + (s - n) * z * (1 - z) * d_z + z * v
+            return d_reset * d_r + d_update * d_z + d_new * d_n + z * v
 
-        return gru
+        def gru_pull(w: Tensor) -> Tensor:
+            gates = torch.cat((d_reset * w, d_update * w, d_new * w), dim=-1)
+            return gates @ w_hh + z * w
+
+        return Linearisation(gru_push, gru_pull)
 
     raise ValueError(f"unknown cell kind {spec.kind!r}")
+
+
+def jvp_function(spec: CellSpec, weights: CellWeights) -> TangentMap:
+    """``(s, u, v) -> J(s, u) v`` for rows ``s``, ``u`` and tangents ``v`` (M, n)."""
+
+    def jvp(s: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        return linearisation(spec, weights, s, u).push(v)
+
+    return jvp

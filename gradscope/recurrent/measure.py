@@ -23,42 +23,58 @@ from gradscope.recurrent.cells import (
     gate_values,
     step_function,
 )
-from gradscope.recurrent.dynamics import Jacobian, lyapunov_exponents, state_jacobians
-from gradscope.recurrent.linearised import jacobian_function, jvp_function
+from gradscope.recurrent.dynamics import (
+    Jacobian,
+    Linearise,
+    autograd_linearisation,
+    lyapunov_exponents,
+    matrix_free_spectra,
+    state_jacobians,
+)
+from gradscope.recurrent.linearised import jacobian_function, linearisation
 from gradscope.recurrent.unroll import Trace, unrolled
 from gradscope.report import (
     Extremes,
     GateSummary,
     JacobianSummary,
+    KrylovResidual,
     RecurrentCore,
     WeightSummary,
 )
 from gradscope.theory import memory_horizon
 
-#: ``auto`` spectra: every step while states have at most this many dimensions ...
-ALL_SPECTRA_UP_TO = 128
-#: ... otherwise an eigendecomposition budget worth this many steps at that size ...
-SPECTRA_BUDGET_STEPS = 100
-#: ... but never fewer than this many spectra.
-MIN_SPECTRA = 2
+#: States with at most this many dimensions get dense spectra (eigenvalues and singular values
+#: of the materialised Jacobian); larger ones are estimated matrix-free, by Krylov methods on
+#: products with the Jacobian, which cost less from about this size on
+#: (``benchmarks/bench_spectra.py`` finds the crossover).
+DENSE_UP_TO = 192
+#: ``auto`` dense spectra, beyond every step: more batch elements, up to an eigendecomposition
+#: budget worth this many Jacobians with 128-dimensional states (eig is cubic in the size).
+DENSE_BUDGET = 100
+#: Bytes for Jacobian work (dense chunks, Krylov bases) unless ``--max-memory`` says otherwise.
+DEFAULT_WORKSPACE = 1 << 28
+
+
+def is_matrix_free(state_size: int) -> bool:
+    """Whether states of this size get matrix-free spectra."""
+    return state_size > DENSE_UP_TO
 
 
 def spectrum_sample_count(setting: int | str, steps: int, batch: int, state_size: int) -> int:
-    """How many (step, batch element) Jacobians get a full eigendecomposition.
+    """How many (step, batch element) Jacobians get their spectra measured.
 
-    ``all``: every one. ``N``: N evenly spaced steps, every batch element. ``auto``: every step
-    while the state has at most ALL_SPECTRA_UP_TO dimensions, else as many as cost about
-    SPECTRA_BUDGET_STEPS eigendecompositions of that size (eig is cubic in the state size).
+    ``all``: every one. ``N``: N evenly spaced steps, every batch element. ``auto``: every
+    step; with a batch, for dense spectra as many more elements as DENSE_BUDGET allows, and
+    for matrix-free ones one element per step, in turn.
     """
     total = steps * batch
     if setting == "all":
         return total
     if isinstance(setting, int):
         return min(steps, setting) * batch
-    budget = max(MIN_SPECTRA, int(SPECTRA_BUDGET_STEPS * (ALL_SPECTRA_UP_TO / state_size) ** 3))
-    if state_size <= ALL_SPECTRA_UP_TO:
-        budget = max(budget, steps)
-    return min(total, budget)
+    if is_matrix_free(state_size):
+        return min(total, steps)
+    return min(total, max(steps, int(DENSE_BUDGET * (128 / state_size) ** 3)))
 
 
 #: The Pascanu et al. bound on sigma_max(W_hh) is 1/gamma, gamma = max |activation'| = 1.
@@ -137,9 +153,15 @@ def _summary(values: Tensor) -> Extremes:
     return Extremes(*median_and_max(values))
 
 
+def _largest(values: Tensor) -> float:
+    return float(values.max()) if values.numel() else math.nan
+
+
 def spectrum_samples(setting: int | str, steps: int, batch: int, state_size: int) -> Tensor:
     """Flat (step * batch + element) indices of the Jacobians whose spectra are computed."""
     count = spectrum_sample_count(setting, steps, batch, state_size)
+    if setting == "auto" and count == steps:
+        return torch.arange(steps) * batch + torch.arange(steps) % batch
     if isinstance(setting, int):
         chosen = torch.linspace(0, steps - 1, count // batch).round().long().unique()
         return (chosen[:, None] * batch + torch.arange(batch)).flatten()
@@ -152,12 +174,31 @@ def _jacobian_summary(
     drives: Tensor,
     options: AnalysisOptions,
     closed: Jacobian | None = None,
+    linearise: Linearise | None = None,
 ) -> JacobianSummary:
+    """Spectra of the chosen steps' Jacobians: dense (``closed`` form or torch.func) for small
+    states, matrix-free (``linearise``, else torch.func and autograd) for large ones."""
     steps, batch, n = states.shape
     chosen = spectrum_samples(options.spectrum_steps, steps, batch, n).to(states.device)
-    jacobians = state_jacobians(
-        step, states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen], closed
-    )
+    rows, row_drives = states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen]
+    workspace = options.max_memory or DEFAULT_WORKSPACE
+    if is_matrix_free(n):
+        spectra = matrix_free_spectra(
+            linearise or (lambda s, u: autograd_linearisation(step, s, u)),
+            rows,
+            row_drives,
+            workspace,
+            torch.Generator().manual_seed(options.seed),
+        )
+        radius, sigma = spectra.spectral_radius, spectra.sigma_max
+        return JacobianSummary(
+            spectral_radius=_summary(radius.values),
+            sigma_max=_summary(sigma.values),
+            samples=len(chosen),
+            method="krylov",
+            residual=KrylovResidual(_largest(radius.residuals), _largest(sigma.residuals)),
+        )
+    jacobians = state_jacobians(step, rows, row_drives, closed, workspace)
     finite = bool(torch.isfinite(jacobians).all())
     empty = jacobians.new_empty(0)
     return JacobianSummary(
@@ -293,18 +334,17 @@ def measure_core(
         generator = torch.Generator().manual_seed(options.seed)
         count = min(options.exponents, spec.state_size)
         builtin = weights is not None and not core.custom
-        per_element = lyapunov_exponents(
+        linearise = (lambda s, u: linearisation(spec, weights, s, u)) if builtin else None
+        per_element = lyapunov_exponents(step, states, drives, count, burn_in, generator, linearise)
+        exponents = per_element.sort(dim=-1, descending=True).values.mean(0).tolist()
+        jacobian = _jacobian_summary(
             step,
             states,
             drives,
-            count,
-            burn_in,
-            generator,
-            jvp_function(spec, weights) if builtin else None,
+            options,
+            jacobian_function(spec, weights) if builtin else None,
+            linearise,
         )
-        exponents = per_element.sort(dim=-1, descending=True).values.mean(0).tolist()
-        closed = jacobian_function(spec, weights) if builtin else None
-        jacobian = _jacobian_summary(step, states, drives, options, closed)
     return RecurrentCore(
         name=core.name,
         cell=spec.kind,
@@ -328,6 +368,17 @@ def measure_core(
         weights=_weight_summary(spec, weights),
         finite=finite,
         state=core.custom.state() if core.custom else None,
+    )
+
+
+def matrix_free_note(core: RecurrentCore) -> str:
+    """How a core's spectra were estimated without materialising its Jacobians."""
+    residual = core.jacobian.residual
+    return (
+        f"{core.label}: rho(J) and sigma max of its {core.state_size}-dimensional "
+        f"step Jacobians estimated matrix-free at {core.jacobian.samples} (step, element) "
+        "pairs, by Arnoldi and Golub-Kahan iterations on Jacobian products (largest relative "
+        f"residuals {residual.spectral_radius:.1g} and {residual.sigma_max:.1g})"
     )
 
 
@@ -370,6 +421,7 @@ def measure_recurrent(
         for trace in traces.values()
         if trace.core.custom is not None
     ]
+    notes += [matrix_free_note(core) for core in cores if core.jacobian.method == "krylov"]
     notes += [
         f"{trace.core.name or '(model)'}: what it reads at a step is computed from its state "
         "the step before, through other modules (an autoregressive readout, an attention "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import jacfwd, jvp, vmap
+from torch.func import jacfwd, jvp, vjp, vmap
 
 from gradscope.recurrent.cells import (
     CellSpec,
@@ -14,7 +14,7 @@ from gradscope.recurrent.cells import (
     module_kind,
     step_function,
 )
-from gradscope.recurrent.linearised import jacobian_function, jvp_function
+from gradscope.recurrent.linearised import jacobian_function, jvp_function, linearisation
 
 MODULES = {
     "rnn_tanh": lambda: nn.RNN(3, 6),
@@ -62,3 +62,14 @@ def test_closed_form_jacobian_and_jvp_match_torch_func(name, dtype):
         rtol=0,
         atol=1e-10 if dtype == torch.float64 else 1e-4,
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_closed_form_vjp_matches_torch_func(name, dtype):
+    spec, weights, s, u = case(name, dtype)
+    step = step_function(spec, weights)
+    w = torch.randn_like(s)
+    pulled = vjp(lambda x: step(x, u), s)[1](w)[0]
+    closed = linearisation(spec, weights, s, u).pull(w)
+    assert (closed - pulled).abs().max() <= TOLERANCE[dtype] * pulled.abs().max()

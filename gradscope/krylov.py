@@ -1,0 +1,171 @@
+"""Matrix-free spectra of many Jacobians at once: Arnoldi for the spectral radius, Golub-Kahan
+bidiagonalisation for the largest singular value.
+
+Both work on M independent n x n maps known only by their products: ``push(V)`` gives
+``J_m v_m`` for each row m of ``V`` (M, n), ``pull(W)`` gives ``J_m^T w_m``. One call serves
+every map, so the work is a few large batched products rather than M small ones. The Krylov
+bases are (M, k + 1, n): callers bound memory by passing a chunk of maps at a time (see
+:func:`rows_within`).
+
+An estimate has converged when its Ritz pair's residual, relative to the estimate, is at most
+``tolerance``; a Krylov space that becomes invariant (a residual of zero) gives the exact value.
+For the largest singular value the residual bounds the error (the matrix ``J^T J`` is
+symmetric); for an eigenvalue of a non-normal matrix the error can exceed the residual, so the
+oracle tests compare with dense eigenvalues, not with the residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+RowMap = Callable[[Tensor], Tensor]
+
+#: Largest Krylov dimension; a map not converged by then keeps its best estimate.
+MAX_DIMENSION = 80
+#: Ritz values are checked every this many iterations (a decomposition of the small projected
+#: matrices each time, which for many maps at once costs more than a few iterations).
+CHECK_EVERY = 16
+#: Golub-Kahan's projected matrices are bidiagonal, cheap to decompose: checked this often.
+CHECK_SINGULAR_EVERY = 8
+
+
+#: Relative residual at which a largest singular value counts as converged: its error is at
+#: most the residual (a Ritz value of the symmetric ``[[0, J], [J^T, 0]]``), often far less.
+SIGMA_TOLERANCE = 1e-3
+#: Relative residual at which a spectral radius counts as converged. Its error is not bounded
+#: by the residual (Jacobians are not normal) but measured against dense eigenvalues: at most
+#: of the order of the residual (tests/test_krylov.py; at 4096 dimensions, where MAX_DIMENSION
+#: leaves residuals near 2e-2, within 0.3%: benchmarks/bench_spectra.py).
+RADIUS_TOLERANCE = 1e-3
+#: A second Gram-Schmidt pass runs where the first removed more than this share of the norm.
+REORTHOGONALISE_BELOW = 0.7
+
+
+@dataclass(frozen=True)
+class KrylovEstimate:
+    """One estimate per map, its relative residual, and the Krylov dimension reached."""
+
+    values: Tensor
+    residuals: Tensor
+    dimension: int
+    tolerance: float
+
+    @property
+    def converged(self) -> Tensor:
+        """Which maps' residuals met the tolerance the estimate was run with."""
+        return self.residuals <= self.tolerance
+
+
+def rows_within(budget_bytes: int, n: int, dimension: int, dtype: torch.dtype) -> int:
+    """How many maps' two Krylov bases of ``dimension + 1`` vectors of size ``n`` fit in
+    ``budget_bytes`` (at least one)."""
+    per_row = 2 * (dimension + 1) * n * torch.finfo(dtype).bits // 8
+    return max(1, budget_bytes // per_row)
+
+
+def _unit_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    norms = rows.norm(dim=-1)
+    return rows / norms.clamp_min(torch.finfo(rows.dtype).tiny)[:, None], norms
+
+
+def _projected_out(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    coefficients = torch.bmm(w[:, None, :], basis.transpose(1, 2))  # (M, 1, j)
+    return w - torch.bmm(coefficients, basis)[:, 0], coefficients[:, 0]
+
+
+def _orthogonalised(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``w`` (M, n) without its components along the orthonormal rows of ``basis`` (M, j, n),
+    by classical Gram-Schmidt, repeated once where it cancelled much of ``w`` (the DGKS
+    criterion); returns it and the coefficients (M, j)."""
+    if basis.shape[1] == 0:
+        return w, w.new_zeros(len(w), 0)
+    before = w.norm(dim=-1)
+    w, coefficients = _projected_out(basis, w)
+    if bool((w.norm(dim=-1) < REORTHOGONALISE_BELOW * before).any()):
+        w, correction = _projected_out(basis, w)
+        coefficients = coefficients + correction
+    return w, coefficients
+
+
+def spectral_radii(
+    push: RowMap,
+    start: Tensor,
+    tolerance: float = RADIUS_TOLERANCE,
+    max_dimension: int = MAX_DIMENSION,
+) -> KrylovEstimate:
+    """Largest eigenvalue modulus of each map, by Arnoldi from the rows of ``start`` (M, n).
+
+    The estimate is the largest-modulus eigenvalue of the projected Hessenberg matrix; its
+    residual is ``h_{k+1,k} |y_k| / |theta|`` for the Ritz vector ``y`` of unit norm.
+    """
+    m, n = start.shape
+    limit = min(max_dimension, n)
+    basis = start.new_zeros(m, limit + 1, n)
+    hessenberg = start.new_zeros(m, limit + 1, limit)
+    basis[:, 0] = _unit_rows(start)[0]
+    values = start.new_full((m,), float("nan"))
+    residuals = start.new_full((m,), float("inf"))
+    tiny = torch.finfo(start.dtype).tiny
+    rows = torch.arange(m, device=start.device)
+    for j in range(limit):
+        w, coefficients = _orthogonalised(basis[:, : j + 1], push(basis[:, j]))
+        hessenberg[:, : j + 1, j] = coefficients
+        basis[:, j + 1], beta = _unit_rows(w)
+        hessenberg[:, j + 1, j] = beta
+        if (j + 1) % CHECK_EVERY and j + 1 < limit:
+            continue
+        eigenvalues, vectors = torch.linalg.eig(hessenberg[:, : j + 1, : j + 1])
+        top = eigenvalues.abs().argmax(dim=-1)
+        values = eigenvalues[rows, top].abs()
+        residuals = beta * vectors[rows, j, top].abs() / values.clamp_min(tiny)
+        residuals = torch.where(beta <= tiny, torch.zeros_like(residuals), residuals)
+        if bool((residuals <= tolerance).all()):
+            break
+    return KrylovEstimate(values, residuals, j + 1, tolerance)
+
+
+def largest_singular_values(
+    push: RowMap,
+    pull: RowMap,
+    start: Tensor,
+    tolerance: float = SIGMA_TOLERANCE,
+    max_dimension: int = MAX_DIMENSION,
+) -> KrylovEstimate:
+    """Largest singular value of each map, by Golub-Kahan bidiagonalisation with full
+    reorthogonalisation from the rows of ``start`` (M, n).
+
+    ``J V_k = U_k B_k`` and ``J^T U_k = V_k B_k^T + beta_k v_{k+1} e_k^T`` for the upper
+    bidiagonal ``B_k``; for its top singular triplet ``(sigma, p, q)`` the residual of
+    ``(sigma, U p, V q)`` is ``beta_k |p_k|``, reported relative to sigma.
+    """
+    m, n = start.shape
+    limit = min(max_dimension, n)
+    right = start.new_zeros(m, limit + 1, n)
+    left = start.new_zeros(m, limit, n)
+    bidiagonal = start.new_zeros(m, limit, limit)
+    right[:, 0] = _unit_rows(start)[0]
+    values = start.new_full((m,), float("nan"))
+    residuals = start.new_full((m,), float("inf"))
+    tiny = torch.finfo(start.dtype).tiny
+    for j in range(limit):
+        u, _ = _orthogonalised(left[:, :j], push(right[:, j]))
+        left[:, j], alpha = _unit_rows(u)
+        v, _ = _orthogonalised(right[:, : j + 1], pull(left[:, j]))
+        right[:, j + 1], beta = _unit_rows(v)
+        bidiagonal[:, j, j] = alpha
+        if j + 1 < limit:
+            bidiagonal[:, j, j + 1] = beta
+        if (j + 1) % CHECK_SINGULAR_EVERY and j + 1 < limit:
+            continue
+        vectors, sigmas, _ = torch.linalg.svd(bidiagonal[:, : j + 1, : j + 1])
+        values = sigmas[:, 0]
+        residuals = beta * vectors[:, j, 0].abs() / values.clamp_min(tiny)
+        exhausted = (beta <= tiny) | (alpha <= tiny)
+        residuals = torch.where(exhausted, torch.zeros_like(residuals), residuals)
+        if bool((residuals <= tolerance).all()):
+            break
+    return KrylovEstimate(values, residuals, j + 1, tolerance)
