@@ -1,10 +1,11 @@
 """Matrix-free spectra of many Jacobians at once: Arnoldi for the spectral radius, Golub-Kahan
 bidiagonalisation for the largest singular value.
 
-Both work on M independent n x n maps known only by their products: ``push(V)`` gives
-``J_m v_m`` for each row m of ``V`` (M, n), ``pull(W)`` gives ``J_m^T w_m``. One call serves
-every map, so the work is a few large batched products rather than M small ones. The Krylov
-bases are (M, k + 1, n): callers bound memory by passing a chunk of maps at a time (see
+Both work on M independent n x n maps known only by their products (:class:`Products`):
+``push(V)`` gives ``J_m v_m`` for each row m of ``V`` (M, n), ``pull(W)`` gives ``J_m^T w_m``.
+One call serves every map, so the work is a few large batched products rather than M small
+ones; maps whose estimates have converged leave the batch. The Krylov bases are
+(M, k + 1, n): callers bound memory by passing a chunk of maps at a time (see
 :func:`rows_within`).
 
 An estimate has converged when its Ritz pair's residual, relative to the estimate, is at most
@@ -23,6 +24,20 @@ import torch
 from torch import Tensor
 
 RowMap = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Products:
+    """Products with a batch of linear maps, row by row: ``push(V)`` gives ``J_m v_m`` and
+    ``pull(W)`` gives ``J_m^T w_m`` for each row m."""
+
+    push: RowMap
+    pull: RowMap
+
+
+#: ``products_of(index)``: the products of the maps numbered ``index`` (a 1-D long tensor).
+ProductsOf = Callable[[Tensor], Products]
+
 
 #: Largest Krylov dimension; a map not converged by then keeps its best estimate.
 MAX_DIMENSION = 80
@@ -91,8 +106,52 @@ def _orthogonalised(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return w, coefficients
 
 
+def _last_component(hessenberg: Tensor, eigenvalues: Tensor) -> Tensor:
+    """``|y_k|`` of the unit eigenvector ``y`` of each upper Hessenberg matrix (M, k, k) for
+    its eigenvalue: with ``y_k = 1``, rows 2..k of ``(H - theta I) y = 0`` are triangular in
+    ``y_1..y_{k-1}`` (the subdiagonal on their diagonal), so one triangular solve gives ``y``.
+    Where the solve breaks down (a zero subdiagonal: an invariant subspace), 0."""
+    k = hessenberg.shape[-1]
+    if k == 1:
+        return torch.ones_like(eigenvalues.real)
+    shifted = hessenberg.to(eigenvalues.dtype) - eigenvalues[:, None, None] * torch.eye(
+        k, dtype=eigenvalues.dtype, device=eigenvalues.device
+    )
+    leading = torch.linalg.solve_triangular(shifted[:, 1:, :-1], -shifted[:, 1:, -1:], upper=True)[
+        ..., 0
+    ]
+    length = torch.sqrt(1 + leading.abs().pow(2).sum(dim=-1))
+    return torch.where(torch.isfinite(length), 1 / length, torch.zeros_like(length))
+
+
+class _Batch:
+    """The maps still iterating: their numbers, their products, and the per-map tensors of a
+    Krylov iteration, compacted when enough of them have converged."""
+
+    def __init__(self, products_of: ProductsOf, m: int, device: torch.device, **state: Tensor):
+        self.products_of = products_of
+        self.index = torch.arange(m, device=device)
+        self.products = products_of(self.index)
+        self.state = state
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def settle(self, done: Tensor) -> bool:
+        """Drop the maps ``done`` (a mask over the batch) once they are a quarter of it or
+        more; whether any are left."""
+        if bool(done.all()):
+            return False
+        if 4 * int(done.sum()) >= len(self):
+            keep = ~done
+            self.index = self.index[keep]
+            self.state = {name: tensor[keep] for name, tensor in self.state.items()}
+            self.products = self.products_of(self.index)
+        return True
+
+
 def spectral_radii(
-    push: RowMap,
+    products_of: ProductsOf,
     start: Tensor,
     tolerance: float = RADIUS_TOLERANCE,
     max_dimension: int = MAX_DIMENSION,
@@ -105,32 +164,34 @@ def spectral_radii(
     m, n = start.shape
     limit = min(max_dimension, n)
     basis = start.new_zeros(m, limit + 1, n)
-    hessenberg = start.new_zeros(m, limit + 1, limit)
     basis[:, 0] = _unit_rows(start)[0]
+    batch = _Batch(
+        products_of, m, start.device, basis=basis, hessenberg=start.new_zeros(m, limit + 1, limit)
+    )
     values = start.new_full((m,), float("nan"))
     residuals = start.new_full((m,), float("inf"))
     tiny = torch.finfo(start.dtype).tiny
-    rows = torch.arange(m, device=start.device)
     for j in range(limit):
-        w, coefficients = _orthogonalised(basis[:, : j + 1], push(basis[:, j]))
+        basis, hessenberg = batch.state["basis"], batch.state["hessenberg"]
+        w, coefficients = _orthogonalised(basis[:, : j + 1], batch.products.push(basis[:, j]))
         hessenberg[:, : j + 1, j] = coefficients
         basis[:, j + 1], beta = _unit_rows(w)
         hessenberg[:, j + 1, j] = beta
         if (j + 1) % CHECK_EVERY and j + 1 < limit:
             continue
-        eigenvalues, vectors = torch.linalg.eig(hessenberg[:, : j + 1, : j + 1])
-        top = eigenvalues.abs().argmax(dim=-1)
-        values = eigenvalues[rows, top].abs()
-        residuals = beta * vectors[rows, j, top].abs() / values.clamp_min(tiny)
-        residuals = torch.where(beta <= tiny, torch.zeros_like(residuals), residuals)
-        if bool((residuals <= tolerance).all()):
+        projected = hessenberg[:, : j + 1, : j + 1]
+        eigenvalues = torch.linalg.eigvals(projected)
+        top = eigenvalues.gather(-1, eigenvalues.abs().argmax(dim=-1, keepdim=True))[:, 0]
+        residual = beta * _last_component(projected, top) / top.abs().clamp_min(tiny)
+        residual = torch.where(beta <= tiny, torch.zeros_like(residual), residual)
+        values[batch.index], residuals[batch.index] = top.abs(), residual
+        if not batch.settle(residual <= tolerance):
             break
     return KrylovEstimate(values, residuals, j + 1, tolerance)
 
 
 def largest_singular_values(
-    push: RowMap,
-    pull: RowMap,
+    products_of: ProductsOf,
     start: Tensor,
     tolerance: float = SIGMA_TOLERANCE,
     max_dimension: int = MAX_DIMENSION,
@@ -145,16 +206,24 @@ def largest_singular_values(
     m, n = start.shape
     limit = min(max_dimension, n)
     right = start.new_zeros(m, limit + 1, n)
-    left = start.new_zeros(m, limit, n)
-    bidiagonal = start.new_zeros(m, limit, limit)
     right[:, 0] = _unit_rows(start)[0]
+    batch = _Batch(
+        products_of,
+        m,
+        start.device,
+        right=right,
+        left=start.new_zeros(m, limit, n),
+        bidiagonal=start.new_zeros(m, limit, limit),
+    )
     values = start.new_full((m,), float("nan"))
     residuals = start.new_full((m,), float("inf"))
     tiny = torch.finfo(start.dtype).tiny
     for j in range(limit):
-        u, _ = _orthogonalised(left[:, :j], push(right[:, j]))
+        right, left = batch.state["right"], batch.state["left"]
+        bidiagonal = batch.state["bidiagonal"]
+        u, _ = _orthogonalised(left[:, :j], batch.products.push(right[:, j]))
         left[:, j], alpha = _unit_rows(u)
-        v, _ = _orthogonalised(right[:, : j + 1], pull(left[:, j]))
+        v, _ = _orthogonalised(right[:, : j + 1], batch.products.pull(left[:, j]))
         right[:, j + 1], beta = _unit_rows(v)
         bidiagonal[:, j, j] = alpha
         if j + 1 < limit:
@@ -162,10 +231,10 @@ def largest_singular_values(
         if (j + 1) % CHECK_SINGULAR_EVERY and j + 1 < limit:
             continue
         vectors, sigmas, _ = torch.linalg.svd(bidiagonal[:, : j + 1, : j + 1])
-        values = sigmas[:, 0]
-        residuals = beta * vectors[:, j, 0].abs() / values.clamp_min(tiny)
+        residual = beta * vectors[:, j, 0].abs() / sigmas[:, 0].clamp_min(tiny)
         exhausted = (beta <= tiny) | (alpha <= tiny)
-        residuals = torch.where(exhausted, torch.zeros_like(residuals), residuals)
-        if bool((residuals <= tolerance).all()):
+        residual = torch.where(exhausted, torch.zeros_like(residual), residual)
+        values[batch.index], residuals[batch.index] = sigmas[:, 0], residual
+        if not batch.settle(residual <= tolerance):
             break
     return KrylovEstimate(values, residuals, j + 1, tolerance)

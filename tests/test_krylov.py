@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from gradscope.krylov import SIGMA_TOLERANCE, largest_singular_values, rows_within, spectral_radii
+from gradscope.krylov import (
+    SIGMA_TOLERANCE,
+    Products,
+    largest_singular_values,
+    rows_within,
+    spectral_radii,
+)
 from gradscope.numerics import largest_singular_value, spectral_radius
 from gradscope.recurrent.cells import (
     CellSpec,
@@ -20,24 +26,27 @@ from gradscope.recurrent.linearised import jacobian_function, linearisation
 
 
 def products(matrices: torch.Tensor):
-    """``push`` and ``pull`` of a stack of dense matrices, row by row."""
+    """``products_of`` a stack of dense matrices, row by row; it counts the rows it serves."""
 
-    def push(v):
-        return torch.bmm(matrices, v[..., None])[..., 0]
+    def products_of(index):
+        chosen = matrices[index]
+        served.append(len(index))
+        return Products(
+            push=lambda v: torch.bmm(chosen, v[..., None])[..., 0],
+            pull=lambda w: torch.bmm(chosen.transpose(1, 2), w[..., None])[..., 0],
+        )
 
-    def pull(w):
-        return torch.bmm(matrices.transpose(1, 2), w[..., None])[..., 0]
-
-    return push, pull
+    served = []
+    products_of.served = served
+    return products_of
 
 
 def test_a_full_krylov_space_gives_the_exact_values():
     torch.manual_seed(0)
     matrices = torch.randn(5, 30, 30, dtype=torch.float64) / 30**0.5
-    push, pull = products(matrices)
     start = torch.randn(5, 30, dtype=torch.float64)
-    radius = spectral_radii(push, start, tolerance=0.0, max_dimension=30)
-    sigma = largest_singular_values(push, pull, start, tolerance=0.0, max_dimension=30)
+    radius = spectral_radii(products(matrices), start, tolerance=0.0, max_dimension=30)
+    sigma = largest_singular_values(products(matrices), start, tolerance=0.0, max_dimension=30)
     assert torch.allclose(radius.values, spectral_radius(matrices), rtol=1e-10)
     assert torch.allclose(sigma.values, largest_singular_value(matrices), rtol=1e-10)
     assert radius.dimension == sigma.dimension == 30
@@ -52,10 +61,9 @@ def test_a_separated_top_eigenvalue_converges_to_the_tolerance_early():
     noise = 0.01 * torch.randn(n, n, dtype=torch.float64) / n**0.5
     matrix = (q * diagonal) @ q.T + noise
     matrices = matrix.expand(3, n, n)
-    push, pull = products(matrices)
     start = torch.randn(3, n, dtype=torch.float64)
-    radius = spectral_radii(push, start, tolerance=1e-8)
-    sigma = largest_singular_values(push, pull, start, tolerance=1e-8)
+    radius = spectral_radii(products(matrices), start, tolerance=1e-8)
+    sigma = largest_singular_values(products(matrices), start, tolerance=1e-8)
     assert bool(radius.converged.all()) and bool(sigma.converged.all())
     assert radius.dimension < 80 and sigma.dimension < 80
     assert torch.allclose(radius.values, spectral_radius(matrices), rtol=1e-8)
@@ -69,19 +77,36 @@ def test_a_complex_top_pair_gives_its_modulus():
     )
     matrix = torch.block_diag(1.3 * rotation, torch.diag(torch.tensor([0.5, -0.2, 0.1])))
     matrix = matrix.to(torch.float64)[None]
-    push, _ = products(matrix)
-    radius = spectral_radii(push, torch.ones(1, 5, dtype=torch.float64), tolerance=0.0)
+    radius = spectral_radii(products(matrix), torch.ones(1, 5, dtype=torch.float64), tolerance=0.0)
     assert radius.values.item() == pytest.approx(1.3, rel=1e-12)
 
 
 def test_a_map_that_annihilates_everything_has_radius_and_sigma_zero():
     zero = torch.zeros(2, 8, 8, dtype=torch.float64)
-    push, pull = products(zero)
     start = torch.randn(2, 8, dtype=torch.float64)
-    radius = spectral_radii(push, start)
-    sigma = largest_singular_values(push, pull, start)
+    radius = spectral_radii(products(zero), start)
+    sigma = largest_singular_values(products(zero), start)
     assert radius.values.tolist() == [0.0, 0.0] and sigma.values.tolist() == [0.0, 0.0]
     assert bool(radius.converged.all()) and bool(sigma.converged.all())
+
+
+def test_maps_that_converge_leave_the_batch():
+    torch.manual_seed(3)
+    n = 200
+    easy = torch.diag(torch.linspace(0.1, 0.2, n, dtype=torch.float64))
+    easy[0, 0] = 0.9  # converges within a few iterations
+    hard = torch.randn(n, n, dtype=torch.float64) / n**0.5  # a disc of eigenvalues
+    matrices = torch.stack([easy, easy, easy, hard])
+    products_of = products(matrices)
+    start = torch.randn(4, n, dtype=torch.float64)
+    radius = spectral_radii(products_of, start, tolerance=1e-6)
+    assert products_of.served[0] == 4 and products_of.served[-1] == 1
+    assert torch.allclose(radius.values[:3], torch.tensor(0.9, dtype=torch.float64))
+    assert radius.values[3] == pytest.approx(float(spectral_radius(hard)), rel=3e-3)
+    sigma_products = products(matrices)
+    sigma = largest_singular_values(sigma_products, start, tolerance=1e-6)
+    assert torch.allclose(sigma.values, largest_singular_value(matrices), rtol=1e-6)
+    assert sigma_products.served[-1] < 4
 
 
 def test_the_memory_budget_sets_how_many_maps_go_at_once():

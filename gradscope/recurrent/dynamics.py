@@ -19,16 +19,16 @@ from torch import Tensor
 from gradscope.krylov import (
     MAX_DIMENSION,
     KrylovEstimate,
+    Products,
     largest_singular_values,
     rows_within,
     spectral_radii,
 )
-from gradscope.recurrent.linearised import Linearisation
 
 StepFunction = Callable[[Tensor, Tensor], Tensor]
 #: A closed-form Jacobian ``(s, u) -> J`` over rows, and a closed-form linearisation.
 Jacobian = Callable[[Tensor, Tensor], Tensor]
-Linearise = Callable[[Tensor, Tensor], Linearisation]
+Linearise = Callable[[Tensor, Tensor], Products]
 
 #: Bytes of Jacobians materialised at once unless told (chunks of steps stay below it).
 JACOBIAN_CHUNK_BYTES = 1 << 27
@@ -59,7 +59,7 @@ def state_jacobians(
     )
 
 
-def autograd_linearisation(step: StepFunction, s: Tensor, u: Tensor) -> Linearisation:
+def autograd_linearisation(step: StepFunction, s: Tensor, u: Tensor) -> Products:
     """A custom step linearised at rows ``(s, u)``: ``J v`` by torch.func's JVP, ``J^T w`` by
     backpropagating through one recorded forward step (kept for every pull)."""
     from torch.func import jvp
@@ -77,7 +77,7 @@ def autograd_linearisation(step: StepFunction, s: Tensor, u: Tensor) -> Linearis
         grad = torch.autograd.grad(stepped, rows, w, retain_graph=True, allow_unused=True)[0]
         return torch.zeros_like(w) if grad is None else grad
 
-    return Linearisation(push, pull)
+    return Products(push, pull)
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,15 @@ def matrix_free_spectra(
     radii, sigmas = [], []
     for i in range(0, m, chunk):
         rows = slice(i, i + chunk)
-        linear = linearise(states[rows], drives[rows])
-        start = torch.randn(2, len(states[rows]), n, generator=generator, dtype=torch.float64)
+        chunk_states, chunk_drives = states[rows], drives[rows]
+
+        def products_of(index: Tensor, s: Tensor = chunk_states, u: Tensor = chunk_drives):
+            return linearise(s[index], u[index])
+
+        start = torch.randn(2, len(chunk_states), n, generator=generator, dtype=torch.float64)
         start = start.to(states)
-        radii.append(spectral_radii(linear.push, start[0]))
-        sigmas.append(largest_singular_values(linear.push, linear.pull, start[1]))
+        radii.append(spectral_radii(products_of, start[0]))
+        sigmas.append(largest_singular_values(products_of, start[1]))
     return MatrixFreeSpectra(_joined(radii), _joined(sigmas))
 
 

@@ -18,12 +18,12 @@ With ``a = u + W_hh h`` (GRU: ``W_hh s + b_hh`` per gate) and the gate slopes
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from gradscope.krylov import Products
 from gradscope.recurrent.cells import CellSpec, CellWeights
 
 Jacobian = Callable[[Tensor, Tensor], Tensor]
@@ -102,22 +102,14 @@ def jacobian_function(spec: CellSpec, weights: CellWeights) -> Jacobian:
     raise ValueError(f"unknown cell kind {spec.kind!r}")
 
 
-@dataclass(frozen=True)
-class Linearisation:
-    """A cell's step linearised at rows ``(s, u)``: ``push(v) = J v`` and ``pull(w) = J^T w``
-    for (M, n) rows, with the gate values computed once."""
-
-    push: Callable[[Tensor], Tensor]
-    pull: Callable[[Tensor], Tensor]
-
-
-def linearisation(spec: CellSpec, weights: CellWeights, s: Tensor, u: Tensor) -> Linearisation:
-    """The step of a built-in cell linearised at rows ``s`` (M, n) and ``u`` (M, G)."""
+def linearisation(spec: CellSpec, weights: CellWeights, s: Tensor, u: Tensor) -> Products:
+    """The step of a built-in cell linearised at rows ``s`` (M, n) and ``u`` (M, G):
+    ``push(v) = J v`` and ``pull(w) = J^T w``, with the gate values computed once."""
     w_hh = weights.weight_hh
 
     if spec.kind in ("rnn_tanh", "rnn_relu"):
         slope = _slope(spec.kind, u + F.linear(s, w_hh))
-        return Linearisation(
+        return Products(
             push=lambda v: slope * F.linear(v, w_hh),
             pull=lambda w: (slope * w) @ w_hh,
         )
@@ -143,7 +135,7 @@ def linearisation(spec: CellSpec, weights: CellWeights, s: Tensor, u: Tensor) ->
             gates = torch.cat((di * w_dc, df * w_dc, dg * w_dc, d_output * w_m), dim=-1)
             return torch.cat((gates @ w_hh, f * w_dc), dim=-1)
 
-        return Linearisation(lstm_push, lstm_pull)
+        return Products(lstm_push, lstm_pull)
 
     if spec.kind == "gru":
         r, z, n, g_n = _gru_parts(weights, s, u)
@@ -159,7 +151,7 @@ def linearisation(spec: CellSpec, weights: CellWeights, s: Tensor, u: Tensor) ->
             gates = torch.cat((d_reset * w, d_update * w, d_new * w), dim=-1)
             return gates @ w_hh + z * w
 
-        return Linearisation(gru_push, gru_pull)
+        return Products(gru_push, gru_pull)
 
     raise ValueError(f"unknown cell kind {spec.kind!r}")
 
