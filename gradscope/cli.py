@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -134,12 +135,24 @@ def check_format(output_format: str) -> str:
     return output_format
 
 
+#: Without a terminal (a CI log), progress lines start once a run has lasted this many seconds:
+#: long work shows what it is doing, short runs stay silent.
+PLAIN_PROGRESS_AFTER = 3.0
+
+
 @contextmanager
 def progress_on_stderr() -> Iterator[Callable[[str], None]]:
-    """A progress callback: a spinner on an interactive stderr, silence otherwise."""
+    """A progress callback: a spinner on an interactive stderr; otherwise plain lines, once
+    the run has lasted PLAIN_PROGRESS_AFTER seconds."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield lambda message: None
+        started = time.monotonic()
+
+        def plain(message: str) -> None:
+            if time.monotonic() - started >= PLAIN_PROGRESS_AFTER:
+                print(f"gradscope: {message}", file=sys.stderr, flush=True)
+
+        yield plain
         return
     with console.status("gradscope: starting") as status:
         yield lambda message: status.update(f"gradscope: {message}")

@@ -31,6 +31,7 @@ from gradscope.options import (
     LoadOptions,
 )
 from gradscope.probe import Probe, make_probe
+from gradscope.progress import reporting_to
 from gradscope.report import Coverage, Fix, Note, RecurrentCore, Report, Settings
 from gradscope.taxonomy import recurrent_modules
 from gradscope.views import (
@@ -478,7 +479,7 @@ def run(
     progress: Progress = quiet,
 ) -> Report:
     """The whole analysis of ``source`` (a checkpoint path or a module)."""
-    with without_internal_deprecations():
+    with without_internal_deprecations(), reporting_to(progress):
         progress("loading the model")
         planned = plan(load(source, load_options, options))
         results = measure(planned, progress)

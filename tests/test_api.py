@@ -134,6 +134,14 @@ def test_progress_reports_what_is_happening():
     assert messages and all(isinstance(m, str) for m in messages)
 
 
+def test_progress_names_each_core_and_the_steps_whose_spectra_are_taken():
+    messages = []
+    model = build(lambda: nn.LSTM(3, 100, num_layers=2))  # states of 200: matrix-free
+    gradscope.analyze(model, steps=6, what_if=False, progress=messages.append)
+    assert "(model)[l0]: Lyapunov exponents over 6 steps" in messages
+    assert "(model)[l1]: spectra of Jacobians 1-6 of 6, matrix-free" in messages
+
+
 def test_spectrum_steps_sets_how_many_jacobians_get_a_spectrum():
     model = build(MODULES["lstm"])
     assert gradscope.analyze(model, steps=40, spectrum_steps=5).recurrent[0].jacobian.samples == 5

@@ -579,3 +579,23 @@ def test_model_that_raises(tmp_path, capsys, model, expected):
     code = main(["analyze", str(path), "--trust", "--steps", "20"])
 
     assert_usage_error(code, capsys.readouterr(), *expected)
+
+
+def test_without_a_terminal_long_runs_show_progress_lines_on_stderr(
+    rnn_path, capsys, monkeypatch
+):
+    import gradscope.cli
+
+    monkeypatch.setattr(gradscope.cli, "PLAIN_PROGRESS_AFTER", 0.0)
+    code = main(["analyze", str(rnn_path), "--steps", "8", "--format", "json"])
+    captured = capsys.readouterr()
+    assert code in (0, 1)
+    json.loads(captured.out)  # stdout holds the report alone
+    assert "gradscope: loading the model\n" in captured.err
+    assert "Lyapunov exponents over 8 steps" in captured.err
+
+
+def test_without_a_terminal_short_runs_stay_silent(rnn_path, capsys):
+    code = main(["analyze", str(rnn_path), "--steps", "8", "--format", "json"])
+    assert code in (0, 1)
+    assert capsys.readouterr().err == ""

@@ -24,6 +24,7 @@ from gradscope.krylov import (
     rows_within,
     spectral_radii,
 )
+from gradscope.progress import note
 
 StepFunction = Callable[[Tensor, Tensor], Tensor]
 #: A closed-form Jacobian ``(s, u) -> J`` over rows, and a closed-form linearisation.
@@ -94,10 +95,11 @@ def matrix_free_spectra(
     drives: Tensor,
     budget_bytes: int,
     generator: torch.Generator | None = None,
+    label: str = "",
 ) -> MatrixFreeSpectra:
     """Spectra of the Jacobians at rows ``states`` (M, n), ``drives`` (M, G) by Krylov
     methods on products with them, in chunks of rows whose Krylov bases fit ``budget_bytes``.
-    ``linearise(s, u)`` gives a chunk's products."""
+    ``linearise(s, u)`` gives a chunk's products; ``label`` names them in progress notes."""
     m, n = states.shape
     if m == 0:
         empty = KrylovEstimate(states.new_empty(0), states.new_empty(0), 0, 0.0)
@@ -107,6 +109,7 @@ def matrix_free_spectra(
     for i in range(0, m, chunk):
         rows = slice(i, i + chunk)
         chunk_states, chunk_drives = states[rows], drives[rows]
+        note(f"{label}: spectra of Jacobians {i + 1}-{i + len(chunk_states)} of {m}, matrix-free")
 
         def products_of(index: Tensor, s: Tensor = chunk_states, u: Tensor = chunk_drives):
             return linearise(s[index], u[index])

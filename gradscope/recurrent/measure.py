@@ -16,6 +16,7 @@ from gradscope.probe import Probe, projection_loss, run_model
 from gradscope.probe.calls import CellCall, every_call, observed_call
 from gradscope.probe.gradient import by_step, input_leaf, per_step_input_norms
 from gradscope.probe.trial import trial_run
+from gradscope.progress import note
 from gradscope.recurrent.cells import (
     CellSpec,
     CellWeights,
@@ -40,6 +41,7 @@ from gradscope.report import (
     KrylovResidual,
     RecurrentCore,
     WeightSummary,
+    core_label,
 )
 from gradscope.theory import memory_horizon
 
@@ -175,9 +177,11 @@ def _jacobian_summary(
     options: AnalysisOptions,
     closed: Jacobian | None = None,
     linearise: Linearise | None = None,
+    label: str = "",
 ) -> JacobianSummary:
     """Spectra of the chosen steps' Jacobians: dense (``closed`` form or torch.func) for small
-    states, matrix-free (``linearise``, else torch.func and autograd) for large ones."""
+    states, matrix-free (``linearise``, else torch.func and autograd) for large ones.
+    ``label`` names the core in progress notes."""
     steps, batch, n = states.shape
     chosen = spectrum_samples(options.spectrum_steps, steps, batch, n).to(states.device)
     rows, row_drives = states.reshape(-1, n)[chosen], drives.reshape(steps * batch, -1)[chosen]
@@ -189,6 +193,7 @@ def _jacobian_summary(
             row_drives,
             workspace,
             torch.Generator().manual_seed(options.seed),
+            label,
         )
         radius, sigma = spectra.spectral_radius, spectra.sigma_max
         return JacobianSummary(
@@ -198,6 +203,7 @@ def _jacobian_summary(
             method="krylov",
             residual=KrylovResidual(_largest(radius.residuals), _largest(sigma.residuals)),
         )
+    note(f"{label}: eigenvalues of {len(chosen)} step Jacobians")
     jacobians = state_jacobians(step, rows, row_drives, closed, workspace)
     finite = bool(torch.isfinite(jacobians).all())
     empty = jacobians.new_empty(0)
@@ -298,6 +304,10 @@ def check_reproduced(trace: Trace, step: Callable) -> None:
         )
 
 
+#: The fields of a core its label is made of.
+LABEL_FIELDS = ("name", "layer", "direction", "is_cell", "num_layers", "bidirectional")
+
+
 def measure_core(
     trace: Trace, grads: list[Tensor | None], options: AnalysisOptions
 ) -> RecurrentCore:
@@ -335,6 +345,8 @@ def measure_core(
         count = min(options.exponents, spec.state_size)
         builtin = weights is not None and not core.custom
         linearise = (lambda s, u: linearisation(spec, weights, s, u)) if builtin else None
+        label = core_label({field: getattr(core, field) for field in LABEL_FIELDS})
+        note(f"{label}: Lyapunov exponents over {steps} steps")
         per_element = lyapunov_exponents(step, states, drives, count, burn_in, generator, linearise)
         exponents = per_element.sort(dim=-1, descending=True).values.mean(0).tolist()
         jacobian = _jacobian_summary(
@@ -344,6 +356,7 @@ def measure_core(
             options,
             jacobian_function(spec, weights) if builtin else None,
             linearise,
+            label,
         )
     return RecurrentCore(
         name=core.name,

@@ -25,6 +25,7 @@ from gradscope.diagnosis.verdict import assess_cores, assess_depth, with_distanc
 from gradscope.errors import GradscopeError, first_line
 from gradscope.options import AnalysisOptions
 from gradscope.probe import Probe
+from gradscope.progress import note
 from gradscope.report import DepthLayer, DepthStack, Fix, FixEffect, FixId, RecurrentCore
 from gradscope.whatif.apply import NotApplied
 from gradscope.whatif.depth import OVER_DEPTH
@@ -185,6 +186,7 @@ def _measured(fix: Fix, diagnosis: Diagnosis, subject: Remeasure, options: Analy
         return fix
     stack = (diagnosis.stack, diagnosis.layers) if on_stack and diagnosis.stack else None
     change = "the fix"
+    note(f"measuring the fix {fix.id} on a copy of the model")
     try:
         fixed, change = fixed_copy(subject.model, fix.id, cores, stack, options, subject.probe)
         cores_after = subject.cores(fixed) if cores else []
