@@ -170,7 +170,7 @@ def analyze(
         str,
         typer.Argument(
             help="A checkpoint: torch.save (.pt, .pth, Lightning .ckpt), safetensors, "
-            "TorchScript or torch.export (.pt2)."
+            "TorchScript, torch.export (.pt2); sharded safetensors (folder or index), DCP folder."
         ),
     ],
     model: Annotated[

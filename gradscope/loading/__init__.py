@@ -5,7 +5,9 @@ Safe by default: nothing in a file runs unless the user passes ``--trust`` (see
 container (:mod:`~gradscope.loading.weights`) filled into ``--model``
 (:mod:`~gradscope.loading.classes`) or, without a class, rebuilt from the weights alone
 (:mod:`~gradscope.loading.inference`), or a TorchScript or exported program
-(:mod:`~gradscope.loading.programs`).
+(:mod:`~gradscope.loading.programs`). A folder or an index holds sharded safetensors, read
+lazily (:mod:`~gradscope.loading.shards`), or a torch.distributed.checkpoint
+(:mod:`~gradscope.loading.distributed`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from gradscope.loading.classes import (
     load_weights,
     parse_model_args,
 )
+from gradscope.loading.distributed import read_distributed_nested
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
+from gradscope.loading.shards import checkpoint_in, open_sharded
 from gradscope.loading.weights import (
     Found,
     find_model,
@@ -52,6 +56,12 @@ METADATA_ARGS_KEYS = ("model_args", "model_kwargs", "kwargs", "config")
 #: ``package.module:Class``: the only shape of class name taken from a file.
 CLASS_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NO_OPTIONS = LoadOptions()
+#: The report's name for a state dict read from each format (``state-dict`` for the others).
+CHECKPOINT_KINDS = {
+    files.SAFETENSORS: "safetensors",
+    files.SHARDED: "sharded-safetensors",
+    files.DISTRIBUTED: "distributed-checkpoint",
+}
 
 
 @dataclass
@@ -251,6 +261,11 @@ def _read(path: Path, kind: str, options: LoadOptions) -> tuple[object, dict]:
     if kind == files.SAFETENSORS:
         tensors, metadata = files.read_safetensors(path)
         return tensors, metadata
+    if kind == files.SHARDED:
+        sharded = open_sharded(path)
+        return sharded.read(), sharded.metadata()
+    if kind == files.DISTRIBUTED:
+        return read_distributed_nested(path, options.trust), {}
     if kind in (files.TORCH, files.LEGACY):
         script = (lambda: import_module_of(options.model)) if options.model else None
         return files.read_pickle(path, options.trust, options.allow_globals, script), {}
@@ -283,8 +298,11 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
                 "to a checkpoint instead"
             ) from None
     path = Path(source)
-    files.check_file(path)
-    kind = files.sniff(path)
+    if path.is_dir():
+        kind, path = checkpoint_in(path)
+    else:
+        files.check_file(path)
+        kind = files.sniff(path)
     if kind in (files.TORCHSCRIPT, files.EXPORTED):
         load = load_torchscript if kind == files.TORCHSCRIPT else load_exported
         loaded = _from_program(load(path, options.trust), kind, str(path), options)
@@ -302,7 +320,7 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
         elif options.model:
             notes.append(f"--model {options.model} ignored: the file holds a whole module")
         return LoadedModel(found.model, "pickled-module", str(path), notes)
-    checkpoint_kind = "safetensors" if kind == files.SAFETENSORS else "state-dict"
+    checkpoint_kind = CHECKPOINT_KINDS.get(kind, "state-dict")
     if found.lightning:
         checkpoint_kind = "lightning-checkpoint"
     original = tensors_only(found.model)

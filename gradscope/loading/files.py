@@ -37,8 +37,16 @@ TORCH, TORCHSCRIPT, EXPORTED, SAFETENSORS, LEGACY, UNKNOWN = (
     "torch.save (legacy)",
     "unknown",
 )
+#: Checkpoints in several files: an index of safetensors shards (or a folder of shards), and a
+#: torch.distributed.checkpoint folder (see :mod:`~gradscope.loading.shards`).
+SHARDED, DISTRIBUTED = "sharded safetensors", "torch.distributed.checkpoint"
+#: The largest JSON file read to see whether it is a safetensors index.
+INDEX_LIMIT = 256 * 2**20
 
-READABLE = "gradscope reads torch.save, safetensors, TorchScript and torch.export (.pt2) files"
+READABLE = (
+    "gradscope reads torch.save, safetensors, TorchScript and torch.export (.pt2) files, and "
+    "folders of sharded safetensors or a torch.distributed.checkpoint"
+)
 
 #: Plain-data globals that many checkpoints carry beside the weights; loading them runs no code.
 DATA_GLOBALS = (
@@ -135,6 +143,8 @@ def sniff(path: Path) -> str:
         )
     if _is_safetensors(path, head):
         return SAFETENSORS
+    if head.lstrip()[:1] == b"{" and _is_safetensors_index(path):
+        return SHARDED
     if head[:1] == b"\x80":
         return LEGACY
     return UNKNOWN
@@ -146,6 +156,17 @@ def _is_safetensors(path: Path, head: bytes) -> bool:
         return False
     header = int.from_bytes(head[:8], "little")
     return 2 <= header <= path.stat().st_size - 8
+
+
+def _is_safetensors_index(path: Path) -> bool:
+    """A JSON object with a ``weight_map`` (``model.safetensors.index.json``)."""
+    if path.stat().st_size > INDEX_LIMIT:
+        return False
+    try:
+        content = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(content, dict) and "weight_map" in content
 
 
 def check_file(path: Path) -> None:
