@@ -44,6 +44,7 @@ def analyze(
     loss_at: int | str = DEFAULTS.loss_at,
     what_if: bool = DEFAULTS.what_if,
     max_memory: int | str | None = DEFAULTS.max_memory,
+    only: str | Sequence[str] = DEFAULTS.only,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Probe a model and diagnose its gradient flow over time and over depth.
@@ -70,7 +71,8 @@ def analyze(
     can to a copy and measure its effect). Over time: ``burn_in``,
     ``exponents``, ``spectrum_steps``; over depth: ``depth`` (``blocks``, ``leaves`` or N
     levels), ``chi_probes``, ``power_iterations``. ``max_memory``: bytes (or a size such as
-    ``"2GB"``) for Jacobian work, which goes in chunks to stay within it. ``progress``
+    ``"2GB"``) for Jacobian work, which goes in chunks to stay within it. ``only``: module paths
+    or globs of the recurrent modules to measure (the rest are reported as left out). ``progress``
     receives one line per stage.
 
     Raises :class:`gradscope.errors.GradscopeError` for unusable input or options.
@@ -112,6 +114,7 @@ def analyze(
         loss_at=loss_at,
         what_if=what_if,
         max_memory=max_memory,
+        only=only,
     )
     from gradscope.pipeline import quiet, run
 

@@ -353,6 +353,14 @@ def analyze(
             help="Steps with full Jacobian spectra: auto, all or N.", rich_help_panel=ANALYSIS
         ),
     ] = str(DEFAULTS.spectrum_steps),
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Measure only the recurrent modules this names (a module path or a glob such "
+            "as 'encoder.*'; repeatable): the rest are reported as left out.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = None,
     max_memory: Annotated[
         str | None,
         typer.Option(
@@ -470,6 +478,7 @@ def cli_keywords(given: dict[str, Any]) -> dict[str, Any]:
         "exponents": given["exponents"],
         "spectrum_steps": given["spectrum_steps"],
         "max_memory": given["max_memory"],
+        "only": tuple(given["only"] or ()),
         "device": given["device"],
         "output_key": given["output_key"],
         "cells": tuple(given["cell"] or ()),

@@ -85,6 +85,7 @@ OPTION_KEYS: dict[str, str] = {
     "exponents": "int",
     "spectrum_steps": "int_or_str",
     "max_memory": "int_or_str",
+    "only": "strings",
     "format": "str",
     "fail_on": "strings",
     "exit_zero": "bool",
@@ -212,7 +213,7 @@ def _valid(values: dict[str, Any], path: Path, where: str) -> None:
     for key, value in values.items():
         if key in OPTION_KEYS and key not in OUTPUT_KEYS:
             target = load if key in LOAD_KEYS else analysis
-            if key in ("allow_global", "cell"):
+            if key in ("allow_global", "cell", "only"):
                 value = tuple(as_list(value))
             elif key == "depth":
                 value = str(value)
@@ -273,7 +274,7 @@ def analysis_keywords(options: Mapping[str, Any], explicit: set[str]) -> dict[st
     for key, value in options.items():
         if key in OUTPUT_KEYS or PARAMETERS.get(key, key) in explicit:
             continue
-        if key in ("allow_global", "cell"):
+        if key in ("allow_global", "cell", "only"):
             value = tuple(as_list(value))
         elif key in ("depth", "spectrum_steps") and not isinstance(value, str):
             value = str(value)

@@ -10,7 +10,7 @@ the probe run, by data flow, not guessed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
@@ -21,6 +21,7 @@ from gradscope.taxonomy import is_kind, is_recurrent, is_within, type_name
 #: output (the stack's input side, which the views measure) is all there is to measure.
 LOOKUPS = ("Embedding", "EmbeddingBag")
 
+LEFT_OUT = "left out by --only"
 NOT_USED = "did not take part in the output on the probe (not called, or its result unused)"
 RECURRENT = "recurrent, not measured over time (name a custom cell with --cell)"
 READ_DIRECTLY = "parameters the model's forward reads itself, outside any module it calls"
@@ -51,6 +52,7 @@ def module_coverage(
     used: set[int] | None,
     unit_paths: Iterable[str] = (),
     recurrences: Iterable[tuple[str, str]] = (),
+    selects: Callable[[str], bool] | None = None,
 ) -> Coverage:
     """The coverage of ``model`` when each view measured the modules ``views`` names.
 
@@ -60,11 +62,17 @@ def module_coverage(
     ``recurrences`` are (module, what) of recurrences found by behaviour (``""``: the model's
     own forward): unless a recurrent view measured them, each is an unmeasured recurrence, and
     its module's parameters count as not measured, whatever view measured them over depth.
+    ``selects``: whether ``--only`` left a module to measure (those it did not are left out,
+    not unmeasured recurrences).
     """
     owners = _owners(model)
     views = {view: list(paths) for view, paths in views.items()}
     over_time = views.get("recurrent", [])
-    hidden = [(path, what) for path, what in recurrences if not is_within(path, over_time)]
+    hidden = [
+        (path, what)
+        for path, what in recurrences
+        if not is_within(path, over_time) and (selects is None or selects(path))
+    ]
     hidden_ids = {
         id(p) for path, _ in hidden if path for p in model.get_submodule(path).parameters()
     }
@@ -93,7 +101,9 @@ def module_coverage(
             continue
         taking_part = used is None or key in used
         is_recurrence = taking_part and is_within(path, recurrent)
-        if is_recurrence:
+        if selects is not None and not selects(path):
+            reason, is_recurrence = LEFT_OUT, False
+        elif is_recurrence:
             reason = RECURRENT
         elif not taking_part:
             reason = NOT_USED

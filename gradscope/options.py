@@ -9,6 +9,7 @@ flag's name. Plain data: no torch here.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import numbers
 import re
@@ -93,6 +94,7 @@ class AnalysisOptions:
     loss_at: int | str = "last"
     what_if: bool = True
     max_memory: int | None = None
+    only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shapes = parse_input_shapes(self.input_shape) if self.input_shape is not None else ()
@@ -110,6 +112,8 @@ class AnalysisOptions:
         if isinstance(self.probe, Path):
             object.__setattr__(self, "probe", str(self.probe))
         object.__setattr__(self, "loss_at", parse_loss_at(self.loss_at))
+        only = (self.only,) if isinstance(self.only, str) else tuple(self.only)
+        object.__setattr__(self, "only", only)
         if isinstance(self.max_memory, str):
             object.__setattr__(self, "max_memory", parse_memory(self.max_memory))
         for ok, message in self._checks():
@@ -166,6 +170,17 @@ class AnalysisOptions:
                 f"--input-shape needs positive sizes, not {self.input_shape}",
             ),
         ]
+
+    def selects(self, path: str) -> bool:
+        """Whether ``--only`` leaves the module at ``path`` (``""``: the model) to measure:
+        a pattern matches its path (glob), or names it or a module that holds it."""
+        if not self.only:
+            return True
+        name = path or "(model)"
+        return any(
+            fnmatch.fnmatchcase(name, pattern) or is_within_path(path, pattern)
+            for pattern in self.only
+        )
 
     @property
     def probe_kind(self) -> str:
@@ -270,6 +285,11 @@ def parse_loss_at(value: Any) -> int | str:
         raise GradscopeError(
             f"--loss-at must be last, all or a time step number, not {value!r}"
         ) from None
+
+
+def is_within_path(path: str, holder: str) -> bool:
+    """Whether the module at ``path`` is the one at ``holder`` or inside it."""
+    return path == holder or path.startswith(holder + ".")
 
 
 def parse_spectrum_steps(text: str) -> int | str:

@@ -341,7 +341,9 @@ def cover(planned: Plan, results: list[Measured]) -> Coverage:
     used = next((r.used for r in results if r.used is not None), None)
     units = next((r.units for r in results if r.units), [])
     recurrences = [found for r in results for found in r.recurrences]
-    return module_coverage(planned.subject.module, views, used, units, recurrences)
+    options = planned.subject.options
+    selects = options.selects if options.only else None
+    return module_coverage(planned.subject.module, views, used, units, recurrences, selects)
 
 
 def judge(

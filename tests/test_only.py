@@ -1,0 +1,71 @@
+"""``--only``: measure the selected recurrent modules of a large model, report the rest as left
+out (never as healthy)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.cli import main
+from gradscope.errors import GradscopeError
+from gradscope.options import AnalysisOptions
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(4, 16)
+        self.decoder = nn.GRU(16, 8)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x)[0])[0]
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return EncoderDecoder().double()
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "selected"),
+    [
+        ((), "anything", True),
+        (("decoder",), "decoder", True),
+        (("decoder",), "decoder.cell", True),
+        (("decoder",), "decoder2", False),
+        (("enc*",), "encoder", True),
+        (("*.cell",), "stack.0.cell", True),
+        (("*",), "", True),
+        (("encoder",), "", False),
+    ],
+)
+def test_only_selects_by_path_glob_or_holder(patterns, path, selected):
+    assert AnalysisOptions(only=patterns).selects(path) is selected
+
+
+def test_only_measures_the_selected_core_and_reports_the_rest_left_out():
+    whole = gradscope.analyze(model(), steps=10, what_if=False)
+    only = gradscope.analyze(model(), steps=10, what_if=False, only="decoder")
+    assert [core.name for core in only.recurrent] == ["decoder"]
+    decoder = next(core for core in whole.recurrent if core.name == "decoder")
+    assert only.recurrent[0].lyapunov == pytest.approx(decoder.lyapunov, rel=1e-12)
+    (left_out,) = only.coverage.not_measured
+    assert left_out.reason == "left out by --only" and left_out.modules == ["encoder (LSTM)"]
+    assert not only.complete
+    assert "in what was measured" in only.summary()
+
+
+def test_only_that_selects_nothing_names_the_cores():
+    with pytest.raises(GradscopeError, match=r"selects none .*\(encoder, decoder\)"):
+        gradscope.analyze(model(), steps=10, what_if=False, only="attention*")
+
+
+def test_only_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    torch.save(model().state_dict(), path)
+    code = main(["analyze", str(path), "--only", "nothing", "--steps", "5"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "--only nothing selects none" in captured.err
