@@ -75,11 +75,14 @@ class KrylovEstimate:
         return self.residuals <= self.tolerance
 
 
+def bytes_per_map(n: int, dimension: int, dtype: torch.dtype) -> int:
+    """The memory one map's two Krylov bases of ``dimension + 1`` vectors of size ``n`` take."""
+    return 2 * (dimension + 1) * n * torch.finfo(dtype).bits // 8
+
+
 def rows_within(budget_bytes: int, n: int, dimension: int, dtype: torch.dtype) -> int:
-    """How many maps' two Krylov bases of ``dimension + 1`` vectors of size ``n`` fit in
-    ``budget_bytes`` (at least one)."""
-    per_row = 2 * (dimension + 1) * n * torch.finfo(dtype).bits // 8
-    return max(1, budget_bytes // per_row)
+    """How many maps' Krylov bases fit in ``budget_bytes`` (at least one)."""
+    return max(1, budget_bytes // bytes_per_map(n, dimension, dtype))
 
 
 def _unit_rows(rows: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from gradscope.krylov import (
+    MAX_DIMENSION,
     SIGMA_TOLERANCE,
     Products,
+    bytes_per_map,
     largest_singular_values,
     rows_within,
     spectral_radii,
@@ -175,7 +177,8 @@ def test_chunks_of_maps_give_what_one_batch_gives():
         return torch.Generator().manual_seed(0)
 
     whole = matrix_free_spectra(linearise, states, drives, 1 << 30, seeded())
-    one_at_a_time = matrix_free_spectra(linearise, states, drives, 1, seeded())
+    one_map = bytes_per_map(states.shape[-1], MAX_DIMENSION, states.dtype)
+    one_at_a_time = matrix_free_spectra(linearise, states, drives, one_map, seeded())
     dense = largest_singular_value(jacobian_function(spec, weights)(states, drives))
     assert torch.allclose(whole.sigma_max.values, dense, rtol=SIGMA_ERROR)
     assert torch.allclose(one_at_a_time.sigma_max.values, dense, rtol=SIGMA_ERROR)

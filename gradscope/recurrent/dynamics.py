@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gradscope.errors import GradscopeError
 from gradscope.krylov import (
     MAX_DIMENSION,
     KrylovEstimate,
     Products,
+    bytes_per_map,
     largest_singular_values,
     rows_within,
     spectral_radii,
@@ -104,6 +106,13 @@ def matrix_free_spectra(
     if m == 0:
         empty = KrylovEstimate(states.new_empty(0), states.new_empty(0), 0, 0.0)
         return MatrixFreeSpectra(empty, empty)
+    needed = bytes_per_map(n, MAX_DIMENSION, states.dtype)
+    if needed > budget_bytes:
+        raise GradscopeError(
+            f"--max-memory {budget_bytes:,} bytes is less than the spectra of one step's "
+            f"{n}-dimensional Jacobian need ({needed:,} bytes): give at least "
+            f"{-(-needed // (1 << 20))}MB, or --spectrum-steps 1 with --dtype float32"
+        )
     chunk = rows_within(budget_bytes, n, MAX_DIMENSION, states.dtype)
     radii, sigmas = [], []
     for i in range(0, m, chunk):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope.errors import GradscopeError
 from gradscope.recurrent import measure as recurrent_measure
 
 from tests.helpers.models import CellLoop, TanhCell, build
@@ -80,3 +81,8 @@ def test_auto_spectra_cover_every_step(size):
     core = analysed(build(lambda: nn.RNN(4, size))).recurrent[0]
     assert core.jacobian.samples == STEPS
     assert torch.tensor(core.lyapunov).isfinite().all()
+
+
+def test_a_memory_budget_too_small_for_one_step_is_one_clear_error():
+    with pytest.raises(GradscopeError, match=r"--max-memory .* give at least 1MB"):
+        analysed(build(lambda: nn.GRU(4, 200)), max_memory="100KB")
