@@ -9,7 +9,9 @@ ones; maps whose estimates have converged leave the batch. The Krylov bases are
 :func:`rows_within`).
 
 An estimate has converged when its Ritz pair's residual, relative to the estimate, is at most
-``tolerance``; a Krylov space that becomes invariant (a residual of zero) gives the exact value.
+``tolerance``, at a Krylov dimension of at least MIN_DIMENSION (and, for the spectral radius,
+with the value unmoved since the last check): a lesser value can converge before the largest
+has emerged. A Krylov space that becomes invariant (a residual of zero) gives the exact value.
 For the largest singular value the residual bounds the error (the matrix ``J^T J`` is
 symmetric); for an eigenvalue of a non-normal matrix the error can exceed the residual, so the
 oracle tests compare with dense eigenvalues, not with the residual.
@@ -41,6 +43,10 @@ ProductsOf = Callable[[Tensor], Products]
 
 #: Largest Krylov dimension; a map not converged by then keeps its best estimate.
 MAX_DIMENSION = 80
+#: No estimate is taken as converged below this Krylov dimension: a small space can hold a
+#: converged Ritz pair of the second largest value before the largest has emerged (their
+#: gap is small in random-like Jacobians).
+MIN_DIMENSION = 32
 #: Ritz values are checked every this many iterations (a decomposition of the small projected
 #: matrices each time, which for many maps at once costs more than a few iterations).
 CHECK_EVERY = 16
@@ -180,15 +186,18 @@ def spectral_radii(
         hessenberg[:, : j + 1, j] = coefficients
         basis[:, j + 1], beta = _unit_rows(w)
         hessenberg[:, j + 1, j] = beta
-        if (j + 1) % CHECK_EVERY and j + 1 < limit:
+        if ((j + 1) % CHECK_EVERY or j + 1 < MIN_DIMENSION) and j + 1 < limit:
             continue
         projected = hessenberg[:, : j + 1, : j + 1]
         eigenvalues = torch.linalg.eigvals(projected)
         top = eigenvalues.gather(-1, eigenvalues.abs().argmax(dim=-1, keepdim=True))[:, 0]
         residual = beta * _last_component(projected, top) / top.abs().clamp_min(tiny)
         residual = torch.where(beta <= tiny, torch.zeros_like(residual), residual)
+        # a value that moved since the last check may be a lesser eigenvalue converging
+        # before the largest has emerged: it is not taken yet
+        steady = (top.abs() - values[batch.index]).abs() <= tolerance * top.abs()
         values[batch.index], residuals[batch.index] = top.abs(), residual
-        if not batch.settle(residual <= tolerance):
+        if not batch.settle((residual <= tolerance) & (steady | (beta <= tiny))):
             break
     return KrylovEstimate(values, residuals, j + 1, tolerance)
 
@@ -231,7 +240,7 @@ def largest_singular_values(
         bidiagonal[:, j, j] = alpha
         if j + 1 < limit:
             bidiagonal[:, j, j + 1] = beta
-        if (j + 1) % CHECK_SINGULAR_EVERY and j + 1 < limit:
+        if ((j + 1) % CHECK_SINGULAR_EVERY or j + 1 < MIN_DIMENSION) and j + 1 < limit:
             continue
         vectors, sigmas, _ = torch.linalg.svd(bidiagonal[:, : j + 1, : j + 1])
         residual = beta * vectors[:, j, 0].abs() / sigmas[:, 0].clamp_min(tiny)
