@@ -280,7 +280,13 @@ class DepthLayer:
     gradient at its input to that at its output (what backpropagation really did here); ``chi``
     the mean squared singular value of its Jacobian (``||J||_F^2 / n_out``, what it does to an
     isotropic gradient) and ``sigma_max`` its largest singular value, both estimated
-    matrix-free. A residual block (Jacobian ``I + B``) has ``branch_chi``, the gain of ``B``.
+    matrix-free. A residual block (Jacobian ``I + B``) has ``branch_chi``, the gain of ``B``;
+    when its skip is a projection shortcut (a ResNet's downsampling block), ``shortcut`` names
+    that module and the skip path's Jacobian ``P`` takes the identity's place (``P + B``).
+    ``chi_rel_stderr`` is the standard error of the ``chi`` estimate over ``chi`` (None with one
+    probe); ``sigma_max_method`` how the JVPs behind ``sigma_max`` were taken: ``jvp``, or
+    ``jvp-math-attention`` where attention ran through its math backend (None where no JVP
+    went through).
     ``chained`` is False when what the next block reads is not this block's output: work the
     depth view does not see (a functional ``F.relu``, a skip added in ``forward``) sits between.
     ``side_outputs`` are what the block gives besides the stream (a skip, a cache, attention
@@ -307,6 +313,9 @@ class DepthLayer:
     same_shape: bool | None = None
     chained: bool = True
     side_outputs: list[str] = field(default_factory=list)
+    chi_rel_stderr: float | None = None
+    sigma_max_method: str | None = None
+    shortcut: str | None = None
 
 
 @dataclass

@@ -581,9 +581,7 @@ def test_model_that_raises(tmp_path, capsys, model, expected):
     assert_usage_error(code, capsys.readouterr(), *expected)
 
 
-def test_without_a_terminal_long_runs_show_progress_lines_on_stderr(
-    rnn_path, capsys, monkeypatch
-):
+def test_without_a_terminal_long_runs_show_progress_lines_on_stderr(rnn_path, capsys, monkeypatch):
     import gradscope.cli
 
     monkeypatch.setattr(gradscope.cli, "PLAIN_PROGRESS_AFTER", 0.0)

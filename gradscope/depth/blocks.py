@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from gradscope import taxonomy
@@ -378,3 +379,121 @@ def blocks_of(calls: list[Call], final: object = None) -> list[Block]:
             block.parent = parents.pop()
             block.indices = list(dict.fromkeys(index for _, index in places))
     return blocks
+
+
+#: How many autograd nodes back from a block's output its skip may be added (an activation, an
+#: in-place add, a scale, a drop-path between).
+SHORTCUT_HOPS = 4
+#: Autograd nodes of a scale between a shortcut and the add (``0.5 * shortcut(x)``).
+SCALES = ("MulBackward", "DivBackward")
+
+
+def _weighted_layers(module: nn.Module) -> int:
+    """How many weighted layers (linear maps, convolutions, attention) a module holds."""
+    return sum(isinstance(m, classes(taxonomy.WEIGHTED)) for m in module.modules())
+
+
+def _adds(output: Tensor, addend: Tensor) -> bool:
+    """Whether ``addend`` is added (a few nodes before) into what gives ``output``: an add node
+    among the last SHORTCUT_HOPS nodes of ``output``'s graph takes it as an operand (see
+    :func:`_operand`)."""
+    target = addend.grad_fn
+    if target is None or output.grad_fn is None:
+        return False
+    frontier, seen = [output.grad_fn], set()
+    for _ in range(SHORTCUT_HOPS):
+        following = []
+        for node in frontier:
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            operands = [child for child, _ in node.next_functions if child is not None]
+            if node.name().startswith("AddBackward") and _operand(operands, target):
+                return True
+            following += operands
+        frontier = following
+    return False
+
+
+def _operand(operands: list, target: object) -> bool:
+    """Whether ``target`` is one of an add's operands (or scaled, one node before), and another
+    operand is computed too (a branch, not a constant)."""
+    for operand in operands:
+        inner = [child for child, _ in operand.next_functions if child is not None]
+        scaled = operand.name().startswith(SCALES) and inner == [target]
+        if operand is target or scaled:
+            others = [other for other in operands if other is not operand]
+            return any(not other.name().endswith("AccumulateGrad") for other in others)
+    return False
+
+
+def find_shortcut(block: Block) -> str | None:
+    """The projection shortcut of a block that changes shape, by module path, if it has one.
+
+    A ResNet's downsampling block, ``act(branch(x) + downsample(x))``: the block's first module
+    has a child that (1) is a short path, one weighted layer (a 1x1 convolution, a linear map,
+    with a norm or pooling), where the rest of the module holds more (the branch is the deeper
+    path: two one-layer convolutions side by side are two branches, not a skip), (2) is called
+    once, on the very input the block reads, and (3) gives a tensor that is added into the
+    block's output (:func:`_adds`). The block's module is run once more on its input to see
+    this; a plain block that changes shape has no such child.
+    """
+    if block.value.shape == block.output.shape:
+        return None
+    call = block.calls[0]
+    deeper = _weighted_layers(call.module) - 1 > 1  # the branch is deeper than a shortcut
+    children = [
+        (name, child)
+        for name, child in call.module.named_children()
+        if deeper and _weighted_layers(child) == 1
+    ]
+    if not children:
+        return None
+    seen: dict[str, list[Tensor | None]] = {name: [] for name, _ in children}
+    x = block.value.detach().clone().requires_grad_(True)
+    stream = x.clone()
+    with ExitStack() as hooks:
+        for name, child in children:
+
+            def after(
+                module: nn.Module, args: tuple, kwargs: dict, result: object, name: str = name
+            ) -> None:
+                reads = any(a is stream for a in (*args, *kwargs.values()))
+                leaves = [t for _, t in tensor_leaves(result) if t.is_floating_point()]
+                seen[name].append(leaves[0] if reads and len(leaves) == 1 else None)
+
+            hooks.callback(child.register_forward_hook(after, with_kwargs=True).remove)
+        with torch.enable_grad():
+            output = call.apply(stream)
+    for name, _ in children:
+        calls = seen[name]
+        if len(calls) == 1 and calls[0] is not None and _adds(output, calls[0]):
+            return f"{call.name}.{name}" if call.name else name
+    return None
+
+
+def split_function(block: Block, shortcut: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The block as a function of its input ``x`` and, apart, of its shortcut's input ``s``: the
+    shortcut module reads ``s`` where it would read ``x``. Equal to the block at ``(x, x)``."""
+    call = block.calls[0]
+    prefix = f"{call.name}." if call.name else ""
+    child = call.module.get_submodule(shortcut.removeprefix(prefix))
+    rest = list(block.calls[1:])
+
+    def apply(x: Tensor, s: Tensor) -> Tensor:
+        x, s = x.clone(), s.clone()
+
+        def swap(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            args = tuple(s if a is x else a for a in args)
+            return args, {k: s if a is x else a for k, a in kwargs.items()}
+
+        handle = child.register_forward_pre_hook(swap, with_kwargs=True)
+        try:
+            y = call.apply(x)
+        finally:
+            handle.remove()
+        for later in rest:
+            y = later.apply(y)
+        return y
+
+    return apply

@@ -10,8 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.dataflow import parameters_reached
-from gradscope.depth.blocks import Block, blocks_of, recording, units
-from gradscope.depth.gains import RESIDUAL_TRACE, block_gains, whole_gains
+from gradscope.depth.blocks import (
+    Block,
+    blocks_of,
+    find_shortcut,
+    recording,
+    split_function,
+    units,
+)
+from gradscope.depth.gains import RESIDUAL_TRACE, WholeGains, block_gains, whole_gains
 from gradscope.depth.recurrences import (
     Recurrence,
     innermost,
@@ -39,6 +46,8 @@ from gradscope.probe.calls import every_call
 from gradscope.report import DepthLayer, DepthStack
 from gradscope.taxonomy import RECTIFYING, classes, is_recurrent, is_within
 
+#: How the JVPs of a block went when its attention ran through the math backend.
+MATH_ATTENTION = "jvp-math-attention"
 #: Fewer blocks than this is no stack to speak of.
 MIN_BLOCKS = 3
 #: Autograd nodes that only view or reshape a tensor, and how many of them to follow.
@@ -90,13 +99,17 @@ def dead_fraction(module: nn.Module, y: Tensor, batch: int) -> float | None:
     return float((y.detach().reshape(batch, -1) == 0).all(dim=0).double().mean())
 
 
-def _branch_last(block: Block) -> str | None:
-    """The last module with parameters inside a one-module block (the end of its branch)."""
+def _branch_last(block: Block, shortcut: str | None = None) -> str | None:
+    """The last module with parameters inside a one-module block (the end of its branch), not
+    inside its projection ``shortcut``."""
     if len(block.calls) != 1:
         return None
     call = block.calls[0]
     last = None
     for name, module in call.module.named_modules():
+        path = f"{call.name}.{name}" if call.name else name
+        if shortcut and (path == shortcut or path.startswith(shortcut + ".")):
+            continue
         if name and next(module.parameters(recurse=False), None) is not None:
             last = name
     return f"{call.name}.{last}" if last and call.name else last
@@ -146,24 +159,49 @@ def _regions(model: nn.Module, blocks: list[Block], log: dict) -> list:
 
 
 def _whole_gains(
-    model: nn.Module, probe: Probe, options: AnalysisOptions
-) -> tuple[float | None, float]:
-    """(sigma_max, RMS singular value) of the input-output Jacobian; NaN RMS for token ids."""
+    model: nn.Module, probe: Probe, options: AnalysisOptions, output: object = None
+) -> WholeGains:
+    """(sigma_max, RMS singular value, method) of the input-output Jacobian; NaN RMS for token
+    ids. With the probe run's ``output`` (its graph kept), its VJPs are taken on that graph."""
     if not probe.inputs.is_floating_point():
-        return None, math.nan
+        return WholeGains(math.nan, math.nan, None)
 
     def whole(x: Tensor) -> Tensor:
         return projected_output(probe.call(model, x), probe, traced=False)
 
-    generator = torch.Generator().manual_seed(options.seed + 3)
-    try:
+    def measure(taken: tuple | None) -> WholeGains:
+        generator = torch.Generator().manual_seed(options.seed + 3)
         # one probe: each example of the batch draws its own, which averages them
-        sigma, rms = whole_gains(
-            whole, probe.inputs.detach(), 1, options.power_iterations, generator
-        )
+        x = probe.inputs.detach()
+        return whole_gains(whole, x, 1, options.power_iterations, generator, taken)
+
+    taken = _taken(output, probe)
+    try:
+        return measure(taken)
     except Exception:
-        return None, math.nan
-    return (None if math.isnan(sigma) else sigma), rms
+        if taken is None:
+            return WholeGains(math.nan, math.nan, None)
+    try:
+        return measure(None)
+    except Exception:
+        return WholeGains(math.nan, math.nan, None)
+
+
+def _taken(output: object, probe: Probe) -> tuple | None:
+    """The projected output of the probe run and a VJP on its graph (kept), where the run read
+    ``probe.inputs`` with a gradient and the output the loss reads is the one a transform reads."""
+    if output is None or not probe.inputs.requires_grad:
+        return None
+    chosen = differentiable_output(output, probe.output_key)
+    if chosen is None or chosen is not differentiable_output(output, probe.output_key, False):
+        return None
+    y = projected_output(output, probe)
+
+    def pull(w: Tensor) -> Tensor:
+        (gradient,) = torch.autograd.grad(y, probe.inputs, w, retain_graph=True)
+        return gradient
+
+    return y.detach(), pull
 
 
 def measure_depth(
@@ -204,6 +242,10 @@ def _measure(
     from_first_step = None
     if check_time and sources:  # before the main backward pass frees the graph
         from_first_step = first_step_gradient(returned, first, probe.time_axis, probe.steps)
+    whole = WholeGains(math.nan, math.nan, None)
+    if len(blocks) >= MIN_BLOCKS:  # before the main backward pass frees the graph it reuses
+        with torch.enable_grad():
+            whole = _whole_gains(model, probe, options, output)
     # the output side: the last block's output, or what the model returns when its own code
     # changes that output first (a residual added in the parent's loop)
     ends = [returned] if _changed_after(blocks[-1], returned) else []
@@ -232,6 +274,7 @@ def _measure(
     # an input that carries no gradient (ids): the stack starts at the first block's output
     input_grad = pooled_norm(grads[0], batch) if sources else norms[0]
     generator = torch.Generator().manual_seed(options.seed + 2)
+    shortcuts = [find_shortcut(b) if b.has_weights() else None for b in blocks]
     gains = block_gains(
         [b.function() for b in blocks],
         [b.value for b in blocks],
@@ -239,11 +282,14 @@ def _measure(
         options.power_iterations,
         generator,
         [b.has_weights() for b in blocks],
+        [split_function(b, s) if s else None for b, s in zip(blocks, shortcuts, strict=True)],
     )
     layers = []
     below = input_grad
     following = [*(b.input for b in blocks[1:]), None]
-    for block, norm, gain, after in zip(blocks, norms, gains, following, strict=True):
+    rows = zip(blocks, norms, gains, following, shortcuts, strict=True)
+    for block, norm, gain, after, shortcut in rows:
+        shortcut = shortcut if gain.shortcut else None
         activation = block.activation()
         per_example = block.value.shape[0] if block.value.shape[0] == batch else 1
         layers.append(
@@ -268,17 +314,21 @@ def _measure(
                 activation=type(activation.module).__name__ if activation else None,
                 parent=block.parent,
                 indices=block.indices,
-                branch_last=_branch_last(block) if gain.residual else None,
+                branch_last=_branch_last(block, shortcut) if gain.residual else None,
                 same_shape=block.value.shape == block.output.shape,
                 chained=after is None or after is block.output,
                 side_outputs=block.side_outputs,
+                chi_rel_stderr=gain.chi_rel_stderr,
+                sigma_max_method=gain.sigma_max_method,
+                shortcut=shortcut,
             )
         )
         below = norm
     output_grad = pooled_norm(grads[-1], batch) if ends else norms[-1]
     ratio = input_grad / output_grad if output_grad else math.nan
-    with torch.enable_grad():
-        sigma, rms = _whole_gains(model, probe, options)
+    sigma = None if math.isnan(whole.sigma_max) else whole.sigma_max
+    rms = whole.rms
+    math_attention = [layer.name for layer in layers if layer.sigma_max_method == MATH_ATTENTION]
     stack = DepthStack(
         blocks=len(layers),
         input_grad_norm=input_grad,
@@ -293,9 +343,18 @@ def _measure(
         estimator={
             "chi": "Hutchinson: mean ||J^T u||^2 / n_out, u ~ N(0, I), batched VJPs",
             "chi_probes": options.chi_probes,
+            "chi_rel_stderr": "sample standard deviation of the per-probe chi estimates / "
+            "sqrt(chi_probes), over chi",
             "sigma_max": "power iteration on J^T J with JVPs and VJPs",
             "power_iterations": options.power_iterations,
-            "residual": f"tr(J)/n > {RESIDUAL_TRACE} from the same probes",
+            "sigma_max_method": (
+                "jvp; attention through its math backend where the fused kernel has no "
+                "forward derivative (each block's sigma_max_method says where)"
+                if math_attention or whole.method == MATH_ATTENTION
+                else "jvp"
+            ),
+            "residual": f"tr(J)/n > {RESIDUAL_TRACE} from the same probes; with a projection "
+            f"shortcut, <J, P>_F / ||P||_F^2 > {RESIDUAL_TRACE}, P the shortcut path's Jacobian",
             "rms_singular_value": "sqrt(E ||J^T u||^2 / n_out) through the whole model, one "
             "random u per example",
         },

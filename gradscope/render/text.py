@@ -242,14 +242,32 @@ def depth_legend(depth: DepthStack) -> Text:
 
 
 def sigma_line(layers: list[DepthLayer]) -> Text | None:
-    """Why some blocks have no σ max: forward-mode AD could not pass through them."""
+    """Why some blocks have no σ max: forward-mode AD could not pass through them; and which
+    blocks had theirs through attention's math backend."""
     missing = [layer.name for layer in layers if math.isnan(layer.sigma_max)]
-    if not missing:
+    through = [layer.name for layer in layers if layer.sigma_max_method == "jvp-math-attention"]
+    parts = []
+    if missing:
+        parts.append(
+            f"σ max n/a for {named(missing)}: forward-mode AD cannot pass through them (some "
+            "fused kernels have no forward derivative); χ and the gradients are measured"
+        )
+    if through:
+        parts.append(
+            f"σ max of {named(through)} through attention's math backend (its fused kernel has "
+            "no forward derivative)"
+        )
+    return Text(" · ".join(parts), style="dim") if parts else None
+
+
+def shortcut_line(layers: list[DepthLayer]) -> Text | None:
+    """The residual blocks whose skip is a projection shortcut, not the identity."""
+    projected = [f"{layer.name} ({layer.shortcut})" for layer in layers if layer.shortcut]
+    if not projected:
         return None
     return Text(
-        f"σ max n/a for {named(missing)}: forward-mode AD cannot pass through them (some fused "
-        "kernels, such as attention's, have no forward derivative); χ and the gradients are "
-        "measured",
+        f"skip through a projection shortcut: {named(projected)}; the branch's χ is that of "
+        "J − P, P the shortcut path's Jacobian",
         style="dim",
     )
 
@@ -481,7 +499,12 @@ class TextRenderer:
         if report.stack is not None:
             console.print(depth_summary(report.stack))
             console.print(depth_legend(report.stack))
-            for line in (sigma_line(report.layers), side_outputs_line(report.layers)):
+            lines = (
+                sigma_line(report.layers),
+                shortcut_line(report.layers),
+                side_outputs_line(report.layers),
+            )
+            for line in lines:
                 if line is not None:
                     console.print(line)
         if report.layers:
