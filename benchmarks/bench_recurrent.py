@@ -7,9 +7,9 @@ step of the Lyapunov frame. Both run in this process, best of ``--repeat``; the 
 (gradscope without ``--what-if``: the measurement against the reference). The measured fixes
 (``--what-if``, on by default) are timed beside it, as their cost against the analysis alone:
 this model vanishes, so its forget-gate bias is applied to a copy and measured once more.
-Then the command line is timed on the same model saved to a file, start-up included, beside the
-API in a fresh process (a fresh process pays for importing torch and for PyTorch's one-time
-imports on the first torch.func call).
+Then the command line is timed on the same model saved to a file, start-up included (with and
+without the measured fixes), beside the API in a fresh process and a bare ``import torch``:
+the cold start's cost over the warm analysis is mostly torch's own import.
 
     python benchmarks/bench_recurrent.py
 """
@@ -33,7 +33,11 @@ import gradscope
 from tests.helpers import reference
 
 STEPS = 100
-TARGET_RATIO = 10.0
+#: In process, against the reference; the command line (no fixes), start-up included.
+TARGET_RATIO = 30.0
+TARGET_COMMAND_RATIO = 8.0
+#: The command line's start-up over the warm analysis.
+TARGET_COLD_START = 1.0
 
 
 def build_model() -> nn.Module:
@@ -68,17 +72,24 @@ def best_of(repeat: int, work) -> float:
     return min(times)
 
 
-def time_commands(model: nn.Module) -> tuple[float, float]:
-    """Seconds, start-up included, for the command line and for the API in a fresh process."""
+def time_commands(model: nn.Module, repeat: int) -> dict[str, float]:
+    """Seconds, start-up included: the command line with and without fixes, the API in a
+    fresh process, and importing torch alone."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "lstm.pt"
         torch.save(model, path)
         cli = [sys.executable, "-m", "gradscope", "analyze", str(path), "--format", "json"]
-        script = f"import gradscope; gradscope.analyze({str(path)!r})"
-        api = [sys.executable, "-c", script]
-        return tuple(
-            best_of(1, lambda c=c: subprocess.run(c, capture_output=True)) for c in (cli, api)
-        )
+        script = f"import gradscope; gradscope.analyze({str(path)!r}, what_if=False)"
+        commands = {
+            "cli": [*cli, "--no-what-if"],
+            "cli_fixes": cli,
+            "api": [sys.executable, "-c", script],
+            "torch": [sys.executable, "-c", "import torch"],
+        }
+        return {
+            name: best_of(repeat, lambda c=command: subprocess.run(c, capture_output=True))
+            for name, command in commands.items()
+        }
 
 
 def main() -> int:
@@ -91,17 +102,27 @@ def main() -> int:
     ours = best_of(args.repeat, lambda: gradscope.analyze(model, steps=STEPS, what_if=False))
     with_fixes = best_of(args.repeat, lambda: gradscope.analyze(model, steps=STEPS))
     brute = best_of(args.repeat, lambda: reference_analysis(model))
-    cli, fresh_api = time_commands(model)
+    commands = time_commands(model, args.repeat)
     ratio = brute / ours
+    command_ratio = brute / commands["cli"]
+    cold = commands["cli"] - ours
     print(f"model: 2-layer LSTM(32 -> 128), {STEPS} steps, float64, torch {torch.__version__}")
     print(f"reference loop (autograd jacobian + eig + svd + QR per step): {brute:.2f} s")
-    print(f"gradscope.analyze (--no-what-if):                            {ours:.2f} s")
-    print(f"ratio: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x)")
+    print(f"gradscope.analyze (--no-what-if), spectra at every step:     {ours:.2f} s")
+    print(f"ratio in process: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x)")
     print(f"gradscope.analyze (default, fixes measured on a copy):       {with_fixes:.2f} s")
     print(f"cost of the measured fixes: {with_fixes / ours:.2f}x the analysis alone")
-    print(f"command line, start-up included:                             {cli:.2f} s")
-    print(f"the same analysis by the API in a fresh Python process:      {fresh_api:.2f} s")
-    return 0 if ratio >= TARGET_RATIO else 1
+    print(f"command line --no-what-if, start-up included:                {commands['cli']:.2f} s")
+    print(
+        f"ratio, command line against the reference: {command_ratio:.1f}x "
+        f"(target >= {TARGET_COMMAND_RATIO:.0f}x)"
+    )
+    print(f"cold start over the warm analysis: {cold:.2f} s (target <= {TARGET_COLD_START:.0f} s)")
+    print(f"  of which importing torch alone (fresh process):           {commands['torch']:.2f} s")
+    print(f"command line, default (fixes measured):   {commands['cli_fixes']:.2f} s")
+    print(f"the analysis by the API in a fresh Python process:          {commands['api']:.2f} s")
+    met = ratio >= TARGET_RATIO and command_ratio >= TARGET_COMMAND_RATIO
+    return 0 if met and cold <= TARGET_COLD_START else 1
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def analyze(
         allow_globals=allow_globals,
         nonlinearity=nonlinearity,
         batch_first=batch_first,
+        only=only,
     )
     options = AnalysisOptions(
         steps=steps,

@@ -161,15 +161,20 @@ def parts_coverage(
 ) -> Coverage:
     """The coverage of a model rebuilt from weights: ``parts`` (name -> size) were measured;
     ``not_analysed`` (entry -> size) is what else the weights held: ``name: why`` for
-    recurrent weights that could not be rebuilt, ``owner (N tensors): not recurrent`` else."""
-    suffix = ": not recurrent"
-    failed = {e: n for e, n in not_analysed.items() if not e.endswith(suffix)}
+    recurrent weights that could not be rebuilt, ``owner (N tensors): not recurrent`` else,
+    ``owner: left out by --only`` for weights ``--only`` left unread."""
+    suffix, left_out = ": not recurrent", ": " + LEFT_OUT
+    failed = {
+        e: n for e, n in not_analysed.items() if not e.endswith(suffix) and not e.endswith(left_out)
+    }
     others = {e.removesuffix(suffix): n for e, n in not_analysed.items() if e.endswith(suffix)}
+    unread = {e.removesuffix(left_out): n for e, n in not_analysed.items() if e.endswith(left_out)}
     not_measured = [
         Unmeasured(reason, list(entries), sum(entries.values()), recurrent)
         for reason, entries, recurrent in (
             (REBUILD_FAILED, failed, True),
             (NOT_REBUILT, others, False),
+            (LEFT_OUT, unread, False),
         )
         if entries
     ]

@@ -37,7 +37,9 @@ MAX_DEFAULT_BURN_IN = 20
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to read a file: the class, its arguments, trust, and assumptions for inference."""
+    """How to read a file: the class, its arguments, trust, and assumptions for inference;
+    ``only``: the ``--only`` patterns (a sharded checkpoint rebuilt from weights reads only
+    the tensors of the modules they select)."""
 
     model: str | None = None
     model_args: str | Mapping | None = None
@@ -45,8 +47,11 @@ class LoadOptions:
     allow_globals: tuple[str, ...] = ()
     nonlinearity: str | None = None
     batch_first: bool | None = None
+    only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        only = (self.only,) if isinstance(self.only, str) else tuple(self.only)
+        object.__setattr__(self, "only", only)
         if isinstance(self.allow_globals, str):
             object.__setattr__(self, "allow_globals", (self.allow_globals,))
         else:
@@ -172,15 +177,8 @@ class AnalysisOptions:
         ]
 
     def selects(self, path: str) -> bool:
-        """Whether ``--only`` leaves the module at ``path`` (``""``: the model) to measure:
-        a pattern matches its path (glob), or names it or a module that holds it."""
-        if not self.only:
-            return True
-        name = path or "(model)"
-        return any(
-            fnmatch.fnmatchcase(name, pattern) or is_within_path(path, pattern)
-            for pattern in self.only
-        )
+        """Whether ``--only`` leaves the module at ``path`` (``""``: the model) to measure."""
+        return selects_module(self.only, path)
 
     @property
     def probe_kind(self) -> str:
@@ -285,6 +283,24 @@ def parse_loss_at(value: Any) -> int | str:
         raise GradscopeError(
             f"--loss-at must be last, all or a time step number, not {value!r}"
         ) from None
+
+
+def selects_module(patterns: tuple[str, ...], path: str) -> bool:
+    """Whether ``--only`` ``patterns`` select the module at ``path`` (``""``: the model): one
+    matches its path (a glob), or names it or a module that holds it. No patterns: all."""
+    if not patterns:
+        return True
+    name = path or "(model)"
+    return any(
+        fnmatch.fnmatchcase(name, pattern) or is_within_path(path, pattern) for pattern in patterns
+    )
+
+
+def selects_weight(patterns: tuple[str, ...], key: str) -> bool:
+    """Whether ``--only`` ``patterns`` select the module that holds the state-dict entry
+    ``key``, also below a wrapper's prefix (``model.``, ``module.``): any tail of its path."""
+    parts = key.split(".")[:-1]
+    return any(selects_module(patterns, ".".join(parts[i:])) for i in range(len(parts)))
 
 
 def is_within_path(path: str, holder: str) -> bool:

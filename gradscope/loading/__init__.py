@@ -36,7 +36,7 @@ from gradscope.loading.classes import (
 from gradscope.loading.distributed import read_distributed_nested
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
-from gradscope.loading.shards import checkpoint_in, open_sharded
+from gradscope.loading.shards import ShardedSafetensors, checkpoint_in, open_sharded
 from gradscope.loading.weights import (
     Found,
     find_model,
@@ -45,7 +45,7 @@ from gradscope.loading.weights import (
     strip_wrappers,
     tensors_only,
 )
-from gradscope.options import LoadOptions
+from gradscope.options import LoadOptions, selects_weight
 from gradscope.report import ModelDescription
 
 __all__ = ["LoadedModel", "import_class", "load_model", "parse_model_args", "resolve_device"]
@@ -199,7 +199,10 @@ def _inferred(
     checkpoint_kind: str,
     notes: list[str],
     options: LoadOptions,
+    unread: Mapping[str, int] | None = None,
 ) -> LoadedModel:
+    """The recurrent parts rebuilt from ``state_dict``; ``unread``: modules ``--only`` left
+    unread, by size, reported as not analysed."""
     inference = infer_recurrent(state_dict, options.nonlinearity, options.batch_first)
     if not inference.parts:
         rebuilt = [entry for entry in inference.not_analysed if "not recurrent" not in entry]
@@ -214,14 +217,15 @@ def _inferred(
         notes.append(f"weight norm folded into {', '.join(inference.recomposed)}")
     if inference.not_analysed:
         notes.append("pass --model package.module:Class to analyse the whole model")
-    size = sum(v.numel() for v in state_dict.values())
+    unread = dict(unread or {})
+    size = sum(v.numel() for v in state_dict.values()) + sum(unread.values())
     return LoadedModel(
         None,
         checkpoint_kind,
         str(path),
         notes,
         parts=inference.parts,
-        not_analysed=inference.not_analysed,
+        not_analysed={**inference.not_analysed, **unread},
         parameters=size,
     )
 
@@ -256,20 +260,50 @@ def _from_program(
     )
 
 
-def _read(path: Path, kind: str, options: LoadOptions) -> tuple[object, dict]:
-    """The object in a file of format ``kind``, and its safetensors metadata (else empty)."""
+def _read(path: Path, kind: str, options: LoadOptions) -> tuple[object, dict, dict[str, int]]:
+    """The object in a file of format ``kind``, its safetensors metadata (else empty), and
+    the modules ``--only`` left unread (``owner: left out by --only`` -> size)."""
     if kind == files.SAFETENSORS:
         tensors, metadata = files.read_safetensors(path)
-        return tensors, metadata
+        return tensors, metadata, {}
     if kind == files.SHARDED:
         sharded = open_sharded(path)
-        return sharded.read(), sharded.metadata()
+        metadata = sharded.metadata()
+        names_a_class = options.trust and _metadata_class(metadata)[0] is not None
+        if not options.only or options.model or names_a_class:
+            return sharded.read(), metadata, {}
+        tensors, unread = _selected_shards(sharded, path, options)
+        return tensors, metadata, unread
     if kind == files.DISTRIBUTED:
-        return read_distributed_nested(path, options.trust), {}
+        return read_distributed_nested(path, options.trust), {}, {}
     if kind in (files.TORCH, files.LEGACY):
         script = (lambda: import_module_of(options.model)) if options.model else None
-        return files.read_pickle(path, options.trust, options.allow_globals, script), {}
+        return files.read_pickle(path, options.trust, options.allow_globals, script), {}, {}
     raise files.unknown_format(path)
+
+
+#: The suffix of a ``not_analysed`` entry for a module ``--only`` left unread.
+LEFT_OUT_SUFFIX = ": left out by --only"
+
+
+def _selected_shards(
+    sharded: ShardedSafetensors, path: Path, options: LoadOptions
+) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """The tensors of the modules ``--only`` selects, read from their shards alone, and the
+    size of each module left unread (from the shards' headers)."""
+    chosen = [name for name in sharded if selects_weight(options.only, name)]
+    if not chosen:
+        owners = ", ".join(dict.fromkeys(name.rsplit(".", 1)[0] for name in sharded))
+        raise GradscopeError(
+            f"--only {' '.join(options.only)} selects none of the tensors in {path} (modules: "
+            f"{owners[:300]}): give a module path or a glob such as 'encoder.*'"
+        )
+    left = [name for name in sharded if name not in set(chosen)]
+    unread: dict[str, int] = {}
+    for name, size in sharded.sizes(left).items():
+        owner = f"{name.rsplit('.', 1)[0]}{LEFT_OUT_SUFFIX}"
+        unread[owner] = unread.get(owner, 0) + size
+    return sharded.read(chosen), unread
 
 
 def _nothing_found(path: Path, obj: object) -> GradscopeError:
@@ -309,7 +343,7 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
         if options.model:
             loaded.notes.append(f"--model {options.model} ignored: the file holds a program")
         return loaded
-    obj, metadata = _read(path, kind, options)
+    obj, metadata, unread = _read(path, kind, options)
     found = find_model(obj)
     if found is None:
         raise _nothing_found(path, obj)
@@ -343,7 +377,7 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
             keys = ", ".join(repr(k) for k in [found.key, *found.others])
             notes = [f"weights from the entries {keys} of the checkpoint, each named by its key"]
         notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
-        return _inferred(state_dict, path, checkpoint_kind, notes, options)
+        return _inferred(state_dict, path, checkpoint_kind, notes, options, unread)
     notes += [f"key prefix {p!r} removed (a training wrapper adds it)" for p in removed]
     module, class_notes = _with_class(state_dict, original, spec, saved_kwargs, options)
     return LoadedModel(module, checkpoint_kind, str(path), notes + class_notes)

@@ -11,6 +11,7 @@ opens only the shards holding them.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -96,6 +97,18 @@ class ShardedSafetensors(Mapping[str, Tensor]):
                         )
                     tensors[name] = file.get_tensor(name)
         return {name: tensors[name] for name in wanted}
+
+    def sizes(self, names: Iterable[str]) -> dict[str, int]:
+        """How many elements each tensor named holds, from the shards' headers alone."""
+        by_shard: dict[Path, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self._weight_map[name], []).append(name)
+        sizes: dict[str, int] = {}
+        for shard, shard_names in by_shard.items():
+            with self._open(shard) as file:
+                for name in shard_names:
+                    sizes[name] = math.prod(file.get_slice(name).get_shape())
+        return sizes
 
     def metadata(self) -> dict[str, str]:
         """The shards' ``__metadata__`` merged (the first shard naming a key wins), then the

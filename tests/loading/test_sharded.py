@@ -21,7 +21,7 @@ import gradscope
 from gradscope.errors import GradscopeError
 from gradscope.loading import files, load_model
 from gradscope.loading.distributed import distributed_tensor_names, read_distributed
-from gradscope.loading.shards import INDEX_NAME, checkpoint_in, open_sharded
+from gradscope.loading.shards import INDEX_NAME, ShardedSafetensors, checkpoint_in, open_sharded
 from gradscope.options import LoadOptions
 
 from tests.helpers.checkpoints import SpeakerEncoder
@@ -388,3 +388,40 @@ def test_a_bad_folder_through_the_cli_is_one_line(tmp_path, capsys):
     message = one_line_error(["analyze", str(tmp_path)], capsys)
 
     assert message.startswith("gradscope: error: ") and str(tmp_path) in message
+
+
+def test_only_reads_just_the_selected_modules_shards(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    state = {
+        **{f"encoder.{k}": v for k, v in nn.LSTM(4, 8).state_dict().items()},
+        **{f"decoder.{k}": v for k, v in nn.GRU(8, 6).state_dict().items()},
+    }
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    weight_map = {}
+    for shard, prefix in (
+        ("model-00001-of-00002.safetensors", "encoder."),
+        ("model-00002-of-00002.safetensors", "decoder."),
+    ):
+        part = {k: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+        save_file(part, folder / shard)
+        weight_map |= dict.fromkeys(part, shard)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    read = []
+    original = ShardedSafetensors.read
+
+    def counting(self, names=None):
+        tensors = original(self, names)
+        read.extend(tensors)
+        return tensors
+
+    monkeypatch.setattr(ShardedSafetensors, "read", counting)
+    report = gradscope.analyze(folder, steps=6, what_if=False, only="decoder")
+    assert read and all(name.startswith("decoder.") for name in read)
+    assert [core.name for core in report.recurrent] == ["decoder"]
+    (left_out,) = report.coverage.not_measured
+    assert left_out.reason == "left out by --only"
+    assert left_out.parameters == sum(
+        v.numel() for k, v in state.items() if k.startswith("encoder.")
+    )
+    assert not report.complete
