@@ -20,6 +20,7 @@ oracle tests compare with dense eigenvalues, not with the residual.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,16 @@ def _orthogonalised(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return w, coefficients
 
 
+def _eigenvalues(matrices: Tensor) -> Tensor:
+    """The eigenvalues of a batch of small matrices, on the CPU split across threads (LAPACK
+    solves them one at a time)."""
+    workers = min(torch.get_num_threads(), len(matrices) // 16)
+    if matrices.device.type != "cpu" or workers < 2:
+        return torch.linalg.eigvals(matrices)
+    with ThreadPoolExecutor(workers) as pool:
+        return torch.cat(list(pool.map(torch.linalg.eigvals, matrices.chunk(workers))))
+
+
 def _last_component(hessenberg: Tensor, eigenvalues: Tensor) -> Tensor:
     """``|y_k|`` of the unit eigenvector ``y`` of each upper Hessenberg matrix (M, k, k) for
     its eigenvalue: with ``y_k = 1``, rows 2..k of ``(H - theta I) y = 0`` are triangular in
@@ -189,7 +200,7 @@ def spectral_radii(
         if ((j + 1) % CHECK_EVERY or j + 1 < MIN_DIMENSION) and j + 1 < limit:
             continue
         projected = hessenberg[:, : j + 1, : j + 1]
-        eigenvalues = torch.linalg.eigvals(projected)
+        eigenvalues = _eigenvalues(projected)
         top = eigenvalues.gather(-1, eigenvalues.abs().argmax(dim=-1, keepdim=True))[:, 0]
         residual = beta * _last_component(projected, top) / top.abs().clamp_min(tiny)
         residual = torch.where(beta <= tiny, torch.zeros_like(residual), residual)
