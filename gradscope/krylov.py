@@ -116,6 +116,13 @@ def _orthogonalised(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return w, coefficients
 
 
+def _finite_part(matrices: Tensor) -> tuple[Tensor, Tensor]:
+    """The projected matrices with those holding Inf or NaN (a map whose products overflowed)
+    set to zero, which LAPACK accepts, and a mask of them: their estimates are NaN."""
+    broken = ~torch.isfinite(matrices).flatten(1).all(dim=1)
+    return torch.where(broken[:, None, None], torch.zeros_like(matrices), matrices), broken
+
+
 def _eigenvalues(matrices: Tensor) -> Tensor:
     """The eigenvalues of a batch of small matrices, on the CPU split across threads (LAPACK
     solves them one at a time)."""
@@ -199,11 +206,12 @@ def spectral_radii(
         hessenberg[:, j + 1, j] = beta
         if ((j + 1) % CHECK_EVERY or j + 1 < MIN_DIMENSION) and j + 1 < limit:
             continue
-        projected = hessenberg[:, : j + 1, : j + 1]
+        projected, broken = _finite_part(hessenberg[:, : j + 1, : j + 1])
         eigenvalues = _eigenvalues(projected)
         top = eigenvalues.gather(-1, eigenvalues.abs().argmax(dim=-1, keepdim=True))[:, 0]
         residual = beta * _last_component(projected, top) / top.abs().clamp_min(tiny)
-        residual = torch.where(beta <= tiny, torch.zeros_like(residual), residual)
+        residual = torch.where((beta <= tiny) | broken, torch.zeros_like(residual), residual)
+        top = torch.where(broken, torch.full_like(top, float("nan")), top)
         # a value that moved since the last check may be a lesser eigenvalue converging
         # before the largest has emerged: it is not taken yet
         steady = (top.abs() - values[batch.index]).abs() <= tolerance * top.abs()
@@ -253,10 +261,12 @@ def largest_singular_values(
             bidiagonal[:, j, j + 1] = beta
         if ((j + 1) % CHECK_SINGULAR_EVERY or j + 1 < MIN_DIMENSION) and j + 1 < limit:
             continue
-        vectors, sigmas, _ = torch.linalg.svd(bidiagonal[:, : j + 1, : j + 1])
+        projected, broken = _finite_part(bidiagonal[:, : j + 1, : j + 1])
+        vectors, sigmas, _ = torch.linalg.svd(projected)
         residual = beta * vectors[:, j, 0].abs() / sigmas[:, 0].clamp_min(tiny)
-        exhausted = (beta <= tiny) | (alpha <= tiny)
+        exhausted = (beta <= tiny) | (alpha <= tiny) | broken
         residual = torch.where(exhausted, torch.zeros_like(residual), residual)
+        sigmas = torch.where(broken[:, None], torch.full_like(sigmas, float("nan")), sigmas)
         values[batch.index], residuals[batch.index] = sigmas[:, 0], residual
         if not batch.settle(residual <= tolerance):
             break

@@ -92,6 +92,18 @@ def test_a_map_that_annihilates_everything_has_radius_and_sigma_zero():
     assert bool(radius.converged.all()) and bool(sigma.converged.all())
 
 
+def test_a_map_whose_products_overflow_gets_nan_and_the_others_their_values():
+    torch.manual_seed(4)
+    good = torch.randn(20, 20, dtype=torch.float64) / 20**0.5
+    matrices = torch.stack([good, torch.full((20, 20), float("inf"), dtype=torch.float64)])
+    start = torch.randn(2, 20, dtype=torch.float64)
+    radius = spectral_radii(products(matrices), start, tolerance=0.0, max_dimension=20)
+    sigma = largest_singular_values(products(matrices), start, tolerance=0.0, max_dimension=20)
+    assert radius.values[0] == pytest.approx(float(spectral_radius(good)), rel=1e-10)
+    assert sigma.values[0] == pytest.approx(float(largest_singular_value(good)), rel=1e-10)
+    assert radius.values[1].isnan() and sigma.values[1].isnan()
+
+
 def test_maps_that_converge_leave_the_batch():
     torch.manual_seed(3)
     n = 200
