@@ -275,7 +275,12 @@ def _read(path: Path, kind: str, options: LoadOptions) -> tuple[object, dict, di
         tensors, unread = _selected_shards(sharded, path, options)
         return tensors, metadata, unread
     if kind == files.DISTRIBUTED:
-        return read_distributed_nested(path, options.trust), {}, {}
+        if not options.only or options.model:
+            return read_distributed_nested(path, options.trust)[0], {}, {}
+        nested, unread = read_distributed_nested(
+            path, options.trust, lambda name: selects_weight(options.only, name)
+        )
+        return nested, {}, _left_out_owners(unread)
     if kind in (files.TORCH, files.LEGACY):
         script = (lambda: import_module_of(options.model)) if options.model else None
         return files.read_pickle(path, options.trust, options.allow_globals, script), {}, {}
@@ -299,11 +304,17 @@ def _selected_shards(
             f"{owners[:300]}): give a module path or a glob such as 'encoder.*'"
         )
     left = [name for name in sharded if name not in set(chosen)]
-    unread: dict[str, int] = {}
-    for name, size in sharded.sizes(left).items():
+    return sharded.read(chosen), _left_out_owners(sharded.sizes(left))
+
+
+def _left_out_owners(sizes: Mapping[str, int]) -> dict[str, int]:
+    """``not_analysed`` entries for the tensors ``--only`` left unread: their modules, by
+    size."""
+    owners: dict[str, int] = {}
+    for name, size in sizes.items():
         owner = f"{name.rsplit('.', 1)[0]}{LEFT_OUT_SUFFIX}"
-        unread[owner] = unread.get(owner, 0) + size
-    return sharded.read(chosen), unread
+        owners[owner] = owners.get(owner, 0) + size
+    return owners
 
 
 def _nothing_found(path: Path, obj: object) -> GradscopeError:

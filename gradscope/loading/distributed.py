@@ -11,7 +11,8 @@ only with ``--trust``. ``torch.distributed.checkpoint`` is imported only when su
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,38 @@ def read_distributed(
     return _load(folder, trust, names)[0]
 
 
-def read_distributed_nested(folder: Path, trust: bool) -> dict[Any, Any]:
-    """Every tensor of the checkpoint, nested as the saved state dict was (``{"model": {...},
-    "optim": {...}}``), so its weights are found as in a ``torch.save`` file."""
-    tensors, metadata = _load(folder, trust, None)
-    return _nested(tensors, getattr(metadata, "planner_data", None))
+def read_distributed_nested(
+    folder: Path, trust: bool, select: Callable[[str], bool] | None = None
+) -> tuple[dict[Any, Any], dict[str, int]]:
+    """Every tensor of the checkpoint (those ``select`` keeps by flattened name, when given),
+    nested as the saved state dict was (``{"model": {...}, "optim": {...}}``), so its weights
+    are found as in a ``torch.save`` file; and the size of each tensor ``select`` left unread
+    beside a kept one (under the same top-level key: not the optimizer's state)."""
+    metadata = _metadata(folder, trust)
+    entries = _tensor_entries(metadata)
+    names = list(entries) if select is None else [name for name in entries if select(name)]
+    if not names:
+        raise GradscopeError(
+            f"--only selects none of the tensors in {folder} (for example "
+            f"{', '.join(list(entries)[:4])}): give a module path or a glob such as 'encoder.*'"
+        )
+    tensors, metadata = _load(folder, trust, names)
+    paths = getattr(metadata, "planner_data", None)
+    paths = paths if isinstance(paths, Mapping) else {}
+
+    def within_top(name: str) -> str:
+        path = paths.get(name)
+        if isinstance(path, tuple) and len(path) > 1:
+            return ".".join(str(part) for part in path[1:])
+        return name
+
+    tops = {name.split(".", 1)[0] for name in names}
+    unread = {
+        within_top(name): math.prod(entry.size)
+        for name, entry in entries.items()
+        if name not in tensors and name.split(".", 1)[0] in tops
+    }
+    return _nested(tensors, getattr(metadata, "planner_data", None)), unread
 
 
 def _nested(flat: Mapping[str, Tensor], planner_data: object) -> dict[Any, Any]:

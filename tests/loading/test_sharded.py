@@ -425,3 +425,21 @@ def test_only_reads_just_the_selected_modules_shards(tmp_path, monkeypatch):
         v.numel() for k, v in state.items() if k.startswith("encoder.")
     )
     assert not report.complete
+
+
+def test_only_reads_just_the_selected_modules_of_a_dcp_folder(tmp_path):
+    torch.manual_seed(0)
+    model = {
+        **{f"encoder.{k}": v for k, v in nn.LSTM(4, 8).state_dict().items()},
+        **{f"decoder.{k}": v for k, v in nn.GRU(8, 6).state_dict().items()},
+    }
+    optimizer = {"state.0.exp_avg": torch.ones(50)}
+    folder = save_dcp({"model": model, "optim": optimizer}, tmp_path / "dcp")
+    report = gradscope.analyze(folder, steps=6, what_if=False, trust=True, only="decoder")
+    assert [core.name for core in report.recurrent] == ["decoder"]
+    (left_out,) = report.coverage.not_measured
+    assert left_out.reason == "left out by --only"
+    assert left_out.modules == ["encoder"]
+    assert left_out.parameters == sum(v.numel() for k, v in model.items() if k.startswith("enc"))
+    with pytest.raises(GradscopeError, match="--only selects none of the tensors"):
+        gradscope.analyze(folder, steps=6, what_if=False, trust=True, only="attention")
