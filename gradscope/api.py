@@ -72,7 +72,8 @@ def analyze(
     ``exponents``, ``spectrum_steps``; over depth: ``depth`` (``blocks``, ``leaves`` or N
     levels), ``chi_probes``, ``power_iterations``. ``max_memory``: bytes (or a size such as
     ``"2GB"``) for Jacobian work, which goes in chunks to stay within it. ``only``: module paths
-    or globs of the recurrent modules to measure (the rest are reported as left out). ``progress``
+    or globs of the recurrent modules or the run of blocks to measure (the rest are reported
+    as left out). ``progress``
     receives one line per stage.
 
     Raises :class:`gradscope.errors.GradscopeError` for unusable input or options.

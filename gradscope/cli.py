@@ -356,8 +356,8 @@ def analyze(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Measure only the recurrent modules this names (a module path or a glob such "
-            "as 'encoder.*'; repeatable): the rest are reported as left out.",
+            help="Measure only the recurrent modules or the run of blocks this names (a module "
+            "path or a glob such as 'encoder.*'; repeatable): the rest are reported as left out.",
             rich_help_panel=ANALYSIS,
         ),
     ] = None,

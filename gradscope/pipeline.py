@@ -299,6 +299,13 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
     for view in planned.views:
         progress(view.starting(subject))
         results.append(view.measure(subject, results))
+    options = subject.options
+    if options.only and not any(r.cores or r.stack for r in results):
+        raise GradscopeError(
+            f"--only {' '.join(options.only)} selects none of the model's recurrent modules "
+            f"({', '.join(_recurrent_names(subject)) or 'none'}) and no run of 3 or more blocks: "
+            "give a module path or a glob such as 'encoder.*' or 'layers.1*'"
+        )
     if subject.loaded.parts is None and not any(r.cores or r.stack or r.sequence for r in results):
         hidden = [found for r in results for found in r.recurrences]
         if hidden:
@@ -314,6 +321,16 @@ def measure(planned: Plan, progress: Progress) -> list[Measured]:
             "pass --input-shape B,T,F if it reads sequences, or --depth leaves"
         )
     return results
+
+
+def _recurrent_names(subject: Subject) -> list[str]:
+    """The recurrent modules (or rebuilt parts) of the subject, by path."""
+    if subject.loaded.parts is not None:
+        return [part.name or "(model)" for part in subject.loaded.parts]
+    if subject.module is None:
+        return []
+    found = recurrent_modules(subject.module, scripted=False)
+    return [path or "(model)" for path, _ in found]
 
 
 def _no_reach(subject: Subject) -> str:

@@ -3,6 +3,8 @@ out (never as healthy)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -69,3 +71,31 @@ def test_only_on_the_command_line(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert captured.err.count("\n") == 1 and "--only nothing selects none" in captured.err
+
+
+def tanh_stack() -> nn.Module:
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(10):
+        layers += [nn.Linear(16, 16), nn.Tanh()]
+    return nn.Sequential(*layers).double()
+
+
+def test_only_measures_a_run_of_blocks_as_a_stack_of_its_own():
+    whole = gradscope.analyze(tanh_stack(), input_shape=(8, 16), what_if=False)
+    only = gradscope.analyze(tanh_stack(), input_shape=(8, 16), what_if=False, only="[4-9]")
+    assert [layer.name for layer in only.layers] == ["4+5", "6+7", "8+9"]
+    for got, want in zip(only.layers, whole.layers[2:5], strict=True):
+        assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-12)
+    # from the first selected block's input to the last one's output, not the model's
+    below = whole.layers[1].grad_norm
+    assert only.stack.decades == pytest.approx(
+        math.log10(below / whole.layers[4].grad_norm), rel=1e-12
+    )
+    (left_out,) = only.coverage.not_measured
+    assert left_out.reason == "left out by --only" and "0 (Linear)" in left_out.modules
+
+
+def test_only_refuses_blocks_that_do_not_run_one_after_another():
+    with pytest.raises(GradscopeError, match="do not run one after another"):
+        gradscope.analyze(tanh_stack(), input_shape=(8, 16), what_if=False, only=("2", "12"))

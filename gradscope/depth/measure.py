@@ -32,6 +32,7 @@ from gradscope.depth.time_mixing import (
     first_step_gradient,
     mixing_outside_blocks,
 )
+from gradscope.errors import GradscopeError
 from gradscope.numerics import pooled_norm
 from gradscope.options import AnalysisOptions
 from gradscope.probe import (
@@ -204,6 +205,21 @@ def _taken(output: object, probe: Probe) -> tuple | None:
     return y.detach(), pull
 
 
+def selected_blocks(blocks: list[Block], options: AnalysisOptions) -> list[Block]:
+    """The blocks ``--only`` selects (all without it): a block is selected when a module it
+    calls is; they must run one after another, a stack of their own."""
+    if not options.only:
+        return blocks
+    chosen = [i for i, b in enumerate(blocks) if any(options.selects(c.name) for c in b.calls)]
+    if chosen and chosen != list(range(chosen[0], chosen[-1] + 1)):
+        names = ", ".join(blocks[i].name for i in chosen[:6])
+        raise GradscopeError(
+            f"--only {' '.join(options.only)} selects blocks that do not run one after another "
+            f"({names}): give a pattern for a run of blocks, such as 'layers.1*'"
+        )
+    return [blocks[i] for i in chosen]
+
+
 def measure_depth(
     model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool = False
 ) -> DepthResult:
@@ -220,7 +236,8 @@ def measure_depth(
 def _measure(
     model: nn.Module, probe: Probe, options: AnalysisOptions, over_time: bool
 ) -> DepthResult:
-    output, blocks, log, looped = _forward(model, probe, options)
+    output, every_block, log, looped = _forward(model, probe, options)
+    blocks = selected_blocks(every_block, options)
     found = DepthResult(
         None,
         block_modules=list(dict.fromkeys(call.name for b in blocks for call in b.calls)),
@@ -247,8 +264,10 @@ def _measure(
         with torch.enable_grad():
             whole = _whole_gains(model, probe, options, output)
     # the output side: the last block's output, or what the model returns when its own code
-    # changes that output first (a residual added in the parent's loop)
-    ends = [returned] if _changed_after(blocks[-1], returned) else []
+    # changes that output first (a residual added in the parent's loop); with --only, the
+    # last selected block's output unless it is the model's last block
+    last = blocks[-1] is every_block[-1]
+    ends = [returned] if last and _changed_after(blocks[-1], returned) else []
     grads = torch.autograd.grad(
         loss,
         [*sources, *(b.output for b in blocks), *ends],

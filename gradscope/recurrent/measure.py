@@ -396,15 +396,8 @@ def matrix_free_note(core: RecurrentCore) -> str:
 
 
 def selected_traces(traces: dict[tuple, Trace], options: AnalysisOptions) -> dict[tuple, Trace]:
-    """The traces of the cores ``--only`` selects; an error naming the cores when none is."""
-    chosen = {key: trace for key, trace in traces.items() if options.selects(trace.core.name)}
-    if not chosen:
-        names = ", ".join(dict.fromkeys(trace.core.name or "(model)" for trace in traces.values()))
-        raise GradscopeError(
-            f"--only {' '.join(options.only)} selects none of the model's recurrent modules "
-            f"({names}): give a module path or a glob such as 'encoder.*'"
-        )
-    return chosen
+    """The traces of the cores ``--only`` selects (all without it)."""
+    return {key: trace for key, trace in traces.items() if options.selects(trace.core.name)}
 
 
 def measure_recurrent(
@@ -414,7 +407,6 @@ def measure_recurrent(
     with input_leaf(model, probe) as leaf:
         loss, traces = run_probe(model, probe, options.cells)
         inputs = leaf()
-    traces = selected_traces(traces, options)
     leaves = inputs.tensors if inputs is not None else []
     idle = [name for name in options.cells if (name, 0, "forward") not in traces]
     if idle:
@@ -422,6 +414,7 @@ def measure_recurrent(
             f"--cell {', '.join(idle)} never ran on the probe; name the module the model calls "
             "once per time step as cell(input, state)"
         )
+    traces = selected_traces(traces, options)
     targets = [trace.gradient_targets() for trace in traces.values()]
     flat = [t for per_trace in targets for per_state in per_trace for t in per_state]
     grads = torch.autograd.grad(loss, [*leaves, *flat], allow_unused=True)
