@@ -86,3 +86,11 @@ def test_auto_spectra_cover_every_step(size):
 def test_a_memory_budget_too_small_for_one_step_is_one_clear_error():
     with pytest.raises(GradscopeError, match=r"--max-memory .* give at least 1MB"):
         analysed(build(lambda: nn.GRU(4, 200)), max_memory="100KB")
+
+
+def test_with_a_batch_auto_takes_one_element_per_step_in_turn():
+    core = analysed(build(lambda: nn.GRU(4, 100)), batch=3).recurrent[0]
+    assert (core.jacobian.method, core.jacobian.samples) == ("krylov", STEPS)
+    every = analysed(build(lambda: nn.GRU(4, 100)), batch=3, spectrum_steps="all").recurrent[0]
+    assert every.jacobian.samples == 3 * STEPS
+    assert every.jacobian.sigma_max.max >= core.jacobian.sigma_max.max * (1 - 1e-3)
