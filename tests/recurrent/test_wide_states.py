@@ -89,8 +89,8 @@ def test_a_memory_budget_too_small_for_one_step_is_one_clear_error():
 
 
 def test_with_a_batch_auto_takes_one_element_per_step_in_turn():
-    core = analysed(build(lambda: nn.GRU(4, 100)), batch=3).recurrent[0]
+    core = analysed(build(lambda: nn.GRU(4, 200)), batch=3).recurrent[0]
     assert (core.jacobian.method, core.jacobian.samples) == ("krylov", STEPS)
-    every = analysed(build(lambda: nn.GRU(4, 100)), batch=3, spectrum_steps="all").recurrent[0]
+    every = analysed(build(lambda: nn.GRU(4, 200)), batch=3, spectrum_steps="all").recurrent[0]
     assert every.jacobian.samples == 3 * STEPS
     assert every.jacobian.sigma_max.max >= core.jacobian.sigma_max.max * (1 - 1e-3)
