@@ -121,3 +121,14 @@ def test_a_value_out_of_range_is_refused_before_anything_loads(tmp_path, text, m
     with pytest.raises(GradscopeError, match=message) as error:
         load_config(path)
     assert str(error.value).startswith(str(path))
+
+
+def test_only_and_max_memory_are_configuration_keys(tmp_path):
+    from gradscope.config import analysis_keywords
+
+    path = write(tmp_path / "gradscope.toml", 'only = "decoder"\nmax_memory = "2GB"\n')
+    config = load_config(path)
+    keywords = analysis_keywords(config.options, set())
+    assert keywords == {"only": ("decoder",), "max_memory": "2GB"}
+    write(tmp_path / "other.toml", "max_memory = 1000000\n")
+    assert load_config(tmp_path / "other.toml").options == {"max_memory": 1000000}
