@@ -83,8 +83,9 @@ class KrylovEstimate:
 
 
 def bytes_per_map(n: int, dimension: int, dtype: torch.dtype) -> int:
-    """The memory one map's two Krylov bases of ``dimension + 1`` vectors of size ``n`` take."""
-    return 2 * (dimension + 1) * n * torch.finfo(dtype).bits // 8
+    """The memory one map's two Krylov bases of ``dimension + 1`` vectors of size ``n`` and
+    its projected matrix take."""
+    return (2 * n + dimension) * (dimension + 1) * torch.finfo(dtype).bits // 8
 
 
 def rows_within(budget_bytes: int, n: int, dimension: int, dtype: torch.dtype) -> int:
@@ -104,15 +105,26 @@ def _projected_out(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
 
 def _orthogonalised(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """``w`` (M, n) without its components along the orthonormal rows of ``basis`` (M, j, n),
-    by classical Gram-Schmidt, repeated once where it cancelled much of ``w`` (the DGKS
-    criterion); returns it and the coefficients (M, j)."""
+    by classical Gram-Schmidt, repeated once where it cancelled much of ``w``; returns it and
+    the coefficients (M, j).
+
+    The DGKS criterion: where the second pass cancels much of what the first left, what is
+    left is rounding, ``w`` lies in the span of the basis (the Krylov space is invariant), and
+    it is set to zero, so that the iteration sees the breakdown instead of rounding scaled up
+    to a unit vector (low-rank Jacobians: dead ReLU units, saturated gates).
+    """
     if basis.shape[1] == 0:
         return w, w.new_zeros(len(w), 0)
     before = w.norm(dim=-1)
     w, coefficients = _projected_out(basis, w)
-    if bool((w.norm(dim=-1) < REORTHOGONALISE_BELOW * before).any()):
+    once = w.norm(dim=-1)
+    if bool((once < REORTHOGONALISE_BELOW * before).any()):
         w, correction = _projected_out(basis, w)
         coefficients = coefficients + correction
+        in_span = (once < REORTHOGONALISE_BELOW * before) & (
+            w.norm(dim=-1) < REORTHOGONALISE_BELOW * once
+        )
+        w = torch.where(in_span[:, None], torch.zeros_like(w), w)
     return w, coefficients
 
 
@@ -210,13 +222,14 @@ def spectral_radii(
         eigenvalues = _eigenvalues(projected)
         top = eigenvalues.gather(-1, eigenvalues.abs().argmax(dim=-1, keepdim=True))[:, 0]
         residual = beta * _last_component(projected, top) / top.abs().clamp_min(tiny)
-        residual = torch.where((beta <= tiny) | broken, torch.zeros_like(residual), residual)
+        residual = torch.where(beta <= tiny, torch.zeros_like(residual), residual)
         top = torch.where(broken, torch.full_like(top, float("nan")), top)
+        residual = torch.where(broken, torch.full_like(residual, float("nan")), residual)
         # a value that moved since the last check may be a lesser eigenvalue converging
         # before the largest has emerged: it is not taken yet
         steady = (top.abs() - values[batch.index]).abs() <= tolerance * top.abs()
         values[batch.index], residuals[batch.index] = top.abs(), residual
-        if not batch.settle((residual <= tolerance) & (steady | (beta <= tiny))):
+        if not batch.settle(((residual <= tolerance) & (steady | (beta <= tiny))) | broken):
             break
     return KrylovEstimate(values, residuals, j + 1, tolerance)
 
@@ -264,10 +277,11 @@ def largest_singular_values(
         projected, broken = _finite_part(bidiagonal[:, : j + 1, : j + 1])
         vectors, sigmas, _ = torch.linalg.svd(projected)
         residual = beta * vectors[:, j, 0].abs() / sigmas[:, 0].clamp_min(tiny)
-        exhausted = (beta <= tiny) | (alpha <= tiny) | broken
+        exhausted = (beta <= tiny) | (alpha <= tiny)
         residual = torch.where(exhausted, torch.zeros_like(residual), residual)
         sigmas = torch.where(broken[:, None], torch.full_like(sigmas, float("nan")), sigmas)
+        residual = torch.where(broken, torch.full_like(residual, float("nan")), residual)
         values[batch.index], residuals[batch.index] = sigmas[:, 0], residual
-        if not batch.settle(residual <= tolerance):
+        if not batch.settle((residual <= tolerance) | broken):
             break
     return KrylovEstimate(values, residuals, j + 1, tolerance)
