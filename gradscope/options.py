@@ -287,20 +287,23 @@ def parse_loss_at(value: Any) -> int | str:
 
 def selects_module(patterns: tuple[str, ...], path: str) -> bool:
     """Whether ``--only`` ``patterns`` select the module at ``path`` (``""``: the model): one
-    matches its path (a glob), or names it or a module that holds it. No patterns: all."""
+    matches its path or a tail of it (``encoder`` in ``model.encoder``: below a wrapper's
+    prefix) as a glob, or names a module that holds it. No patterns: all."""
     if not patterns:
         return True
-    name = path or "(model)"
+    parts = path.split(".") if path else []
+    tails = [".".join(parts[i:]) for i in range(len(parts))] or [""]
     return any(
-        fnmatch.fnmatchcase(name, pattern) or is_within_path(path, pattern) for pattern in patterns
+        fnmatch.fnmatchcase(tail or "(model)", pattern) or is_within_path(tail, pattern)
+        for tail in tails
+        for pattern in patterns
     )
 
 
 def selects_weight(patterns: tuple[str, ...], key: str) -> bool:
     """Whether ``--only`` ``patterns`` select the module that holds the state-dict entry
-    ``key``, also below a wrapper's prefix (``model.``, ``module.``): any tail of its path."""
-    parts = key.split(".")[:-1]
-    return any(selects_module(patterns, ".".join(parts[i:])) for i in range(len(parts)))
+    ``key``."""
+    return selects_module(patterns, key.rsplit(".", 1)[0] if "." in key else "")
 
 
 def is_within_path(path: str, holder: str) -> bool:

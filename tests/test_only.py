@@ -41,6 +41,9 @@ def model() -> nn.Module:
         (("*.cell",), "stack.0.cell", True),
         (("*",), "", True),
         (("encoder",), "", False),
+        (("encoder",), "net.encoder", True),
+        (("encoder",), "net.encoder.cell", True),
+        (("net.encoder",), "encoder", False),
     ],
 )
 def test_only_selects_by_path_glob_or_holder(patterns, path, selected):

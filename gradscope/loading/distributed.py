@@ -121,34 +121,42 @@ def read_distributed(
 def read_distributed_nested(
     folder: Path, trust: bool, select: Callable[[str], bool] | None = None
 ) -> tuple[dict[Any, Any], dict[str, int]]:
-    """Every tensor of the checkpoint (those ``select`` keeps by flattened name, when given),
-    nested as the saved state dict was (``{"model": {...}, "optim": {...}}``), so its weights
-    are found as in a ``torch.save`` file; and the size of each tensor ``select`` left unread
-    beside a kept one (under the same top-level key: not the optimizer's state)."""
+    """Every tensor of the checkpoint, nested as the saved state dict was (``{"model": {...},
+    "optim": {...}}``), so its weights are found as in a ``torch.save`` file; and ``{}``.
+
+    With ``select``: only the model's tensors whose names (below the top-level key they are
+    saved under, if any) it keeps, none of an optimizer's; and the size of each model tensor
+    left unread, by that name."""
     metadata = _metadata(folder, trust)
     entries = _tensor_entries(metadata)
-    names = list(entries) if select is None else [name for name in entries if select(name)]
+    paths = getattr(metadata, "planner_data", None)
+    if select is None:
+        tensors, _ = _load(folder, trust, list(entries))
+        return _nested(tensors, paths), {}
+    paths = paths if isinstance(paths, Mapping) else {}
+
+    def key_path(name: str) -> tuple:
+        path = paths.get(name)
+        return path if isinstance(path, tuple) and path else (name,)
+
+    def inner(name: str) -> str:
+        path = key_path(name)
+        return ".".join(str(part) for part in path[1:]) if len(path) > 1 else name
+
+    model = [
+        name
+        for name in entries
+        if len(key_path(name)) == 1 or "optim" not in str(key_path(name)[0]).lower()
+    ]
+    names = [name for name in model if select(inner(name))]
     if not names:
         raise GradscopeError(
             f"--only selects none of the tensors in {folder} (for example "
-            f"{', '.join(list(entries)[:4])}): give a module path or a glob such as 'encoder.*'"
+            f"{', '.join(inner(name) for name in model[:4])}): give a module path or a glob "
+            "such as 'encoder.*'"
         )
     tensors, metadata = _load(folder, trust, names)
-    paths = getattr(metadata, "planner_data", None)
-    paths = paths if isinstance(paths, Mapping) else {}
-
-    def within_top(name: str) -> str:
-        path = paths.get(name)
-        if isinstance(path, tuple) and len(path) > 1:
-            return ".".join(str(part) for part in path[1:])
-        return name
-
-    tops = {name.split(".", 1)[0] for name in names}
-    unread = {
-        within_top(name): math.prod(entry.size)
-        for name, entry in entries.items()
-        if name not in tensors and name.split(".", 1)[0] in tops
-    }
+    unread = {inner(name): math.prod(entries[name].size) for name in model if name not in tensors}
     return _nested(tensors, getattr(metadata, "planner_data", None)), unread
 
 

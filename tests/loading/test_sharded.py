@@ -443,3 +443,20 @@ def test_only_reads_just_the_selected_modules_of_a_dcp_folder(tmp_path):
     assert left_out.parameters == sum(v.numel() for k, v in model.items() if k.startswith("enc"))
     with pytest.raises(GradscopeError, match="--only selects none of the tensors"):
         gradscope.analyze(folder, steps=6, what_if=False, trust=True, only="attention")
+
+
+def test_only_on_a_flat_dcp_folder_reports_every_module_left_out(tmp_path):
+    torch.manual_seed(0)
+    model = {
+        **{f"encoder.{k}": v for k, v in nn.LSTM(4, 8).state_dict().items()},
+        **{f"decoder.{k}": v for k, v in nn.GRU(8, 6).state_dict().items()},
+        "head.weight": torch.ones(3, 6),
+    }
+    folder = save_dcp(model, tmp_path / "dcp")
+    report = gradscope.analyze(folder, steps=6, what_if=False, trust=True, only="encoder")
+    assert [core.name for core in report.recurrent] == ["encoder"]
+    (left_out,) = report.coverage.not_measured
+    assert sorted(left_out.modules) == ["decoder", "head"]
+    unread = sum(v.numel() for k, v in model.items() if not k.startswith("encoder."))
+    assert left_out.parameters == unread
+    assert report.coverage.parameters == sum(v.numel() for v in model.values())
