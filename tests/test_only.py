@@ -97,6 +97,9 @@ def test_only_measures_a_run_of_blocks_as_a_stack_of_its_own():
     )
     (left_out,) = only.coverage.not_measured
     assert left_out.reason == "left out by --only" and "0 (Linear)" in left_out.modules
+    # the whole model's input-output Jacobian is not the selected run's: not reported as it
+    assert only.stack.sigma_max is None and only.stack.spread is None
+    assert whole.stack.sigma_max is not None
 
 
 def test_only_refuses_blocks_that_do_not_run_one_after_another():

@@ -260,7 +260,9 @@ def _measure(
     if check_time and sources:  # before the main backward pass frees the graph
         from_first_step = first_step_gradient(returned, first, probe.time_axis, probe.steps)
     whole = WholeGains(math.nan, math.nan, None)
-    if len(blocks) >= MIN_BLOCKS:  # before the main backward pass frees the graph it reuses
+    # the whole model's Jacobian describes the stack unless --only took a run of its blocks
+    narrowed = len(blocks) < len(every_block)
+    if len(blocks) >= MIN_BLOCKS and not narrowed:  # before the backward pass frees the graph
         with torch.enable_grad():
             whole = _whole_gains(model, probe, options, output)
     # the output side: the last block's output, or what the model returns when its own code
