@@ -121,6 +121,8 @@ class AnalysisOptions:
         object.__setattr__(self, "only", only)
         if isinstance(self.max_memory, str):
             object.__setattr__(self, "max_memory", parse_memory(self.max_memory))
+        elif isinstance(self.max_memory, float) and math.isfinite(self.max_memory):
+            object.__setattr__(self, "max_memory", int(self.max_memory))
         for ok, message in self._checks():
             if not ok:
                 raise GradscopeError(message)
@@ -167,7 +169,8 @@ class AnalysisOptions:
                 f"--power-iterations must be 1 or more, not {self.power_iterations}",
             ),
             (
-                self.max_memory is None or self.max_memory > 0,
+                self.max_memory is None
+                or (isinstance(self.max_memory, int) and self.max_memory > 0),
                 f"--max-memory must be a positive size such as 2GB, not {self.max_memory}",
             ),
             (

@@ -26,6 +26,7 @@ from gradscope.krylov import (
     rows_within,
     spectral_radii,
 )
+from gradscope.numerics import largest_singular_value, spectral_radius
 from gradscope.progress import note
 
 StepFunction = Callable[[Tensor, Tensor], Tensor]
@@ -60,6 +61,31 @@ def state_jacobians(
             for i in range(0, len(states), chunk)
         ]
     )
+
+
+def dense_spectra(
+    step: StepFunction,
+    states: Tensor,
+    drives: Tensor,
+    closed: Jacobian | None = None,
+    chunk_bytes: int = JACOBIAN_CHUNK_BYTES,
+) -> tuple[Tensor, Tensor] | None:
+    """The spectral radius and largest singular value of the Jacobian at each row, exactly,
+    a chunk of at most ``chunk_bytes`` of Jacobians at a time; None when one is not finite
+    (LAPACK refuses NaN and Inf)."""
+    n = states.shape[-1]
+    chunk = max(1, chunk_bytes // (n * n * states.element_size()))
+    radii, sigmas = [], []
+    for i in range(0, len(states), chunk):
+        rows = slice(i, i + chunk)
+        jacobians = state_jacobians(step, states[rows], drives[rows], closed, chunk_bytes)
+        if not bool(torch.isfinite(jacobians).all()):
+            return None
+        radii.append(spectral_radius(jacobians))
+        sigmas.append(largest_singular_value(jacobians))
+    if not radii:
+        return states.new_empty(0), states.new_empty(0)
+    return torch.cat(radii), torch.cat(sigmas)
 
 
 def autograd_linearisation(step: StepFunction, s: Tensor, u: Tensor) -> Products:
@@ -109,9 +135,9 @@ def matrix_free_spectra(
     needed = bytes_per_map(n, MAX_DIMENSION, states.dtype)
     if needed > budget_bytes:
         raise GradscopeError(
-            f"--max-memory {budget_bytes:,} bytes is less than the spectra of one step's "
-            f"{n}-dimensional Jacobian need ({needed:,} bytes): give at least "
-            f"{-(-needed // (1 << 20))}MB, or --spectrum-steps 1 with --dtype float32"
+            f"the spectra of one step's {n}-dimensional Jacobian need {needed:,} bytes, more "
+            f"than the {budget_bytes:,} bytes of Jacobian work allowed: give --max-memory "
+            f"{-(-needed // (1 << 20))}MB or more"
         )
     chunk = rows_within(budget_bytes, n, MAX_DIMENSION, states.dtype)
     radii, sigmas = [], []

@@ -28,9 +28,9 @@ from gradscope.recurrent.dynamics import (
     Jacobian,
     Linearise,
     autograd_linearisation,
+    dense_spectra,
     lyapunov_exponents,
     matrix_free_spectra,
-    state_jacobians,
 )
 from gradscope.recurrent.linearised import jacobian_function, linearisation
 from gradscope.recurrent.unroll import Trace, unrolled
@@ -204,13 +204,10 @@ def _jacobian_summary(
             residual=KrylovResidual(_largest(radius.residuals), _largest(sigma.residuals)),
         )
     note(f"{label}: eigenvalues of {len(chosen)} step Jacobians")
-    jacobians = state_jacobians(step, rows, row_drives, closed, workspace)
-    finite = bool(torch.isfinite(jacobians).all())
-    empty = jacobians.new_empty(0)
+    spectra = dense_spectra(step, rows, row_drives, closed, workspace)
+    radius, sigma = spectra if spectra is not None else (rows.new_empty(0), rows.new_empty(0))
     return JacobianSummary(
-        spectral_radius=_summary(spectral_radius(jacobians) if finite else empty),
-        sigma_max=_summary(largest_singular_value(jacobians) if finite else empty),
-        samples=len(chosen),
+        spectral_radius=_summary(radius), sigma_max=_summary(sigma), samples=len(chosen)
     )
 
 
