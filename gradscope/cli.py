@@ -80,6 +80,13 @@ OUTPUT_OPTION = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
+HTML_OPTION = Annotated[
+    str | None,
+    typer.Option(
+        help="Also write a self-contained HTML report (charts inline, no network) to this file.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 GITHUB_OPTION = Annotated[
     bool | None,
     typer.Option(
@@ -98,7 +105,7 @@ CONFIG_OPTION = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
-FORMAT_HELP = "text, json, markdown, github (annotations) or junit."
+FORMAT_HELP = "text, json, markdown, github (annotations), junit or html."
 
 
 def _version(value: bool) -> None:
@@ -385,6 +392,7 @@ def analyze(
     ] = False,
     ignore: IGNORE_OPTION = None,
     output: OUTPUT_OPTION = None,
+    html: HTML_OPTION = None,
     github: GITHUB_OPTION = None,
     config: CONFIG_OPTION = None,
     baseline: Annotated[
@@ -423,7 +431,9 @@ def analyze(
     with progress_on_stderr() as progress:
         report = run_analysis(checkpoint, **keywords, progress=progress)
     report = finish(report, given, project, update_baseline)
-    delivery = Delivery(given["output_format"], given["output"], given["github"], failing)
+    delivery = Delivery(
+        given["output_format"], given["output"], given["github"], failing, given["html"]
+    )
     deliver(report, delivery, stdout_console())
     return 0 if given["exit_zero"] or not report.fails(failing) else 1
 
@@ -561,6 +571,7 @@ def check(
         ),
     ] = ",".join(DEFAULT_FAIL_ON),
     ignore: IGNORE_OPTION = None,
+    html: HTML_OPTION = None,
     github: GITHUB_OPTION = None,
     exit_zero: Annotated[
         bool, typer.Option(help="Always exit 0 after the reports.", rich_help_panel=OUTPUT)
@@ -587,7 +598,9 @@ def check(
         for entry in entries:
             progress(f"checking {entry.name}")
             checked.append(check_one(entry, project, given["ignore"], progress, update_baseline))
-    delivery = Delivery(given["output_format"], given["output"], given["github"], failing)
+    delivery = Delivery(
+        given["output_format"], given["output"], given["github"], failing, given["html"]
+    )
     deliver(checked, delivery, stdout_console())
     if any(entry.report is None for entry in checked):
         return 2

@@ -91,6 +91,7 @@ OPTION_KEYS: dict[str, str] = {
     "exit_zero": "bool",
     "ignore": "strings",
     "output": "str",
+    "html": "str",
     "github": "bool",
     "baseline": "str",
     "regression_tolerance": "number",
@@ -181,9 +182,9 @@ def _model(entry: dict[str, Any], index: int, path: Path) -> ModelEntry:
 
 
 #: Keys that say where files are; read from the configuration file's folder.
-PATH_KEYS = ("path", "output", "baseline", "probe")
+PATH_KEYS = ("path", "output", "html", "baseline", "probe")
 #: Keys of the whole run, not of one model.
-RUN_KEYS = ("format", "fail_on", "exit_zero", "output", "github")
+RUN_KEYS = ("format", "fail_on", "exit_zero", "output", "html", "github")
 
 
 def _resolved(options: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -254,7 +255,8 @@ def _checked(values: dict[str, Any], keys: dict[str, str], path: Path, where: st
 
 
 #: Keys the command line reads itself (what to write, what fails); the rest go to analyze().
-OUTPUT_KEYS = ("format", "fail_on", "exit_zero", "ignore", "output", "github", "baseline")
+OUTPUT_KEYS = ("format", "fail_on", "exit_zero", "ignore", "output", "html", "github")
+OUTPUT_KEYS += ("baseline",)
 OUTPUT_KEYS += ("regression_tolerance",)
 #: The command-line parameter of a key, where its name differs.
 PARAMETERS = {"format": "output_format"}

@@ -112,6 +112,8 @@ TORCH_FREE = [
     "gradscope.render.markdown",
     "gradscope.render.github",
     "gradscope.render.junit",
+    "gradscope.render.html",
+    "gradscope.render.svg",
     "gradscope.render.delivery",
     "gradscope.render.parts",
     "gradscope.render.compare",

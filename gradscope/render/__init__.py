@@ -23,6 +23,7 @@ class OutputFormat(Word):
     MARKDOWN = "markdown"
     GITHUB = "github"
     JUNIT = "junit"
+    HTML = "html"
 
 
 #: Where each format's renderer lives (imported when used).
@@ -32,6 +33,7 @@ RENDERERS = {
     OutputFormat.MARKDOWN: "gradscope.render.markdown:MarkdownRenderer",
     OutputFormat.GITHUB: "gradscope.render.github:GithubRenderer",
     OutputFormat.JUNIT: "gradscope.render.junit:JunitRenderer",
+    OutputFormat.HTML: "gradscope.render.html:HtmlRenderer",
 }
 FORMATS = tuple(output_format.value for output_format in OutputFormat)
 

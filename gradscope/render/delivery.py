@@ -20,12 +20,13 @@ from gradscope.report import DEFAULT_FAIL_ON, Report
 @dataclass(frozen=True)
 class Delivery:
     """How to deliver: the format, a file for it (``--output``), GitHub's extras (None:
-    only under GitHub Actions), what fails."""
+    only under GitHub Actions), what fails, and a file for the HTML report (``--html``)."""
 
     output_format: str = "text"
     output: str | None = None
     github: bool | None = None
     fail_on: tuple[str, ...] = DEFAULT_FAIL_ON
+    html: str | None = None
 
 
 def on_github(delivery: Delivery) -> bool:
@@ -35,13 +36,14 @@ def on_github(delivery: Delivery) -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
-def _to_file(path: str, text: str) -> None:
-    """Write ``text`` to ``--output path``, making its folders as pytest's --junitxml does."""
+def _to_file(path: str, text: str, flag: str = "--output") -> None:
+    """Write ``text`` to ``path`` (given by ``flag``), making its folders as pytest's
+    --junitxml does."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text, encoding="utf-8")
     except OSError as error:
-        raise GradscopeError(f"--output {path}: cannot write it ({error.strerror})") from None
+        raise GradscopeError(f"{flag} {path}: cannot write it ({error.strerror})") from None
 
 
 def _to_step_summary(path: str, text: str) -> None:
@@ -74,6 +76,10 @@ def deliver(reports: Report | list[Checked], delivery: Delivery, stdout: Console
         buffer = io.StringIO()
         emit(delivery.output_format, Console(file=buffer, no_color=True, width=100, soft_wrap=True))
         _to_file(delivery.output, buffer.getvalue())
+    if delivery.html:
+        buffer = io.StringIO()
+        emit("html", Console(file=buffer, no_color=True))
+        _to_file(delivery.html, buffer.getvalue(), "--html")
     if terminal == "text" and on_github(delivery):
         emit("github", stdout)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")

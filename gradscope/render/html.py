@@ -1,0 +1,317 @@
+"""``--html FILE`` (and ``--format html``): one self-contained HTML page per report.
+
+Styles and charts are inline (SVG, :mod:`gradscope.render.svg`): no script, no network, so
+the file reads offline and as a CI artifact. Sections: the header (checkpoint, model, probe,
+settings), the verdict and findings, each recurrent core (its gradient against lag with the
+horizon and the 1/epsilon level marked, its Lyapunov spectrum), a layer x lag heatmap for
+stacked or bidirectional cores, the depth stack (gradient and gain against depth), the
+sequence view, the fixes with their snippets and measured effects, and what was not measured.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+from rich.console import Console
+
+from gradscope.render import Checked
+from gradscope.render.svg import Chart, Mark, Series, bar_chart, heatmap, line_chart
+from gradscope.report import DEFAULT_FAIL_ON, Fix, RecurrentCore, Report
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em;
+       color: #111; line-height: 1.45; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+.status { font-weight: bold; padding: 0.1em 0.5em; border-radius: 3px; }
+.healthy { background: #e3f4e3; } .vanishing, .exploding, .nonfinite { background: #fde2e1; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+figure { margin: 0.5em 0 1.5em; } figcaption { font-size: 0.9em; color: #444; }
+"""
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def _status(status: str) -> str:
+    return f'<span class="status {escape(status)}">{escape(status)}</span>'
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th scope='col'>{escape(cell)}</th>" for cell in header)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class='number'>{cell}</td>" if i in numeric else f"<td>{cell}</td>"
+            for i, cell in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(svg: str, caption: str) -> str:
+    return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+def _header(report: Report) -> str:
+    model, settings = report.model, report.settings
+    shape = settings.input_shape or settings.inputs
+    rows = [
+        ["checkpoint", escape(model.path or "(a module object)")],
+        ["format", escape(model.checkpoint_kind)],
+        ["model", escape(f"{model.class_name or '?'}, {model.parameters:,} parameters")],
+        [
+            "probe",
+            escape(
+                f"{settings.probe}, input {shape}, seed {settings.seed}, "
+                f"{settings.dtype} on {settings.device}"
+            ),
+        ],
+        ["judged over", escape(f"horizon {settings.distance}, epsilon {settings.epsilon}")],
+        ["gradscope", escape(report.gradscope_version)],
+    ]
+    return "<h2>Checkpoint and probe</h2>" + _table(["", ""], rows)
+
+
+def _verdict(report: Report) -> str:
+    findings = "".join(
+        f"<li><strong>{escape(f.severity)}</strong> <code>{escape(f.id)}</code>: "
+        f"{escape(f.message)}{' (ignored)' if f.ignored else ''}</li>"
+        for f in report.findings
+    )
+    scope = "" if report.complete else " in what was measured"
+    return f"<h2>Verdict</h2><p>{_status(report.status)}{escape(scope)}</p>" + (
+        f"<ul>{findings}</ul>" if findings else "<p>No findings.</p>"
+    )
+
+
+def _core_charts(core: RecurrentCore, epsilon: float) -> str:
+    lags = core.grad_norm_by_lag
+    marks = [Mark(f"horizon {core.distance}", x=core.distance)] if core.distance else []
+    if core.memory_horizon is not None and math.isfinite(core.memory_horizon):
+        marks.append(Mark(f"memory horizon {core.memory_horizon:.1f}", x=core.memory_horizon))
+    if lags and lags[0] and math.isfinite(lags[0]):
+        marks.append(Mark(f"1/epsilon below lag 0 ({epsilon:g})", y=lags[0] * epsilon))
+    gradient = line_chart(
+        Chart(
+            title=f"{core.label}: gradient norm against lag",
+            description=(
+                f"||dL/ds|| of {core.label} at each of {len(lags)} steps before the last, on a "
+                f"log scale; lambda_1 {_number(core.top_exponent)} per step, status "
+                f"{core.status}"
+            ),
+            x_label="lag (steps before the last)",
+            y_label="||dL/ds||",
+            series=[Series(core.label, lags)],
+            marks=marks,
+        )
+    )
+    spectrum = bar_chart(
+        f"{core.label}: Lyapunov spectrum",
+        f"the top {len(core.lyapunov)} Lyapunov exponents of {core.label}, nats per step",
+        [f"λ{i + 1}" for i in range(len(core.lyapunov))],
+        core.lyapunov,
+        "nats per step",
+    )
+    return _figure(gradient, f"{core.label}: gradient norm against lag, log scale") + _figure(
+        spectrum, f"{core.label}: Lyapunov exponents (below zero: contracting)"
+    )
+
+
+def _recurrent(report: Report) -> str:
+    if not report.recurrent:
+        return ""
+    rows = [
+        [
+            escape(core.label),
+            escape(core.cell),
+            _number(core.top_exponent),
+            _number(core.memory_horizon),
+            _number(core.jacobian.spectral_radius.median),
+            _number(core.jacobian.sigma_max.max),
+            _status(core.status),
+        ]
+        for core in report.recurrent
+    ]
+    parts = [
+        "<h2>Recurrent cores</h2>",
+        _table(
+            ["core", "cell", "λ1 per step", "memory horizon", "ρ(J) median", "σ(J) max", "status"],
+            rows,
+            numeric={2, 3, 4, 5},
+        ),
+    ]
+    if len(report.recurrent) > 1:
+        parts.append(
+            _figure(
+                heatmap(
+                    "gradient norm by core and lag",
+                    "each row a core (layer and direction), each column a lag; darker is a "
+                    "larger gradient norm, on a log scale",
+                    [core.label for core in report.recurrent],
+                    [core.grad_norm_by_lag for core in report.recurrent],
+                    "lag (steps before the last)",
+                ),
+                "layer x lag: the gradient norm of every core, log scale",
+            )
+        )
+    parts += [_core_charts(core, report.settings.epsilon) for core in report.recurrent]
+    return "".join(parts)
+
+
+def _depth(report: Report) -> str:
+    if report.stack is None or not report.layers:
+        return ""
+    stack = report.stack
+    rows = [
+        [
+            str(i + 1),
+            escape(layer.name),
+            escape(layer.type),
+            _number(layer.grad_norm),
+            _number(layer.gain),
+            _number(layer.chi),
+            _number(layer.sigma_max),
+            "yes" if layer.residual else "",
+        ]
+        for i, layer in enumerate(report.layers)
+    ]
+    gradient = line_chart(
+        Chart(
+            title="gradient norm against depth",
+            description=(
+                f"||dL/da|| at the output of each of {len(report.layers)} blocks, input side "
+                f"first, log scale; {stack.decades:+.1f} decades from output to input"
+            ),
+            x_label="block (input side first)",
+            y_label="||dL/da||",
+            series=[Series("gradient norm", [layer.grad_norm for layer in report.layers])],
+        )
+    )
+    gain = line_chart(
+        Chart(
+            title="gain per block",
+            description="gradient in over gradient out of each block, log scale; 1 keeps it",
+            x_label="block (input side first)",
+            y_label="gain",
+            series=[Series("gain", [layer.gain for layer in report.layers])],
+            marks=[Mark("gain 1", y=1.0)],
+        )
+    )
+    return (
+        "<h2>Depth stack</h2>"
+        f"<p>{stack.blocks} blocks, {stack.residual_blocks} residual; "
+        f"{stack.decades:+.1f} decades from output to input; {_status(stack.status)}</p>"
+        + _table(
+            ["#", "block", "type", "‖dL/da‖", "gain", "χ(J)", "σ max", "skip"],
+            rows,
+            numeric={0, 3, 4, 5, 6},
+        )
+        + _figure(gradient, "gradient norm at each block's output, log scale")
+        + _figure(gain, "gain per block, log scale")
+    )
+
+
+def _sequence(report: Report) -> str:
+    sequence = report.sequence
+    if sequence is None or not sequence.grad_norm_by_lag:
+        return ""
+    marks = [Mark(f"horizon {sequence.distance}", x=sequence.distance)] if sequence.distance else []
+    chart = line_chart(
+        Chart(
+            title="input gradient against lag",
+            description=(
+                f"||dL/dx|| by lag from the loss at step {sequence.loss_at}, log scale; "
+                f"status {sequence.status}"
+            ),
+            x_label="lag",
+            y_label="||dL/dx||",
+            series=[Series("input gradient", sequence.grad_norm_by_lag)],
+            marks=marks,
+        )
+    )
+    return "<h2>Sequence view</h2>" + _figure(chart, "input gradient by lag, log scale")
+
+
+def _fix(fix: Fix) -> str:
+    effects = "".join(
+        f"<li>{escape(e.where)}: {escape(e.metric)} {_number(e.before)} → {_number(e.after)}</li>"
+        for e in fix.effect
+    )
+    measured = f"<p>{escape(fix.measured)}</p>" if fix.measured else ""
+    return (
+        f"<h3>{escape(fix.title)} <code>{escape(fix.id)}</code></h3><p>{escape(fix.detail)}</p>"
+        + measured
+        + (f"<ul>{effects}</ul>" if effects else "")
+        + f"<pre><code>{escape(fix.snippet)}</code></pre>"
+    )
+
+
+def _coverage(report: Report) -> str:
+    coverage = report.coverage
+    if coverage is None or not coverage.not_measured:
+        return ""
+    rows = [
+        [escape(", ".join(group.modules)), f"{group.parameters:,}", escape(group.reason)]
+        for group in coverage.not_measured
+    ]
+    return "<h2>Not measured</h2>" + _table(["modules", "parameters", "why"], rows, {1})
+
+
+def body(report: Report) -> str:
+    """The sections of one report, as HTML."""
+    fixes = "".join(_fix(fix) for fix in report.fixes)
+    notes = "".join(f"<li>{escape(note)}</li>" for note in report.model.notes)
+    return "".join(
+        [
+            _verdict(report),
+            _header(report),
+            _recurrent(report),
+            _depth(report),
+            _sequence(report),
+            f"<h2>Fixes</h2>{fixes}" if fixes else "",
+            _coverage(report),
+            f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "",
+        ]
+    )
+
+
+def page(title: str, content: str) -> str:
+    """A whole HTML document around ``content``."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
+        f"<body><h1>{escape(title)}</h1>{content}</body></html>\n"
+    )
+
+
+class HtmlRenderer:
+    """The report as one self-contained HTML page; for ``check``, one section per model."""
+
+    def __init__(self, fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> None:
+        self.fail_on = fail_on
+
+    def write(self, report: Report, console: Console) -> None:
+        """Write the page, bypassing rich's markup and wrapping."""
+        name = report.model.path or report.model.class_name or "model"
+        console.file.write(page(f"gradscope: {name}", body(report)))
+        console.file.flush()
+
+    def write_checks(self, checked: list[Checked], console: Console) -> None:
+        """One page: each model's name, then its report or why there is none."""
+        sections = "".join(
+            f"<section><h1>{escape(c.name)}</h1>"
+            + (body(c.report) if c.report is not None else f"<p>{escape(c.error or '')}</p>")
+            + "</section>"
+            for c in checked
+        )
+        console.file.write(page("gradscope check", sections))
+        console.file.flush()

@@ -1,0 +1,179 @@
+"""The HTML report: well formed, self-contained (no external reference), every section and
+chart there for the demo models, each chart with a text alternative."""
+
+from __future__ import annotations
+
+import io
+import re
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from rich.console import Console
+
+import gradscope
+from gradscope.cli import main
+from gradscope.demo import DEMO_DEEP_MODELS, DEMO_MODELS, SequenceModel
+from gradscope.render import Checked
+from gradscope.render.html import HtmlRenderer
+
+#: Elements that have no end tag.
+VOID = {
+    "meta",
+    "br",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "rect",
+    "circle",
+    "line",
+    "polyline",
+    "polygon",
+    "path",
+}
+
+
+class Structure(HTMLParser):
+    """Checks that every element closes in order; records tags, attributes and text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attributes += attrs
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attributes += attrs
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1:]}>"
+        self.open.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parsed(page: str) -> Structure:
+    structure = Structure()
+    structure.feed(page)
+    structure.close()
+    assert structure.open == [], f"unclosed: {structure.open}"
+    return structure
+
+
+def rendered(report: gradscope.Report) -> str:
+    buffer = io.StringIO()
+    HtmlRenderer().write(report, Console(file=buffer))
+    return buffer.getvalue()
+
+
+def assert_self_contained(page: str, structure: Structure) -> None:
+    assert not re.search(r"https?://|//[a-z]", page)
+    assert not any(name in ("src", "href") for name, _ in structure.attributes)
+    assert "<script" not in page
+
+
+def demo(name: str) -> tuple[gradscope.Report, str]:
+    chosen = next(d for d in (*DEMO_MODELS, *DEMO_DEEP_MODELS) if d.name == name)
+    torch.manual_seed(0)
+    model = chosen.build()
+    if chosen in DEMO_MODELS:
+        model = SequenceModel(model)
+    report = (
+        gradscope.analyze(model, steps=30, what_if=False)
+        if chosen in DEMO_MODELS
+        else (gradscope.analyze(model, what_if=False))
+    )
+    return report, rendered(report)
+
+
+@pytest.mark.parametrize("name", ["lstm-2-layer", "lstm-bidir", "rnn", "mlp-sigmoid", "residual"])
+def test_the_demo_models_render_to_well_formed_self_contained_pages(name):
+    report, page = demo(name)
+    structure = parsed(page)
+    assert_self_contained(page, structure)
+    text = " ".join(structure.text)
+    for section in ("Verdict", "Checkpoint and probe"):
+        assert section in text
+    assert report.status in text
+    svgs = structure.tags.count("svg")
+    # every chart opens with its text alternative: a title and a description
+    described = re.findall(r"<svg[^>]*>\s*<title>[^<]+</title>\s*<desc>[^<]+</desc>", page)
+    assert svgs > 0 and len(described) == svgs
+    if report.recurrent:
+        assert "Recurrent cores" in text and "Lyapunov" in text
+        heatmaps = 1 if len(report.recurrent) > 1 else 0
+        sequence = 1 if report.sequence is not None else 0
+        assert svgs == 2 * len(report.recurrent) + heatmaps + sequence
+        assert "horizon" in text and "1/epsilon" in text
+    if report.layers:
+        assert "Depth stack" in text
+        assert svgs >= 2
+        assert all(layer.name in text for layer in report.layers)
+    for fix in report.fixes:
+        assert fix.id in text
+
+
+def test_a_stacked_or_bidirectional_model_gets_its_layer_by_lag_heatmap():
+    report, page = demo("lstm-bidir")
+    assert len(report.recurrent) == 2
+    assert "layer x lag" in page
+    assert all(core.label in page for core in report.recurrent)
+
+
+def test_text_is_escaped():
+    report, _ = demo("rnn")
+    report.model.notes.append("<script>alert(1)</script> & more")
+    page = rendered(report)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_check_writes_one_page_with_a_section_per_model():
+    report, _ = demo("rnn")
+    buffer = io.StringIO()
+    HtmlRenderer().write_checks(
+        [Checked("encoder", "enc.pt", report), Checked("broken", "b.pt", error="no such file")],
+        Console(file=buffer),
+    )
+    page = buffer.getvalue()
+    structure = parsed(page)
+    assert_self_contained(page, structure)
+    assert "encoder" in page and "no such file" in page
+
+
+def test_html_on_the_command_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "gru.pt"
+    torch.save(torch.nn.GRU(4, 8), path)
+    out = tmp_path / "reports" / "gru.html"
+    code = main(["analyze", str(path), "--steps", "12", "--html", str(out), "--format", "json"])
+    captured = capsys.readouterr()
+    assert code in (0, 1)
+    assert captured.out.startswith("{")  # stdout keeps the chosen format
+    parsed(out.read_text(encoding="utf-8"))
+    code = main(["analyze", str(path), "--steps", "12", "--format", "html", "--no-what-if"])
+    assert code in (0, 1)
+    parsed(capsys.readouterr().out)
+
+
+def test_an_unwritable_html_path_is_one_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "gru.pt"
+    torch.save(torch.nn.GRU(4, 8), path)
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    code = main(["analyze", str(path), "--steps", "8", "--html", str(blocked / "r.html")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("gradscope: error: --html") and captured.err.count("\n") == 1
