@@ -37,18 +37,31 @@ DEPTH_READING = (
 )
 
 
-def _table(results: list) -> Table:
+#: Below this console width the tables name each model only, and a legend below says what
+#: it is: a description column would wrap mid-phrase at 80 columns.
+DESCRIBED_FROM_WIDTH = 110
+
+
+def _legend(results: list) -> Text:
+    """What each model is, one per line, for a table too narrow to say it."""
+    width = max(len(demo.name) for demo, _ in results)
+    lines = [f"{demo.name:<{width}}  {demo.description}" for demo, _ in results]
+    return Text("\n".join(lines), style="dim")
+
+
+def _table(results: list, described: bool) -> Table:
     table = Table(title="gradscope demo: the course's recurrent models", title_justify="left")
-    table.add_column("model")
-    table.add_column("what")
+    table.add_column("model", no_wrap=True)
+    if described:
+        table.add_column("what")
     for column in ("cores", "λ1/step", "horizon"):
-        table.add_column(column, justify="right")
-    table.add_column("verdict")
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
     for demo, report in results:
         core = report.deciding_core()
         table.add_row(
             demo.name,
-            demo.description,
+            *([demo.description] if described else []),
             str(len(report.recurrent)),
             number(core.top_exponent, "{:+.3f}"),
             number(core.memory_horizon, "{:.1f}"),
@@ -67,20 +80,21 @@ def _chart(results: list) -> Panel:
     return Panel(Text(log_chart(series) + "\n" + legend), title=title, title_align="left")
 
 
-def _depth_table(results: list) -> Table:
+def _depth_table(results: list, described: bool) -> Table:
     table = Table(
         title="gradscope demo: deep feed-forward and residual stacks", title_justify="left"
     )
-    table.add_column("model")
-    table.add_column("what")
+    table.add_column("model", no_wrap=True)
+    if described:
+        table.add_column("what")
     for column in ("blocks", "decades", "per block", "spread"):
-        table.add_column(column, justify="right")
-    table.add_column("verdict")
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
     for demo, report in results:
         depth = report.stack
         table.add_row(
             demo.name,
-            demo.description,
+            *([demo.description] if described else []),
             str(depth.blocks),
             number(depth.decades, "{:+.1f}"),
             number(depth.gain_per_block, "{:.3f}"),
@@ -116,6 +130,7 @@ def write_demo(results: list[tuple[object, Report]], output_format: str, console
         }
         console.file.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
         return
+    described = console.width >= DESCRIBED_FROM_WIDTH
     recurrent = [(demo, report) for demo, report in results if report.recurrent]
     deep = [(demo, report) for demo, report in results if not report.recurrent and report.layers]
     if recurrent:
@@ -125,11 +140,15 @@ def write_demo(results: list[tuple[object, Report]], output_format: str, console
             f"{first.dtype} · horizon {first.distance} · epsilon {first.epsilon:g}",
             style="dim",
         )
-        console.print(_table(recurrent))
+        console.print(_table(recurrent, described))
+        if not described:
+            console.print(_legend(recurrent))
         console.print(_chart(recurrent))
         console.print(Text(READING, style="dim"))
     if deep:
         console.print(probe_line(deep[0][1]), style="dim")
-        console.print(_depth_table(deep))
+        console.print(_depth_table(deep, described))
+        if not described:
+            console.print(_legend(deep))
         console.print(_depth_chart(deep))
         console.print(Text(DEPTH_READING, style="dim"))

@@ -10,8 +10,8 @@ from gradscope.render import write
 from gradscope.report import Report
 
 
-def plain_console(buffer: io.StringIO) -> Console:
-    return Console(file=buffer, width=80, color_system=None, force_terminal=False)
+def plain_console(buffer: io.StringIO, width: int = 80) -> Console:
+    return Console(file=buffer, width=width, color_system=None, force_terminal=False)
 
 
 def rendered(report: Report, output_format: str = "text") -> str:

@@ -47,3 +47,33 @@ def test_demo_with_recurrent_models_and_deep_stacks_shows_both():
     text = demo_rendered(results)
     assert text.index("recurrent models") < text.index("deep feed-forward")
     assert "probe gaussian: input 64×512" in text
+
+
+def test_at_80_columns_the_tables_name_models_and_a_legend_says_what_they_are():
+    deep = [
+        (SimpleNamespace(name="mlp-sigmoid", description="50-layer sigmoid MLP, Xavier"), r)
+        for r in [depth_samples.sigmoid_mlp_report()]
+    ]
+    deep.append(
+        (
+            SimpleNamespace(name="residual-scaled", description="50 residual blocks, alpha 1"),
+            depth_samples.residual_report(),
+        )
+    )
+    text = demo_rendered(deep)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # whole names, one row each, and each description whole on one legend line
+    assert any(line.startswith("│ residual-scaled ") for line in lines)
+    assert "mlp-sigmoid      50-layer sigmoid MLP, Xavier" in text
+    assert "residual-scaled  50 residual blocks, alpha 1" in text
+
+
+def test_wide_consoles_keep_the_descriptions_in_the_table():
+    deep = [
+        (SimpleNamespace(name="mlp-sigmoid", description="50-layer sigmoid MLP, Xavier"), r)
+        for r in [depth_samples.sigmoid_mlp_report()]
+    ]
+    buffer = io.StringIO()
+    write_demo(deep, "text", plain_console(buffer, width=120))
+    assert re.search(r"│ mlp-sigmoid +│ 50-layer sigmoid MLP, Xavier +│", buffer.getvalue())
