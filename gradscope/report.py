@@ -537,6 +537,18 @@ class Report:
         """The report as JSON text (schema_version 1)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    def to_html(self) -> str:
+        """The report as one self-contained HTML page (what ``--html`` writes)."""
+        from gradscope.render.html import page_of
+
+        return page_of(self)
+
+    def _repr_html_(self) -> str:
+        """The report's sections as HTML, for Jupyter: verdict, tables, charts, fixes."""
+        from gradscope.render.html import body
+
+        return body(self)
+
     def deciding_core(self) -> RecurrentCore | None:
         """The core behind the overall status: the worst, then the shortest horizon."""
         if not self.recurrent:

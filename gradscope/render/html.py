@@ -293,6 +293,12 @@ def page(title: str, content: str) -> str:
     )
 
 
+def page_of(report: Report) -> str:
+    """One report's whole page."""
+    name = report.model.path or report.model.class_name or "model"
+    return page(f"gradscope: {name}", body(report))
+
+
 class HtmlRenderer:
     """The report as one self-contained HTML page; for ``check``, one section per model."""
 
@@ -301,8 +307,7 @@ class HtmlRenderer:
 
     def write(self, report: Report, console: Console) -> None:
         """Write the page, bypassing rich's markup and wrapping."""
-        name = report.model.path or report.model.class_name or "model"
-        console.file.write(page(f"gradscope: {name}", body(report)))
+        console.file.write(page_of(report))
         console.file.flush()
 
     def write_checks(self, checked: list[Checked], console: Console) -> None:

@@ -177,3 +177,10 @@ def test_an_unwritable_html_path_is_one_line(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err.startswith("gradscope: error: --html") and captured.err.count("\n") == 1
+
+
+def test_a_report_shows_itself_in_a_notebook_and_as_a_page():
+    report, page = demo("lstm-2-layer")
+    fragment = report._repr_html_()
+    assert fragment in page and fragment.startswith("<h2>Verdict</h2>")
+    assert report.to_html() == page
