@@ -703,6 +703,7 @@ def compare(
         str,
         typer.Option("--format", "-f", help="text, json or markdown.", rich_help_panel=OUTPUT),
     ] = "text",
+    html: HTML_OPTION = None,
     debug: Annotated[bool, DEBUG_OPTION] = False,
 ) -> int:
     """Compare checkpoints (or saved reports) side by side: a table per core, stack and
@@ -737,6 +738,11 @@ def compare(
         raise GradscopeError("compare needs two inputs or more (checkpoints or JSON reports)")
     comparison = series(named)
     ComparisonRenderer(output_format).write(comparison, stdout_console())
+    if html:
+        from gradscope.render.delivery import write_file
+        from gradscope.render.html import comparison_page
+
+        write_file(html, comparison_page(comparison), "--html")
     return 1 if comparison.fails() else 0
 
 

@@ -13,6 +13,8 @@ import gradscope
 from gradscope.cli import main
 from gradscope.compare import compare, natural_key
 
+from tests.helpers.html_check import assert_self_contained, parsed
+
 STEPS = 20
 
 
@@ -94,3 +96,12 @@ def test_compare_needs_two_inputs_and_reads_only_reports(epochs, capsys):
     (epochs / "bad.json").write_text("{}")
     assert main(["compare", "bad.json", "epoch-1.pt"]) == 2
     assert "not a gradscope JSON report" in capsys.readouterr().err
+
+
+def test_compare_writes_a_self_contained_html_page(epochs, capsys):
+    assert main(["compare", "epoch-*.pt", "--steps", str(STEPS), "--html", "cmp.html"]) == 0
+    capsys.readouterr()
+    page = (epochs / "cmp.html").read_text(encoding="utf-8")
+    structure = parsed(page)
+    assert_self_contained(page, structure)
+    assert "reach across the inputs" in page and "epoch-10.pt" in page

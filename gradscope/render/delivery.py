@@ -36,7 +36,7 @@ def on_github(delivery: Delivery) -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
-def _to_file(path: str, text: str, flag: str = "--output") -> None:
+def write_file(path: str, text: str, flag: str = "--output") -> None:
     """Write ``text`` to ``path`` (given by ``flag``), making its folders as pytest's
     --junitxml does."""
     try:
@@ -75,11 +75,11 @@ def deliver(reports: Report | list[Checked], delivery: Delivery, stdout: Console
     if delivery.output:
         buffer = io.StringIO()
         emit(delivery.output_format, Console(file=buffer, no_color=True, width=100, soft_wrap=True))
-        _to_file(delivery.output, buffer.getvalue())
+        write_file(delivery.output, buffer.getvalue())
     if delivery.html:
         buffer = io.StringIO()
         emit("html", Console(file=buffer, no_color=True))
-        _to_file(delivery.html, buffer.getvalue(), "--html")
+        write_file(delivery.html, buffer.getvalue(), "--html")
     if terminal == "text" and on_github(delivery):
         emit("github", stdout)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -15,6 +15,7 @@ from html import escape
 
 from rich.console import Console
 
+from gradscope.compare import Comparison
 from gradscope.render import Checked
 from gradscope.render.svg import Chart, Mark, Series, bar_chart, heatmap, line_chart
 from gradscope.report import DEFAULT_FAIL_ON, Fix, RecurrentCore, Report
@@ -297,6 +298,58 @@ def page_of(report: Report) -> str:
     """One report's whole page."""
     name = report.model.path or report.model.class_name or "model"
     return page(f"gradscope: {name}", body(report))
+
+
+#: How each compared metric reads.
+COMPARED_WORDS = {
+    "lambda_1": "λ1 per step",
+    "memory_horizon": "memory horizon",
+    "decades": "decades",
+    "blocks": "blocks",
+    "grad_norm_at_lag_0": "‖dL/dx‖ at lag 0",
+    "effective_horizon": "reach",
+}
+
+
+def comparison_page(comparison: Comparison) -> str:
+    """``gradscope compare`` as one page: per part, its metrics and status at each input, and
+    a chart of every part's reach across the inputs."""
+    inputs = comparison.inputs
+    sections = []
+    for part in comparison.parts:
+        rows = [
+            [escape(COMPARED_WORDS.get(metric, metric))] + [_number(v) for v in values]
+            for metric, values in (
+                (part.rate_metric, part.rates),
+                (part.reach_metric, part.reaches),
+            )
+        ]
+        rows.append(["status"] + [_status(s) if s else "-" for s in part.statuses])
+        sections.append(
+            f"<h2>{escape(part.name)} ({escape(part.kind)})</h2>"
+            + _table(["", *inputs], rows, numeric=set(range(1, len(inputs) + 1)))
+        )
+    reach = line_chart(
+        Chart(
+            title="reach across the inputs",
+            description=(
+                "each part's reach (memory horizon, or the sequence view's reach) at each input,"
+                f" in order: {', '.join(inputs)}; log scale"
+            ),
+            x_label="input (in the order given)",
+            y_label="steps",
+            series=[Series(part.name, part.reaches) for part in comparison.parts],
+        )
+    )
+    notes = "".join(f"<li>{escape(note)}</li>" for note in comparison.notes)
+    content = (
+        f"<p>Inputs, in order: {escape(', '.join(inputs))}; the last is "
+        f"{_status(comparison.last_status)}</p>"
+        + _figure(reach, "reach of every part across the inputs, log scale")
+        + "".join(sections)
+        + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+    )
+    return page("gradscope compare", content)
 
 
 class HtmlRenderer:
