@@ -393,6 +393,14 @@ def analyze(
     ignore: IGNORE_OPTION = None,
     output: OUTPUT_OPTION = None,
     html: HTML_OPTION = None,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            help="Also draw the report's figures to this .png, .svg or .pdf file (needs the "
+            'plot extra: pip install "gradscope[plot]").',
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     github: GITHUB_OPTION = None,
     config: CONFIG_OPTION = None,
     baseline: Annotated[
@@ -419,6 +427,10 @@ def analyze(
 ) -> int:
     """Analyse CHECKPOINT: gradient norms over time, Jacobian spectra, Lyapunov exponents."""
     given = dict(locals())
+    if plot:
+        from gradscope.render.plot import check_plot_path
+
+        check_plot_path(plot)
     explicit = explicit_parameters(ctx)
     project = load_config(Path(config) if config else None)
     failing = run_settings(given, explicit, project)
@@ -435,6 +447,10 @@ def analyze(
         given["output_format"], given["output"], given["github"], failing, given["html"]
     )
     deliver(report, delivery, stdout_console())
+    if given["plot"]:
+        from gradscope.render.plot import save
+
+        save(report, given["plot"])
     return 0 if given["exit_zero"] or not report.fails(failing) else 1
 
 

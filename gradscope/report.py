@@ -543,6 +543,12 @@ class Report:
 
         return page_of(self)
 
+    def plot(self) -> Any:
+        """The report's figures as a matplotlib figure (the ``plot`` extra)."""
+        from gradscope.render.plot import figure
+
+        return figure(self)
+
     def _repr_html_(self) -> str:
         """The report's sections as HTML, for Jupyter: verdict, tables, charts, fixes."""
         from gradscope.render.html import body
