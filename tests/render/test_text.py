@@ -250,3 +250,37 @@ def test_a_healthy_vanilla_rnn_is_healthy_at_these_weights_only():
     gated = report_of(core("lstm", 0.0))
     text = plain(dataclasses.replace(gated, status="healthy", findings=[]))
     assert "Gradients survive the horizon in every core." in text and "vanilla" not in text
+
+
+# --- widths: CI logs at 80 columns, wide terminals at 120 -------------------------------------
+
+REPORTS = {
+    "vanishing_rnn": lambda: report_of(core("rnn_tanh", -0.675)),
+    "depth_sigmoid_mlp": depth_samples.sigmoid_mlp_report,
+    "mixed_lstm_depth": depth_samples.mixed_report,
+}
+
+
+def rendered_at(report: Report, width: int) -> str:
+    buffer = io.StringIO()
+    write(report, "text", Console(file=buffer, width=width, color_system=None))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_text_reports_at_120_columns_match_their_golden_files(golden, name):
+    golden(f"{name}.120.txt", rendered_at(REPORTS[name](), 120))
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("name", sorted(REPORTS))
+def test_no_line_is_wider_than_the_console_and_no_word_is_cut(name, width):
+    report = REPORTS[name]()
+    lines = rendered_at(report, width).splitlines()
+    assert max(len(line) for line in lines) <= width
+    # prose wraps at spaces: every word of every finding reads whole once the lines are joined
+    prose = " ".join(line.strip("│ ") for line in lines)
+    prose = re.sub(r"\s+", " ", prose)
+    words = {w for f in report.findings for w in re.findall(r"[A-Za-z]{6,}", f.message)}
+    cut = sorted(word for word in words if word not in prose)
+    assert not cut, f"cut across lines at {width} columns: {cut}"
