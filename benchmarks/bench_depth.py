@@ -111,6 +111,24 @@ def median_time(run, repeat: int) -> float:
     return statistics.median(times)
 
 
+def pass_and_depth_view(
+    model: nn.Module, probe, settings: AnalysisOptions, passes: int, repeat: int
+) -> tuple[float, float]:
+    """Median seconds of one forward and backward pass of ``model`` on the probe's input
+    (over ``passes`` runs), and of its depth view (over ``repeat``)."""
+    x = probe.inputs.detach()
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x.clone().requires_grad_(True)).sum().backward()
+
+    def depth_view() -> None:
+        with torch.enable_grad():
+            measure_depth(model, probe, settings)
+
+    return median_time(forward_backward, passes), median_time(depth_view, repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -130,23 +148,9 @@ def main() -> None:
     model = build(args.depth, args.width)
     settings = AnalysisOptions(batch=args.batch)
     probe = make_probe(model, settings, torch.device("cpu"))
-    x = probe.inputs.detach()
-
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        leaf = x.clone().requires_grad_(True)
-        model(leaf).sum().backward()
-
-    def depth_view() -> None:
-        with torch.enable_grad():
-            measure_depth(model, probe, settings)
-
-    def whole_analysis() -> None:
-        gradscope.analyze(model, batch=args.batch)
-
-    baseline = median_time(forward_backward, 5 * args.repeat)  # short and noisy: sample more
-    depth = median_time(depth_view, args.repeat)
-    whole = median_time(whole_analysis, args.repeat)
+    # one pass is short and noisy: sample it more
+    baseline, depth = pass_and_depth_view(model, probe, settings, 5 * args.repeat, args.repeat)
+    whole = median_time(lambda: gradscope.analyze(model, batch=args.batch), args.repeat)
     print(
         f"model: {args.depth} x (Linear {args.width} -> {args.width}, ReLU), batch {args.batch}, "
         f"float64, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -177,19 +181,7 @@ def bench_resnet(args: argparse.Namespace) -> None:
     shape = (batch, 3, args.size, args.size)
     settings = AnalysisOptions(batch=batch, dtype="float32", input_shape=shape)
     probe = make_probe(model, settings, torch.device("cpu"))
-    x = probe.inputs.detach()
-
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        leaf = x.clone().requires_grad_(True)
-        model(leaf).sum().backward()
-
-    def depth_view() -> None:
-        with torch.enable_grad():
-            measure_depth(model, probe, settings)
-
-    baseline = median_time(forward_backward, 2 * args.repeat)
-    depth = median_time(depth_view, args.repeat)
+    baseline, depth = pass_and_depth_view(model, probe, settings, 2 * args.repeat, args.repeat)
     with torch.enable_grad():
         found = measure_depth(model, probe, settings)
     print(

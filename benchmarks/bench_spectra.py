@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gradscope.numerics import largest_singular_value, spectral_radius
-from gradscope.recurrent.cells import CellSpec, input_drive, layer_weights, step_function
-from gradscope.recurrent.dynamics import matrix_free_spectra, state_jacobians
+from gradscope.recurrent.dynamics import dense_spectra, matrix_free_spectra
 from gradscope.recurrent.linearised import jacobian_function, linearisation
 from gradscope.recurrent.measure import DEFAULT_WORKSPACE, DENSE_UP_TO
+
+from tests.helpers.trajectories import trajectory
 
 STEPS = 100
 WIDE_STEPS = 200
@@ -55,32 +55,16 @@ print(json.dumps({"seconds": seconds, "beyond_kib": peak - before, "samples": co
 """
 
 
-def trajectory(hidden: int, dtype: torch.dtype):
-    """A random LSTM's step, its weights and 100 states and drives along a gaussian input."""
-    torch.manual_seed(0)
-    module = torch.nn.LSTM(32, hidden).to(dtype)
-    spec = CellSpec("lstm", 32, hidden)
-    weights = layer_weights(module, 0, False).detached()
-    step = step_function(spec, weights)
-    drives = input_drive(spec, weights, torch.randn(STEPS, 32, dtype=dtype))
-    state = torch.zeros(1, spec.state_size, dtype=dtype)
-    states = []
-    with torch.no_grad():
-        for t in range(STEPS):
-            states.append(state)
-            state = step(state, drives[t : t + 1])
-    return spec, weights, step, torch.cat(states), drives
-
-
 def crossover(dtype: torch.dtype) -> None:
     """Dense against matrix-free spectra of 100 Jacobians, by state size."""
     print(f"100 step Jacobians of an LSTM, {dtype}: dense against matrix-free (Krylov) spectra")
     print(" state   dense s   krylov s   dense/krylov   max rel. error rho, sigma")
     for hidden in (32, 64, 96, 128, 256):
-        spec, weights, step, states, drives = trajectory(hidden, dtype)
+        torch.manual_seed(0)
+        spec, weights, step, states, drives = trajectory(torch.nn.LSTM(32, hidden).to(dtype), STEPS)
         start = time.perf_counter()
-        jacobians = state_jacobians(step, states, drives, jacobian_function(spec, weights))
-        radius, sigma = spectral_radius(jacobians), largest_singular_value(jacobians)
+        closed = jacobian_function(spec, weights)
+        radius, sigma = dense_spectra(step, states, drives, closed, DEFAULT_WORKSPACE)
         dense = time.perf_counter() - start
         start = time.perf_counter()
         spectra = matrix_free_spectra(

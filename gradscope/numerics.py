@@ -64,16 +64,14 @@ def power_iteration(
     ``push`` maps tangents to ``J v`` (a JVP), ``pull`` cotangents to ``J^T w`` (a VJP), each
     over a tuple of independent maps. Each iteration pushes the unit vectors and pulls the
     result back; ``||J v||`` after the last push is a lower bound on sigma_max that tightens
-    with every iteration. NaN for all where forward-mode AD cannot go.
+    with every iteration. Raises what ``push`` raises where forward-mode AD cannot go: the
+    caller decides what to report.
     """
     vectors = unit(start)
     sigmas = [math.nan] * len(start)
-    try:
-        for step in range(iterations):
-            pushed = push(vectors)
-            sigmas = [float(w.detach().norm()) for w in pushed]
-            if step < iterations - 1:  # the last pull would only start another iteration
-                vectors = unit(pull(pushed))
-    except (RuntimeError, NotImplementedError):
-        return [math.nan] * len(start)
+    for step in range(iterations):
+        pushed = push(vectors)
+        sigmas = [float(w.detach().norm()) for w in pushed]
+        if step < iterations - 1:  # the last pull would only start another iteration
+            vectors = unit(tuple(v.detach() for v in pull(pushed)))
     return sigmas

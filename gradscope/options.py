@@ -35,6 +35,11 @@ DEFAULT_BURN_IN_FRACTION = 0.2
 MAX_DEFAULT_BURN_IN = 20
 
 
+def strings(value: str | Iterable[str]) -> tuple[str, ...]:
+    """One string, or several, as a tuple (what a repeatable option is given as)."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to read a file: the class, its arguments, trust, and assumptions for inference;
@@ -50,12 +55,8 @@ class LoadOptions:
     only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        only = (self.only,) if isinstance(self.only, str) else tuple(self.only)
-        object.__setattr__(self, "only", only)
-        if isinstance(self.allow_globals, str):
-            object.__setattr__(self, "allow_globals", (self.allow_globals,))
-        else:
-            object.__setattr__(self, "allow_globals", tuple(self.allow_globals))
+        for name in ("only", "allow_globals"):
+            object.__setattr__(self, name, strings(getattr(self, name)))
         if self.nonlinearity not in (None, *NONLINEARITIES):
             raise GradscopeError(f"--nonlinearity must be tanh or relu, not {self.nonlinearity!r}")
 
@@ -108,17 +109,13 @@ class AnalysisOptions:
         elif shapes:
             object.__setattr__(self, "input_shape", None)
             object.__setattr__(self, "input_shapes", shapes)
-        if isinstance(self.cells, str):
-            object.__setattr__(self, "cells", (self.cells,))
-        else:
-            object.__setattr__(self, "cells", tuple(self.cells))
+        for name in ("cells", "only"):
+            object.__setattr__(self, name, strings(getattr(self, name)))
         if isinstance(self.spectrum_steps, str):
             object.__setattr__(self, "spectrum_steps", parse_spectrum_steps(self.spectrum_steps))
         if isinstance(self.probe, Path):
             object.__setattr__(self, "probe", str(self.probe))
         object.__setattr__(self, "loss_at", parse_loss_at(self.loss_at))
-        only = (self.only,) if isinstance(self.only, str) else tuple(self.only)
-        object.__setattr__(self, "only", only)
         if isinstance(self.max_memory, str):
             object.__setattr__(self, "max_memory", parse_memory(self.max_memory))
         elif isinstance(self.max_memory, float) and math.isfinite(self.max_memory):

@@ -16,15 +16,11 @@ from gradscope.krylov import (
     spectral_radii,
 )
 from gradscope.numerics import largest_singular_value, spectral_radius
-from gradscope.recurrent.cells import (
-    CellSpec,
-    input_drive,
-    layer_weights,
-    module_kind,
-    step_function,
-)
 from gradscope.recurrent.dynamics import autograd_linearisation, matrix_free_spectra
 from gradscope.recurrent.linearised import jacobian_function, linearisation
+
+from tests.helpers.trajectories import Trajectory
+from tests.helpers.trajectories import trajectory as cell_trajectory
 
 
 def products(matrices: torch.Tensor):
@@ -136,22 +132,11 @@ CELLS = {
 }
 
 
-def trajectory(name: str, size: int, dtype: torch.dtype, steps: int = 12):
+def trajectory(name: str, size: int, dtype: torch.dtype) -> Trajectory:
     """States and drives of a randomly initialised cell (the hardest case for Arnoldi: its
     Jacobians' eigenvalues fill a disc, with no gap at the top)."""
     torch.manual_seed(2)
-    module = CELLS[name](size).to(dtype)
-    spec = CellSpec(module_kind(module), 16, module.hidden_size, module.proj_size)
-    weights = layer_weights(module, 0, False).detached()
-    step = step_function(spec, weights)
-    drives = input_drive(spec, weights, torch.randn(steps, 16, dtype=dtype))
-    state = torch.zeros(1, spec.state_size, dtype=dtype)
-    states = []
-    with torch.no_grad():
-        for t in range(steps):
-            states.append(state)
-            state = step(state, drives[t : t + 1])
-    return spec, weights, step, torch.cat(states)[2:], drives[2:]
+    return cell_trajectory(CELLS[name](size).to(dtype), steps=12, skip=2)
 
 
 #: Errors against dense spectra on these cells at 200-400 dimensions: sigma max within its
@@ -184,17 +169,7 @@ def test_low_rank_jacobians_break_down_to_their_exact_spectra():
     module = nn.RNN(8, 256, nonlinearity="relu").double()
     with torch.no_grad():
         module.bias_hh_l0[:230] = -50.0
-    spec = CellSpec("rnn_relu", 8, 256)
-    weights = layer_weights(module, 0, False).detached()
-    step = step_function(spec, weights)
-    drives = input_drive(spec, weights, torch.randn(12, 8, dtype=torch.float64))
-    state, states = torch.zeros(1, 256, dtype=torch.float64), []
-    with torch.no_grad():
-        for t in range(12):
-            states.append(state)
-            state = step(state, drives[t : t + 1])
-    states = torch.cat(states)[2:]
-    drives = drives[2:]
+    spec, weights, _, states, drives = cell_trajectory(module, steps=12, skip=2)
     spectra = matrix_free_spectra(
         lambda s, u: linearisation(spec, weights, s, u), states, drives, 1 << 26
     )

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.func import vjp, vmap
 
 from gradscope.depth.forward_mode import NO_FORWARD, BlockPushes
-from gradscope.numerics import unit
+from gradscope.numerics import power_iteration
 
 #: The skip-path alignment <J, P>_F / ||P||_F^2 above this marks a residual block (for a block
 #: that keeps its shape, tr(J)/n).
@@ -81,24 +81,6 @@ def _pull_all(pullback: Callable, cotangents: tuple[Tensor, ...]) -> tuple[Tenso
     return tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
 
 
-def _power_iteration(
-    push: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]],
-    pull: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]],
-    start: tuple[Tensor, ...],
-    iterations: int,
-) -> list[float]:
-    """Largest singular values of several Jacobians at once (see
-    :func:`gradscope.numerics.power_iteration`); raises where forward-mode AD cannot go."""
-    vectors = unit(start)
-    sigmas = [math.nan] * len(start)
-    for step in range(iterations):
-        pushed = push(vectors)
-        sigmas = [float(w.detach().norm()) for w in pushed]
-        if step < iterations - 1:  # the last pull would only start another iteration
-            vectors = unit(tuple(v.detach() for v in pull(pushed)))
-    return sigmas
-
-
 def _sigmas(
     functions: Sequence[Callable[[Tensor], Tensor]],
     inputs: Sequence[Tensor],
@@ -109,7 +91,7 @@ def _sigmas(
     """(sigma_max, how) of every block: all at once, else each alone, NaN where no JVP goes."""
     pushes = BlockPushes(functions, inputs)
     try:
-        sigmas = _power_iteration(pushes, pull, start, iterations)
+        sigmas = power_iteration(pushes, pull, start, iterations)
         return [(sigma, pushes.method(i)) for i, sigma in enumerate(sigmas)]
     except NO_FORWARD:
         pass
@@ -118,7 +100,7 @@ def _sigmas(
         try:
             _, pullback = vjp(f, x)
             alone = BlockPushes([f], [x])
-            (sigma,) = _power_iteration(
+            (sigma,) = power_iteration(
                 alone, lambda w, pullback=pullback: pullback(w[0]), (v,), iterations
             )
             found.append((sigma, alone.method(0)))
@@ -243,7 +225,7 @@ def whole_gains(
     rms = float((pulled.pow(2).sum() / (probes * y.numel())).sqrt())
     pushes = BlockPushes([function], [x])
     try:
-        (sigma,) = _power_iteration(
+        (sigma,) = power_iteration(
             pushes, lambda pushed: (pull(pushed[0]),), (pulled[0],), iterations
         )
     except NO_FORWARD:

@@ -34,41 +34,25 @@ StepFunction = Callable[[Tensor, Tensor], Tensor]
 Jacobian = Callable[[Tensor, Tensor], Tensor]
 Linearise = Callable[[Tensor, Tensor], Products]
 
-#: Bytes of Jacobians materialised at once unless told (chunks of steps stay below it).
-JACOBIAN_CHUNK_BYTES = 1 << 27
-
 
 def state_jacobians(
-    step: StepFunction,
-    states: Tensor,
-    drives: Tensor,
-    closed: Jacobian | None = None,
-    chunk_bytes: int = JACOBIAN_CHUNK_BYTES,
+    step: StepFunction, states: Tensor, drives: Tensor, closed: Jacobian | None = None
 ) -> Tensor:
     """``J = d step(s, u) / ds`` at each row of ``states`` (M, n) and ``drives`` (M, G), by
-    the ``closed`` form when given, computed ``chunk_bytes`` of Jacobians at a time."""
-    n = states.shape[-1]
+    the ``closed`` form when given, else by torch.func (imported only then)."""
     if closed is not None:
-        jacobian = closed
-    else:
-        from torch.func import jacfwd, vmap
+        return closed(states, drives)
+    from torch.func import jacfwd, vmap
 
-        jacobian = vmap(jacfwd(step, argnums=0))
-    chunk = max(1, chunk_bytes // (n * n * states.element_size()))
-    return torch.cat(
-        [
-            jacobian(states[i : i + chunk], drives[i : i + chunk])
-            for i in range(0, len(states), chunk)
-        ]
-    )
+    return vmap(jacfwd(step, argnums=0))(states, drives)
 
 
 def dense_spectra(
     step: StepFunction,
     states: Tensor,
     drives: Tensor,
-    closed: Jacobian | None = None,
-    chunk_bytes: int = JACOBIAN_CHUNK_BYTES,
+    closed: Jacobian | None,
+    chunk_bytes: int,
 ) -> tuple[Tensor, Tensor] | None:
     """The spectral radius and largest singular value of the Jacobian at each row, exactly,
     a chunk of at most ``chunk_bytes`` of Jacobians at a time; None when one is not finite
@@ -78,7 +62,7 @@ def dense_spectra(
     radii, sigmas = [], []
     for i in range(0, len(states), chunk):
         rows = slice(i, i + chunk)
-        jacobians = state_jacobians(step, states[rows], drives[rows], closed, chunk_bytes)
+        jacobians = state_jacobians(step, states[rows], drives[rows], closed)
         if not bool(torch.isfinite(jacobians).all()):
             return None
         radii.append(spectral_radius(jacobians))

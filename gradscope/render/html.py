@@ -17,7 +17,9 @@ from rich.console import Console
 
 from gradscope.compare import Comparison
 from gradscope.render import Checked
+from gradscope.render.compare import METRIC_WORDS
 from gradscope.render.svg import Chart, Mark, Series, bar_chart, heatmap, line_chart
+from gradscope.render.text import number
 from gradscope.report import DEFAULT_FAIL_ON, Fix, RecurrentCore, Report
 
 STYLE = """
@@ -32,12 +34,6 @@ td.number { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 figure { margin: 0.5em 0 1.5em; } figcaption { font-size: 0.9em; color: #444; }
 """
-
-
-def _number(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}g}"
 
 
 def _status(status: str) -> str:
@@ -106,7 +102,7 @@ def _core_charts(core: RecurrentCore, epsilon: float) -> str:
             title=f"{core.label}: gradient norm against lag",
             description=(
                 f"||dL/ds|| of {core.label} at each of {len(lags)} steps before the last, on a "
-                f"log scale; lambda_1 {_number(core.top_exponent)} per step, status "
+                f"log scale; lambda_1 {number(core.top_exponent)} per step, status "
                 f"{core.status}"
             ),
             x_label="lag (steps before the last)",
@@ -134,10 +130,10 @@ def _recurrent(report: Report) -> str:
         [
             escape(core.label),
             escape(core.cell),
-            _number(core.top_exponent),
-            _number(core.memory_horizon),
-            _number(core.jacobian.spectral_radius.median),
-            _number(core.jacobian.sigma_max.max),
+            number(core.top_exponent),
+            number(core.memory_horizon),
+            number(core.jacobian.spectral_radius.median),
+            number(core.jacobian.sigma_max.max),
             _status(core.status),
         ]
         for core in report.recurrent
@@ -177,10 +173,10 @@ def _depth(report: Report) -> str:
             str(i + 1),
             escape(layer.name),
             escape(layer.type),
-            _number(layer.grad_norm),
-            _number(layer.gain),
-            _number(layer.chi),
-            _number(layer.sigma_max),
+            number(layer.grad_norm),
+            number(layer.gain),
+            number(layer.chi),
+            number(layer.sigma_max),
             "yes" if layer.residual else "",
         ]
         for i, layer in enumerate(report.layers)
@@ -244,7 +240,7 @@ def _sequence(report: Report) -> str:
 
 def _fix(fix: Fix) -> str:
     effects = "".join(
-        f"<li>{escape(e.where)}: {escape(e.metric)} {_number(e.before)} → {_number(e.after)}</li>"
+        f"<li>{escape(e.where)}: {escape(e.metric)} {number(e.before)} → {number(e.after)}</li>"
         for e in fix.effect
     )
     measured = f"<p>{escape(fix.measured)}</p>" if fix.measured else ""
@@ -300,17 +296,6 @@ def page_of(report: Report) -> str:
     return page(f"gradscope: {name}", body(report))
 
 
-#: How each compared metric reads.
-COMPARED_WORDS = {
-    "lambda_1": "λ1 per step",
-    "memory_horizon": "memory horizon",
-    "decades": "decades",
-    "blocks": "blocks",
-    "grad_norm_at_lag_0": "‖dL/dx‖ at lag 0",
-    "effective_horizon": "reach",
-}
-
-
 def comparison_page(comparison: Comparison) -> str:
     """``gradscope compare`` as one page: per part, its metrics and status at each input, and
     a chart of every part's reach across the inputs."""
@@ -318,7 +303,7 @@ def comparison_page(comparison: Comparison) -> str:
     sections = []
     for part in comparison.parts:
         rows = [
-            [escape(COMPARED_WORDS.get(metric, metric))] + [_number(v) for v in values]
+            [escape(METRIC_WORDS.get(metric, metric))] + [number(v) for v in values]
             for metric, values in (
                 (part.rate_metric, part.rates),
                 (part.reach_metric, part.reaches),
