@@ -454,4 +454,22 @@ def measure_recurrent(
         for trace in traces.values()
         if trace.state_changed
     ]
+    notes += [unreached_note(core) for core in cores if unreached(core)]
     return RecurrentMeasurement(cores, input_grad_norm, notes)
+
+
+def unreached(core: RecurrentCore) -> bool:
+    """True when the loss reaches the core's state at the last step alone: ``||dL/ds||`` is
+    exactly 0 at every earlier lag (the top layer's reverse direction starts at that step)."""
+    by_lag = core.grad_norm_by_lag
+    return len(by_lag) > 1 and by_lag[0] > 0 and all(v == 0 for v in by_lag[1:])
+
+
+def unreached_note(core: RecurrentCore) -> str:
+    """Why that core's gradient chart holds a single point, and what its verdict rests on."""
+    where = " (a reverse direction starts at the last step)" if core.direction == "reverse" else ""
+    return (
+        f"{core.label}: ||dL/ds|| is exactly 0 before the last step: the loss reads this core "
+        f"only there{where}, so no gradient flows back through its steps; its exponents, "
+        "horizon and status describe its own dynamics, for a loss read at every step"
+    )

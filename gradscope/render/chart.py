@@ -25,7 +25,8 @@ def log_chart(
 ) -> str:
     """Scatter each series (index on x, log10 value on y) as text lines, one mark per series.
 
-    Zeros and non-finite values are left out; several indices per column share their mean log.
+    Zeros and non-finite values are left out (a last line counts the zeros); several indices
+    per column share their mean log.
     The x axis reads ``{x_label} 0`` to ``{x_label} N-1`` unless ``x_ends`` names its two ends.
     """
     count = max(len(values) for values in series)
@@ -50,4 +51,8 @@ def log_chart(
     lines.append(" " * 7 + "└" + "─" * columns)
     left, right = x_ends or (f"{x_label} 0", f"{x_label} {count - 1}")
     lines.append(" " * 8 + left.ljust(max(columns - len(right), len(left) + 1)) + right)
+    zeros = sum(1 for values in series for value in values if value == 0)
+    if zeros:
+        total = sum(len(values) for values in series)
+        lines.append(" " * 8 + f"(exactly 0 at {zeros} of {total} points: no mark on a log scale)")
     return "\n".join(lines)

@@ -23,16 +23,20 @@ from gradscope.render.text import number
 from gradscope.report import DEFAULT_FAIL_ON, Fix, RecurrentCore, Report
 
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em;
+body { font-family: system-ui, sans-serif; max-width: 1340px; margin: 2em auto; padding: 0 1em;
        color: #111; line-height: 1.45; }
+p, ul, pre { max-width: 980px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 .status { font-weight: bold; padding: 0.1em 0.5em; border-radius: 3px; }
 .healthy { background: #e3f4e3; } .vanishing, .exploding, .nonfinite { background: #fde2e1; }
+th[scope=row] { font-weight: normal; color: #444; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 figure { margin: 0.5em 0 1.5em; } figcaption { font-size: 0.9em; color: #444; }
+figure svg { max-width: 100%; height: auto; }
+.figures { display: flex; flex-wrap: wrap; gap: 0 1.5em; }
 """
 
 
@@ -54,28 +58,60 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _facts(rows: list[tuple[str, str]]) -> str:
+    """A two-column table whose first column names each row (already escaped values)."""
+    body = "".join(
+        f"<tr><th scope='row'>{escape(name)}</th><td>{value}</td></tr>" for name, value in rows
+    )
+    return f"<table><tbody>{body}</tbody></table>"
+
+
 def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+#: A table longer than this is folded (``<details>``): the charts above it show its shape.
+FOLD_ROWS = 12
+
+
+def _folded(summary: str, content: str, folded: bool) -> str:
+    if not folded:
+        return content
+    return f"<details><summary>{escape(summary)}</summary>{content}</details>"
+
+
+def _figures(*figures: str) -> str:
+    """Figures side by side where the page is wide enough, one under another where not."""
+    return f"<div class='figures'>{''.join(figures)}</div>"
 
 
 def _header(report: Report) -> str:
     model, settings = report.model, report.settings
     shape = settings.input_shape or settings.inputs
+    judged = f"epsilon {settings.epsilon:g}"
+    if settings.distance is not None:
+        judged = f"horizon {settings.distance} steps, {judged}"
     rows = [
-        ["checkpoint", escape(model.path or "(a module object)")],
-        ["format", escape(model.checkpoint_kind)],
-        ["model", escape(f"{model.class_name or '?'}, {model.parameters:,} parameters")],
-        [
+        ("checkpoint", escape(model.path or "(a module object)")),
+        ("format", escape(model.checkpoint_kind)),
+        (
+            "model",
+            escape(
+                f"{model.class_name or 'architecture inferred from weights'}, "
+                f"{model.parameters:,} parameters"
+            ),
+        ),
+        (
             "probe",
             escape(
                 f"{settings.probe}, input {shape}, seed {settings.seed}, "
                 f"{settings.dtype} on {settings.device}"
             ),
-        ],
-        ["judged over", escape(f"horizon {settings.distance}, epsilon {settings.epsilon}")],
-        ["gradscope", escape(report.gradscope_version)],
+        ),
+        ("judged over", escape(judged)),
+        ("gradscope", escape(report.gradscope_version)),
     ]
-    return "<h2>Checkpoint and probe</h2>" + _table(["", ""], rows)
+    return "<h2>Checkpoint and probe</h2>" + _facts(rows)
 
 
 def _verdict(report: Report) -> str:
@@ -96,7 +132,7 @@ def _core_charts(core: RecurrentCore, epsilon: float) -> str:
     if core.memory_horizon is not None and math.isfinite(core.memory_horizon):
         marks.append(Mark(f"memory horizon {core.memory_horizon:.1f}", x=core.memory_horizon))
     if lags and lags[0] and math.isfinite(lags[0]):
-        marks.append(Mark(f"1/epsilon below lag 0 ({epsilon:g})", y=lags[0] * epsilon))
+        marks.append(Mark(f"lag 0 x epsilon ({1 / epsilon:,.0f}x down)", y=lags[0] * epsilon))
     gradient = line_chart(
         Chart(
             title=f"{core.label}: gradient norm against lag",
@@ -118,8 +154,9 @@ def _core_charts(core: RecurrentCore, epsilon: float) -> str:
         core.lyapunov,
         "nats per step",
     )
-    return _figure(gradient, f"{core.label}: gradient norm against lag, log scale") + _figure(
-        spectrum, f"{core.label}: Lyapunov exponents (below zero: contracting)"
+    return f"<h3>{escape(core.label)} {_status(core.status)}</h3>" + _figures(
+        _figure(gradient, f"{core.label}: gradient norm against lag, log scale"),
+        _figure(spectrum, f"{core.label}: Lyapunov exponents (below zero: contracting)"),
     )
 
 
@@ -191,6 +228,7 @@ def _depth(report: Report) -> str:
             x_label="block (input side first)",
             y_label="||dL/da||",
             series=[Series("gradient norm", [layer.grad_norm for layer in report.layers])],
+            x_start=1,
         )
     )
     gain = line_chart(
@@ -201,19 +239,26 @@ def _depth(report: Report) -> str:
             y_label="gain",
             series=[Series("gain", [layer.gain for layer in report.layers])],
             marks=[Mark("gain 1", y=1.0)],
+            x_start=1,
         )
     )
     return (
         "<h2>Depth stack</h2>"
         f"<p>{stack.blocks} blocks, {stack.residual_blocks} residual; "
         f"{stack.decades:+.1f} decades from output to input; {_status(stack.status)}</p>"
-        + _table(
-            ["#", "block", "type", "‖dL/da‖", "gain", "χ(J)", "σ max", "skip"],
-            rows,
-            numeric={0, 3, 4, 5, 6},
+        + _figures(
+            _figure(gradient, "gradient norm at each block's output, log scale"),
+            _figure(gain, "gain per block, log scale"),
         )
-        + _figure(gradient, "gradient norm at each block's output, log scale")
-        + _figure(gain, "gain per block, log scale")
+        + _folded(
+            f"the numbers of all {len(rows)} blocks",
+            _table(
+                ["#", "block", "type", "‖dL/da‖", "gain", "χ(J)", "σ max", "skip"],
+                rows,
+                numeric={0, 3, 4, 5, 6},
+            ),
+            folded=len(rows) > FOLD_ROWS,
+        )
     )
 
 
@@ -239,15 +284,30 @@ def _sequence(report: Report) -> str:
 
 
 def _fix(fix: Fix) -> str:
-    effects = "".join(
-        f"<li>{escape(e.where)}: {escape(e.metric)} {number(e.before)} → {number(e.after)}</li>"
-        for e in fix.effect
+    effects = _table(
+        ["part", "measure", "before", "after (on a copy)"],
+        [
+            [
+                escape(e.where),
+                escape(METRIC_WORDS.get(e.metric, e.metric)),
+                number(e.before),
+                number(e.after),
+            ]
+            for e in fix.effect
+        ],
+        numeric={2, 3},
     )
-    measured = f"<p>{escape(fix.measured)}</p>" if fix.measured else ""
+    if fix.effect:
+        after = f"; {fix.status_after} after it" if fix.status_after else ""
+        measured = (
+            f"<p>Measured on a copy ({escape(fix.measured or 'applied')}){escape(after)}:</p>"
+        )
+    else:
+        measured = f"<p>Not measured: {escape(fix.measured)}.</p>" if fix.measured else ""
     return (
         f"<h3>{escape(fix.title)} <code>{escape(fix.id)}</code></h3><p>{escape(fix.detail)}</p>"
         + measured
-        + (f"<ul>{effects}</ul>" if effects else "")
+        + (effects if fix.effect else "")
         + f"<pre><code>{escape(fix.snippet)}</code></pre>"
     )
 

@@ -65,9 +65,25 @@ def figure(report: Report) -> Any:
             left.semilogy(x, y, marker="o", markersize=3, linestyle="-", label=core.label)
             if core.distance:
                 left.axvline(core.distance, linestyle="--", color="0.4", label="horizon")
+            horizon = core.memory_horizon
+            if horizon is not None and math.isfinite(horizon):
+                left.axvline(
+                    horizon, linestyle="-.", color="0.2", label=f"memory horizon {horizon:.1f}"
+                )
             if y and core.grad_norm_by_lag[0]:
                 level = core.grad_norm_by_lag[0] * epsilon
-                left.axhline(level, linestyle=":", color="0.4", label=f"1/epsilon ({epsilon:g})")
+                left.axhline(
+                    level, linestyle=":", color="0.4", label=f"lag 0 x epsilon ({epsilon:g})"
+                )
+            zeros = sum(1 for v in core.grad_norm_by_lag if v == 0)
+            if zeros:
+                left.text(
+                    0.3,
+                    0.5,
+                    f"exactly 0 at {zeros} lags (not drawn on a log scale)",
+                    transform=left.transAxes,
+                    fontsize=8,
+                )
             left.set(
                 title=f"{core.label}: ‖dL/ds‖ against lag ({core.status})",
                 xlabel="lag (steps before the last)",

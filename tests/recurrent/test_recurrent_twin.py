@@ -172,3 +172,17 @@ def test_batch_statistics_pool_every_element():
     (core,) = pooled.recurrent
     assert core.lyapunov == pytest.approx(expected, rel=1e-8)
     assert core.jacobian.samples == 3 * STEPS
+
+
+def test_a_top_reverse_direction_the_loss_reaches_only_at_the_last_step_is_said_so():
+    module = build(MODULES["gru_bidir_2layer_bf"])
+    report = gradscope.analyze(module, steps=STEPS, batch=2, seed=7, exponents=1)
+    x = probe_for(module, batch=2, seed=7)
+    expected = reference.stacked_state_gradients(module, x, seed=7)
+    top = max(layer for layer, _ in expected)
+    # autograd on the real module: the loss reads the top reverse direction at the last step alone
+    assert expected[(top, 1)][-1] > 0 and all(v == 0 for v in expected[(top, 1)][:-1])
+    said = [note for note in report.model.notes if "exactly 0 before the last step" in note]
+    assert len(said) == 1
+    assert said[0].startswith(core_of(report, top, "reverse").label + ":")
+    assert "a reverse direction starts at the last step" in said[0]

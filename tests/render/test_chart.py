@@ -18,6 +18,9 @@ def test_chart_skips_zeros_and_says_when_nothing_is_left():
     assert log_chart([[0.0, 0.0]]) == "(no non-zero gradient to plot)"
     lines = log_chart([[1.0, 0.0, math.inf, 0.01]], height=3, width=4).splitlines()
     assert sum(line.count("•") for line in lines) == 2
+    # the zero is counted under the axis, not silently dropped
+    assert lines[-1].strip() == "(exactly 0 at 1 of 4 points: no mark on a log scale)"
+    assert "exactly 0" not in log_chart([[1.0, 0.1]])
 
 
 def test_chart_marks_each_series_differently():

@@ -25,16 +25,16 @@ def rendered(report: gradscope.Report) -> str:
     return buffer.getvalue()
 
 
-def demo(name: str) -> tuple[gradscope.Report, str]:
+def demo(name: str, what_if: bool = False) -> tuple[gradscope.Report, str]:
     chosen = next(d for d in (*DEMO_MODELS, *DEMO_DEEP_MODELS) if d.name == name)
     torch.manual_seed(0)
     model = chosen.build()
     if chosen in DEMO_MODELS:
         model = SequenceModel(model)
     report = (
-        gradscope.analyze(model, steps=30, what_if=False)
+        gradscope.analyze(model, steps=30, what_if=what_if)
         if chosen in DEMO_MODELS
-        else (gradscope.analyze(model, what_if=False))
+        else (gradscope.analyze(model, what_if=what_if))
     )
     return report, rendered(report)
 
@@ -57,7 +57,8 @@ def test_the_demo_models_render_to_well_formed_self_contained_pages(name):
         heatmaps = 1 if len(report.recurrent) > 1 else 0
         sequence = 1 if report.sequence is not None else 0
         assert svgs == 2 * len(report.recurrent) + heatmaps + sequence
-        assert "horizon" in text and "1/epsilon" in text
+        assert "memory horizon" in text and "lag 0 x epsilon (1,000x down)" in text
+        assert all(f"<h3>{core.label} " in page for core in report.recurrent)
     if report.layers:
         assert "Depth stack" in text
         assert svgs >= 2
@@ -125,3 +126,31 @@ def test_a_report_shows_itself_in_a_notebook_and_as_a_page():
     fragment = report._repr_html_()
     assert fragment in page and fragment.startswith("<h2>Verdict</h2>")
     assert report.to_html() == page
+
+
+def test_the_header_names_each_row_and_says_what_it_does_not_know():
+    report, page = demo("mlp-sigmoid")
+    assert "<th scope='col'></th>" not in page  # no empty header row
+    assert "<th scope='row'>model</th>" in page
+    assert "horizon None" not in page and "judged over</th><td>epsilon 0.001" in page
+    report.model.class_name = None
+    assert "architecture inferred from weights" in rendered(report)
+
+
+def test_a_measured_fix_shows_its_effect_as_a_table_before_its_snippet():
+    report, page = demo("lstm-2-layer", what_if=True)
+    measured = [fix for fix in report.fixes if fix.effect]
+    assert measured
+    fix = measured[0]
+    section = page[page.index(f"<code>{fix.id}</code>") :]
+    table = section[section.index("<table>") : section.index("</table>")]
+    assert "before" in table and "after (on a copy)" in table
+    assert section.index("</table>") < section.index("<pre>")
+
+
+def test_a_long_stack_folds_its_table_under_its_charts():
+    report, page = demo("mlp-sigmoid")
+    assert len(report.layers) > 12
+    depth = page[page.index("<h2>Depth stack</h2>") :]
+    assert depth.index("<svg") < depth.index("<details>") < depth.index("<table>")
+    assert f"the numbers of all {len(report.layers)} blocks" in depth
