@@ -566,7 +566,7 @@ def explicit_parameters(ctx: typer.Context) -> set[str]:
     }
 
 
-@app.command()
+@app.command(short_help="Check the models the project's configuration lists; the worst exit code.")
 def check(
     ctx: typer.Context,
     names: Annotated[
@@ -675,7 +675,7 @@ def check_one(
         )
 
 
-@app.command()
+@app.command(short_help="Compare checkpoints or saved reports side by side, first to last.")
 def compare(
     ctx: typer.Context,
     inputs: Annotated[
@@ -767,16 +767,27 @@ def demo(
     output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
     steps: Annotated[int, typer.Option(help="Probe length T.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the models and the probe.")] = 0,
+    html: HTML_OPTION = None,
     debug: Annotated[bool, DEBUG_OPTION] = False,
 ) -> int:
     """Compare the course's recurrent models: vanilla RNN, LSTM, GRU, deep and bidirectional."""
     check_format(output_format)
+    if output_format not in ("text", "json"):
+        raise GradscopeError(
+            f"--format {output_format}: the demo writes text or json (--html FILE for a page)"
+        )
     from gradscope.demo import run_demo
     from gradscope.render.demo import write_demo
 
     with progress_on_stderr() as progress:
         results = run_demo(seed=seed, steps=steps, progress=progress)
     write_demo(results, output_format, stdout_console())
+    if html:
+        from gradscope.render.delivery import write_file
+        from gradscope.render.html import reports_page
+
+        entries = [(demo.description, report, None) for demo, report in results]
+        write_file(html, reports_page("gradscope demo", entries), "--html")
     return 0
 
 

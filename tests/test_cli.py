@@ -6,6 +6,7 @@ raises); a few run the real ``python -m gradscope`` in a subprocess, as a user o
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import gradscope.demo
 from gradscope import __version__
 from gradscope.cli import main
 
+from tests.helpers.html_check import assert_self_contained, parsed
 from tests.helpers.models import Classifier
 from tests.helpers.samples import CORE_KEYS, TOP_KEYS
 
@@ -489,6 +491,26 @@ def test_demo_bad_format(capsys):
     code = main(["demo", "--format", "xml"])
 
     assert_usage_error(code, capsys.readouterr(), "--format")
+    # a format that analyze knows but the demo does not write is refused too, not ignored
+    code = main(["demo", "--format", "markdown"])
+
+    assert_usage_error(code, capsys.readouterr(), "--format")
+
+
+def test_demo_writes_every_model_to_one_html_page(cached_demo, demo_results, capsys, tmp_path):
+    out = tmp_path / "demo.html"
+    code = main(["demo", "--html", str(out)])
+
+    assert code == 0
+    page = out.read_text(encoding="utf-8")
+    structure = parsed(page)
+    assert_self_contained(page, structure)
+    for i, (chosen, report) in enumerate(demo_results, start=1):
+        section = page[page.index(f"<section id='model-{i}'>") :]
+        assert section.startswith(f"<section id='model-{i}'><h1>{html.escape(chosen.description)}")
+        link = f"<a href='#model-{i}'>{html.escape(chosen.description)}</a>"
+        assert f'{link}</td><td><span class="status {report.status}">' in page
+    assert page.count("<section") == len(demo_results)
 
 
 # --- internal errors -------------------------------------------------------------------------

@@ -27,7 +27,8 @@ body { font-family: system-ui, sans-serif; max-width: 1340px; margin: 2em auto; 
        color: #111; line-height: 1.45; }
 p, ul, pre { max-width: 980px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; display: block; max-width: 100%;
+        overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 .status { font-weight: bold; padding: 0.1em 0.5em; border-radius: 3px; }
@@ -410,11 +411,29 @@ class HtmlRenderer:
 
     def write_checks(self, checked: list[Checked], console: Console) -> None:
         """One page: each model's name, then its report or why there is none."""
-        sections = "".join(
-            f"<section><h1>{escape(c.name)}</h1>"
-            + (body(c.report) if c.report is not None else f"<p>{escape(c.error or '')}</p>")
-            + "</section>"
-            for c in checked
-        )
-        console.file.write(page("gradscope check", sections))
+        entries = [(c.name, c.report, c.error) for c in checked]
+        console.file.write(reports_page("gradscope check", entries))
         console.file.flush()
+
+
+def reports_page(title: str, entries: list[tuple[str, Report | None, str | None]]) -> str:
+    """Several models on one page (``check``, ``demo``): a summary table linking to each
+    model's section, then each section: its report, or why there is none."""
+    anchors = [f"model-{i + 1}" for i in range(len(entries))]
+    summary = _table(
+        ["model", "status"],
+        [
+            [
+                f"<a href='#{anchor}'>{escape(name)}</a>",
+                _status(report.status) if report is not None else escape(f"not analysed: {error}"),
+            ]
+            for anchor, (name, report, error) in zip(anchors, entries, strict=True)
+        ],
+    )
+    sections = "".join(
+        f"<section id='{anchor}'><h1>{escape(name)}</h1>"
+        + (body(report) if report is not None else f"<p>{escape(error or '')}</p>")
+        + "</section>"
+        for anchor, (name, report, error) in zip(anchors, entries, strict=True)
+    )
+    return page(title, summary + sections)

@@ -62,5 +62,9 @@ def parsed(page: str) -> Structure:
 
 def assert_self_contained(page: str, structure: Structure) -> None:
     assert not re.search(r"https?://|//[a-z]", page)
-    assert not any(name in ("src", "href") for name, _ in structure.attributes)
+    # a link within the page (#model-2) is the only reference allowed
+    assert not any(name == "src" for name, _ in structure.attributes)
+    assert all(
+        (value or "").startswith("#") for name, value in structure.attributes if name == "href"
+    )
     assert "<script" not in page
