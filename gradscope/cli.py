@@ -248,7 +248,12 @@ def analyze(
         int, typer.Option(help="Seed of probe, loss and frames.", rich_help_panel=ANALYSIS)
     ] = DEFAULTS.seed,
     dtype: Annotated[
-        str, typer.Option(help="float64 or float32.", rich_help_panel=ANALYSIS)
+        str,
+        typer.Option(
+            help="float64, float32, float16 or bfloat16 (the last two: the traced forward and "
+            "backward pass, NaN/Inf origins and headroom in that dtype; Jacobians in float32).",
+            rich_help_panel=ANALYSIS,
+        ),
     ] = DEFAULTS.dtype,
     input_shape: Annotated[
         list[str] | None,

@@ -20,7 +20,10 @@ from typing import Any
 
 from gradscope.errors import GradscopeError
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: Dtypes too narrow for linear algebra: Jacobians and spectra are taken in float32, the traced
+#: forward and backward pass (NaN/Inf origins, headroom) in the dtype itself.
+LOW_PRECISION = ("float16", "bfloat16")
 BUILTIN_PROBES = ("gaussian", "zeros")
 NONLINEARITIES = ("tanh", "relu")
 #: ``--depth``: blocks (containers expanded, activations joined to their layer), leaves, or N.
@@ -134,7 +137,10 @@ class AnalysisOptions:
                 self.batch is None or self.batch > 0,
                 f"--batch must be a positive batch size, not {self.batch}",
             ),
-            (self.dtype in DTYPES, f"--dtype must be float32 or float64, not {self.dtype!r}"),
+            (
+                self.dtype in DTYPES,
+                f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}",
+            ),
             (
                 0 < self.epsilon < 1 and math.isfinite(self.epsilon),
                 f"--epsilon must lie strictly between 0 and 1 (e.g. 1e-3), not {self.epsilon}",

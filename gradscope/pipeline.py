@@ -27,16 +27,20 @@ from gradscope.options import (
     DEFAULT_BATCH,
     DEFAULT_DEPTH_BATCH,
     DEFAULT_STEPS,
+    LOW_PRECISION,
     AnalysisOptions,
     LoadOptions,
 )
+from gradscope.origin import nonfinite_weights
+from gradscope.precision import headroom
 from gradscope.probe import Probe, make_probe
 from gradscope.progress import reporting_to
-from gradscope.report import Coverage, Fix, Note, RecurrentCore, Report, Settings
+from gradscope.report import Coverage, Fix, Note, Numerics, RecurrentCore, Report, Settings
 from gradscope.taxonomy import recurrent_modules
 from gradscope.views import (
     DepthView,
     Measured,
+    NumericsView,
     PartsView,
     RecurrentView,
     SequenceView,
@@ -65,12 +69,16 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
         raise GradscopeError(
             "the model has complex-valued weights; gradscope analyses real-valued models only"
         )
+    faults = nonfinite_weights(module) if module is not None else []
+    traced = analysis.dtype
+    if analysis.dtype in LOW_PRECISION:  # the views' linear algebra needs float32
+        analysis = dataclasses.replace(analysis, dtype="float32")
     if module is not None:
         if not loaded.fixed_dtype:
             module = module.to(device=device, dtype=getattr(torch, analysis.dtype)).eval()
         for parameter in module.parameters():  # our own copy: gradients must reach every state
             parameter.requires_grad_(True)
-    return Subject(loaded, module, analysis, device)
+    return Subject(loaded, module, analysis, device, faults=faults, traced_dtype=traced)
 
 
 @dataclass
@@ -140,11 +148,12 @@ def plan(subject: Subject) -> Plan:
     probed = dataclasses.replace(
         subject, options=options.for_steps(probe.steps, probe.batch), probe=probe
     )
-    views: list[View] = [RecurrentView(detected)] if recurrent else []
+    views: list[View] = [NumericsView()]
+    views += [RecurrentView(detected)] if recurrent else []
     views.append(DepthView())
     if probe.time_axis is not None:
         views.append(SequenceView(requested.distance is not None))
-    return Plan(probed, views, [*notes, *_probe_notes(probe, options)])
+    return Plan(probed, views, [*notes, *_probe_notes(probe, options), *_dtype_notes(subject)])
 
 
 def _may_loop_over_axis_0(module: nn.Module, requested: AnalysisOptions, probe: Probe) -> bool:
@@ -271,6 +280,22 @@ def _detected_note(module: nn.Module, found: list[tuple[str, int]]) -> str:
     )
 
 
+def _dtype_notes(subject: Subject) -> list[Note]:
+    """What ran in which dtype, when the analysis dtype is too narrow for linear algebra."""
+    if subject.traced_dtype == subject.options.dtype:
+        return []
+    return [
+        Note(
+            "probe",
+            f"--dtype {subject.traced_dtype}: the traced forward and backward pass (where NaN "
+            f"or Inf first appear, the largest values) ran in {subject.traced_dtype}; the "
+            f"Jacobians, exponents and gradient norms in {subject.options.dtype}, which "
+            f"{subject.traced_dtype} lacks the linear algebra for; its headroom row says where "
+            "those gradients would underflow",
+        )
+    ]
+
+
 def _probe_notes(probe: Probe, options: AnalysisOptions) -> list[Note]:
     notes = [Note("probe", probe.note)] if probe.note else []
     if options.steps is not None and probe.time_axis is None:
@@ -364,7 +389,11 @@ def cover(planned: Plan, results: list[Measured]) -> Coverage:
 
 
 def judge(
-    results: list[Measured], options: AnalysisOptions, steps: int, coverage: Coverage
+    results: list[Measured],
+    options: AnalysisOptions,
+    steps: int,
+    coverage: Coverage,
+    numerics: Numerics | None = None,
 ) -> Diagnosis:
     """Each core's distance (``--horizon``, else the probe length; at most the steps a core
     ran when it ran fewer than the probe), then the verdict."""
@@ -379,6 +408,35 @@ def judge(
         coverage,
         sequence,
         options.distance,
+        numerics,
+    )
+
+
+def account(subject: Subject, results: list[Measured]) -> Numerics:
+    """The numerics: weights that held NaN or Inf, what the traced pass found, and how much
+    of each dtype's range the largest values and every part's gradient use."""
+    trace = next((r.trace for r in results if r.trace is not None), None)
+    by_lag = {core.label: core.grad_norm_by_lag for r in results for core in r.cores}
+    stack = next((r for r in results if r.stack is not None), None)
+    if stack is not None and stack.layers:
+        by_lag["depth"] = [layer.grad_norm for layer in reversed(stack.layers)]
+    sequence = next((r.sequence for r in results if r.sequence is not None), None)
+    if sequence is not None and sequence.grad_norm_by_lag:
+        by_lag["sequence"] = sequence.grad_norm_by_lag
+    return Numerics(
+        dtype=subject.traced_dtype,
+        nonfinite_weights=subject.faults,
+        forward=trace.forward if trace else None,
+        backward=trace.backward if trace else None,
+        output_finite=trace.output_finite if trace else True,
+        largest_activation=trace.largest_activation if trace else None,
+        largest_gradient=trace.largest_gradient if trace else None,
+        headroom=headroom(
+            trace.largest_activation if trace else None,
+            trace.largest_gradient if trace else None,
+            by_lag,
+        ),
+        traced=trace is not None,
     )
 
 
@@ -420,6 +478,7 @@ def assemble(
             planned, diagnosis, build_fixes(diagnosis, options.epsilon), requested, steps
         ),
         coverage=diagnosis.coverage,
+        numerics=diagnosis.numerics,
     )
 
 
@@ -503,7 +562,8 @@ def run(
         planned = plan(load(source, load_options, options))
         results = measure(planned, progress)
         length = _length(planned, results)
-        diagnosis = judge(results, options, length[0], cover(planned, results))
+        numerics = account(planned.subject, results)
+        diagnosis = judge(results, options, length[0], cover(planned, results), numerics)
         return assemble(planned, results, diagnosis, options, length)
 
 

@@ -54,6 +54,8 @@ FINDING_IDS = (
     "vanishing-gradient",
     "exploding-gradient",
     "nonfinite-values",
+    "nonfinite-weights",
+    "low-precision",
     "transient-growth",
     NOT_MEASURED,
     "regression",
@@ -87,6 +89,12 @@ class FixId(Word):
     CHANGE_ACTIVATION = "change-activation"
     INIT_GAIN = "init-gain"
     RECEPTIVE_FIELD = "receptive-field"
+    STABLE_FORMULATION = "stable-formulation"
+    ADD_EPSILON = "add-epsilon"
+    LOWER_LEARNING_RATE = "lower-learning-rate"
+    RESTORE_WEIGHTS = "restore-weights"
+    USE_BFLOAT16 = "use-bfloat16"
+    LOSS_SCALING = "loss-scaling"
 
 
 @dataclass
@@ -381,6 +389,124 @@ class Coverage:
         return [group for group in self.not_measured if group.recurrent]
 
 
+@dataclass
+class WeightFault:
+    """A parameter or buffer of the checkpoint that holds NaN or Inf before anything runs."""
+
+    name: str
+    nan: int
+    inf: int
+    numel: int
+
+
+@dataclass
+class Origin:
+    """Where a NaN or Inf first appeared in one pass (``forward`` in execution order,
+    ``backward`` in the order autograd ran): the operation, the module running it (its path
+    and type), the source line that called it, and its cause.
+
+    ``cause`` is one of :data:`ORIGIN_CAUSES`; ``detail`` says it with the numbers (the
+    smallest value a log read, the weight that holds Inf). ``step`` is the time step for a
+    recurrent module (the first step whose output is not finite) or a cell called once per
+    step; ``call`` counts the module's calls in the forward, from 1.
+    """
+
+    direction: str
+    module: str
+    module_type: str
+    op: str
+    value: str
+    cause: str
+    detail: str
+    source: str | None = None
+    step: int | None = None
+    call: int | None = None
+
+    @property
+    def place(self) -> str:
+        """The module in words: ``blocks.2 (LogBlock)``, ``(model) (Sequential)``."""
+        return f"{self.module or '(model)'} ({self.module_type})"
+
+
+#: What can cause a non-finite value, as :attr:`Origin.cause` names it.
+ORIGIN_CAUSES = (
+    "nonfinite-weight",
+    "nonfinite-input",
+    "log-of-non-positive",
+    "sqrt-of-negative",
+    "division-by-zero",
+    "power-of-negative",
+    "overflow",
+    "infinite-derivative",
+    "follows-forward",
+    "nan-from-finite",
+    "unseen",
+)
+
+
+@dataclass
+class Peak:
+    """The largest magnitude a pass produced, and the module and operation that produced it."""
+
+    value: float
+    module: str
+    op: str
+
+
+@dataclass
+class Underflow:
+    """A part whose gradient norm falls below a dtype's smallest normal from ``lag`` on
+    (below its smallest subnormal, where it becomes 0, from ``zero_lag``)."""
+
+    part: str
+    lag: int
+    zero_lag: int | None = None
+
+    @property
+    def place(self) -> str:
+        """``(model)[l0] from lag 23``; ``depth from block 5 from the output``."""
+        if self.part == "depth":
+            return f"depth from block {self.lag + 1} counted from the output"
+        return f"{self.part} from lag {self.lag}"
+
+
+@dataclass
+class Headroom:
+    """How much of one dtype's range the analysis used: decades between the largest
+    activation (and gradient) and the dtype's maximum, and the parts whose gradient underflows
+    its smallest normal."""
+
+    dtype: str
+    max: float
+    smallest_normal: float
+    activation_decades: float | None
+    gradient_decades: float | None
+    underflow: list[Underflow] = field(default_factory=list)
+
+
+@dataclass
+class Numerics:
+    """Whether the numbers stay finite, and where they first break: parameters that already
+    hold NaN or Inf, the first non-finite value of the forward and of the backward pass (in
+    ``dtype``, the analysis dtype), the largest activation and gradient, and each dtype's
+    headroom."""
+
+    dtype: str
+    nonfinite_weights: list[WeightFault] = field(default_factory=list)
+    forward: Origin | None = None
+    backward: Origin | None = None
+    output_finite: bool = True
+    largest_activation: Peak | None = None
+    largest_gradient: Peak | None = None
+    headroom: list[Headroom] = field(default_factory=list)
+    traced: bool = True
+
+    @property
+    def finite(self) -> bool:
+        """No weight, forward value or gradient was NaN or Inf."""
+        return not self.nonfinite_weights and self.forward is None and self.backward is None
+
+
 @dataclass(frozen=True)
 class Note:
     """Something a reader of the report should know, from the stage that found it: an
@@ -525,6 +651,7 @@ class Report:
     fixes: list[Fix] = field(default_factory=list)
     coverage: Coverage | None = None
     baseline: BaselineComparison | None = None
+    numerics: Numerics | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

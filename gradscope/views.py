@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,8 +19,16 @@ from torch import nn
 from gradscope.errors import GradscopeError, first_line
 from gradscope.loading import LoadedModel
 from gradscope.options import AnalysisOptions
+from gradscope.origin import NumericsTrace
 from gradscope.probe import Layout, Probe, make_probe, probe_for
-from gradscope.report import DepthLayer, DepthStack, Note, RecurrentCore, SequenceGradient
+from gradscope.report import (
+    DepthLayer,
+    DepthStack,
+    Note,
+    RecurrentCore,
+    SequenceGradient,
+    WeightFault,
+)
 from gradscope.taxonomy import is_kind, recurrent_modules
 
 #: Kinds of module that mix time, as the sequence view's fixes name them.
@@ -35,6 +44,10 @@ class Subject:
     options: AnalysisOptions
     device: torch.device
     probe: Probe | None = None
+    #: Parameters and buffers that held NaN or Inf when loaded.
+    faults: list[WeightFault] = field(default_factory=list)
+    #: The dtype of the traced pass (``--dtype``; the views run in float32 when it is low).
+    traced_dtype: str = "float64"
 
 
 @dataclass
@@ -58,6 +71,7 @@ class Measured:
     units: list[str] = field(default_factory=list)
     recurrences: list[tuple[str, str]] = field(default_factory=list)
     sequence: SequenceGradient | None = None
+    trace: NumericsTrace | None = None
 
 
 class View(Protocol):
@@ -87,6 +101,39 @@ def detect_cells(module: nn.Module, probe: Probe) -> list[tuple[str, int]] | Non
 def has_recurrence(module: nn.Module, options: AnalysisOptions) -> bool:
     """Whether the model has a recurrent module or cell to follow over time."""
     return bool(recurrent_modules(module, scripted=False) or options.cells)
+
+
+class NumericsView:
+    """One traced forward and backward pass, in the analysis dtype (float16 and bfloat16
+    included): where NaN or Inf first appear, and the largest activation and gradient."""
+
+    def starting(self, subject: Subject) -> str:
+        return f"tracing one forward and backward pass in {subject.traced_dtype} for NaN and Inf"
+
+    def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
+        from gradscope.origin import trace_numerics
+
+        assert subject.module is not None and subject.probe is not None
+        module, probe = subject.module, subject.probe
+        if subject.traced_dtype != subject.options.dtype and not subject.loaded.fixed_dtype:
+            dtype = getattr(torch, subject.traced_dtype)
+            module, probe = copy.deepcopy(module).to(dtype), probe.cast(dtype)
+        try:
+            with torch.enable_grad():
+                trace = trace_numerics(module, probe, subject.options.cells)
+        except Exception as error:  # the model's own code, or a kernel the dtype lacks here
+            reason = f"{type(error).__name__}: {first_line(error)}"
+            return Measured(
+                notes=[
+                    Note(
+                        "numerics",
+                        f"the forward and backward pass in {subject.traced_dtype} on "
+                        f"{subject.device} did not run ({reason}): NaN/Inf origins and the "
+                        "largest values were not traced",
+                    )
+                ]
+            )
+        return Measured(trace=trace)
 
 
 class RecurrentView:
@@ -258,12 +305,36 @@ class PartsView:
                 loaded, probe, device, (parts.steps, parts.batch)
             )
             notes += gradient_notes
+        trace, trace_notes = _trace_parts(subject, options)
         return Measured(
             parts.cores,
             input_grad_norm,
-            notes=notes,
+            notes=[*notes, *trace_notes],
             length=(parts.steps, parts.batch, parts.input_shape),
+            trace=trace,
         )
+
+
+def _trace_parts(
+    subject: Subject, options: AnalysisOptions
+) -> tuple[NumericsTrace | None, list[Note]]:
+    """Each rebuilt part traced on a probe of its own, in the traced dtype: the first part's
+    origins (their module paths under the part's), the largest values over all of them."""
+    from gradscope.origin import merged_traces, trace_numerics
+
+    dtype = getattr(torch, subject.traced_dtype)
+    traces = []
+    for part in subject.loaded.parts or []:
+        try:
+            probe = make_probe(part.module, options, subject.device).cast(dtype)
+            module = copy.deepcopy(part.module).to(dtype)
+            with torch.enable_grad():
+                traces.append((part.name, trace_numerics(module, probe)))
+        except Exception as error:  # a kernel the dtype lacks here, say
+            reason = f"{type(error).__name__}: {first_line(error)}"
+            note = f"{part.name or '(model)'}: not traced in {subject.traced_dtype} ({reason})"
+            return None, [Note("numerics", note)]
+    return merged_traces(traces), []
 
 
 def _program_input_gradient(

@@ -85,7 +85,10 @@ def test_nan_weights_give_a_nonfinite_verdict_not_a_crash(name):
         model.weight_hh_l0[0, 0] = math.nan
     report = gradscope.analyze(model, steps=10)
     assert report.status == "nonfinite"
-    assert report.findings[0].id == "nonfinite-values"
+    # the weight is named first, then where the forward first reads it
+    assert [f.id for f in report.findings[:2]] == ["nonfinite-weights", "nonfinite-values"]
+    assert report.findings[0].where["modules"] == ["weight_hh_l0"]
+    assert report.numerics.forward.cause == "nonfinite-weight"
     assert report.to_dict()["recurrent"][0]["lyapunov"] == [None]
 
 

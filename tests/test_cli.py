@@ -312,7 +312,7 @@ BAD_OPTIONS = {
     "steps-negative": (["--steps", "-3"], ["--steps"]),
     "steps-not-a-number": (["--steps", "abc"], ["--steps"]),
     "batch-0": (["--batch", "0"], ["--batch"]),
-    "dtype-float16": (["--dtype", "float16"], ["--dtype", "float16"]),
+    "dtype-int8": (["--dtype", "int8"], ["--dtype", "int8"]),
     "epsilon-0": (["--epsilon", "0"], ["--epsilon"]),
     "epsilon-2": (["--epsilon", "2"], ["--epsilon"]),
     "epsilon-nan": (["--epsilon", "nan"], ["--epsilon"]),

@@ -110,7 +110,7 @@ def test_a_missing_config_file_is_refused(tmp_path):
     ("text", "message"),
     [
         ("steps = -5", r"\[tool.gradscope\]: steps must be a positive number"),
-        ("dtype = 'float16'", r"\[tool.gradscope\]: dtype must be float32 or float64"),
+        ("dtype = 'int8'", r"\[tool.gradscope\]: dtype must be one of float32, float64, float16"),
         ("horizon = 0", r"\[tool.gradscope\]: horizon must be a positive number"),
         ("regression_tolerance = 2.0", r"regression_tolerance must lie in \[0, 1\)"),
         ("[[tool.gradscope.models]]\npath = 'a.pt'\nbatch = 0", r"#1: batch must be a positive"),

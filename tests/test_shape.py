@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gradscope"
 #: Plain data and pure functions that any layer may import.
 SHARED = {"gradscope", "gradscope.errors", "gradscope.options", "gradscope.report"}
 SHARED |= {"gradscope.theory", "gradscope.taxonomy", "gradscope.baseline", "gradscope.compare"}
+SHARED |= {"gradscope.precision"}
 #: What each layer may import besides SHARED and its own package; every module is in a layer.
 ALLOWED = {
     "gradscope": {"gradscope.api", "gradscope.monitor"},
@@ -33,6 +34,9 @@ ALLOWED = {
     "gradscope.theory": set(),
     "gradscope.taxonomy": set(),
     "gradscope.numerics": set(),
+    "gradscope.precision": set(),
+    # the traced pass: where NaN or Inf first appear (measurement, on the probe's loss)
+    "gradscope.origin": {"gradscope.probe"},
     "gradscope.krylov": set(),
     "gradscope.progress": set(),
     "gradscope.dataflow": set(),
@@ -67,6 +71,7 @@ ALLOWED = {
     "gradscope.render": set(),
     "gradscope.views": {
         "gradscope.numerics",
+        "gradscope.origin",
         "gradscope.loading",
         "gradscope.probe",
         "gradscope.recurrent",
@@ -75,6 +80,7 @@ ALLOWED = {
     },
     "gradscope.pipeline": {
         "gradscope.progress",
+        "gradscope.origin",
         "gradscope.views",
         "gradscope.whatif",
         "gradscope.coverage",
@@ -104,6 +110,7 @@ TORCH_FREE = [
     "gradscope.config",
     "gradscope.baseline",
     "gradscope.report",
+    "gradscope.precision",
     "gradscope.diagnosis",
     "gradscope.fixes",
     "gradscope.render.text",
@@ -118,6 +125,7 @@ TORCH_FREE = [
     "gradscope.render.delivery",
     "gradscope.render.parts",
     "gradscope.render.compare",
+    "gradscope.render.numerics",
     "gradscope.compare",
 ]
 

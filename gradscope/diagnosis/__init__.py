@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from gradscope.diagnosis.coverage import coverage_findings
 from gradscope.diagnosis.depth import depth_findings
+from gradscope.diagnosis.numerics import numerics_findings, numerics_status
 from gradscope.diagnosis.recurrent import core_findings
 from gradscope.diagnosis.sequence import assess_sequence, sequence_findings
 from gradscope.diagnosis.verdict import assess_cores, assess_depth, worst
@@ -23,6 +24,7 @@ from gradscope.report import (
     DepthLayer,
     DepthStack,
     Finding,
+    Numerics,
     RecurrentCore,
     SequenceGradient,
     Severity,
@@ -43,6 +45,7 @@ class Diagnosis:
     findings: list[Finding] = field(default_factory=list)
     coverage: Coverage | None = None
     sequence: SequenceGradient | None = None
+    numerics: Numerics | None = None
 
 
 def _rank(kind: str) -> int:
@@ -63,16 +66,19 @@ def diagnose(
     coverage: Coverage | None = None,
     sequence: SequenceGradient | None = None,
     distance: int | None = None,
+    numerics: Numerics | None = None,
 ) -> Diagnosis:
     """Judge each core over its own ``horizon`` and the stack (when measured) over its blocks,
     and say every part ``coverage`` shows was not measured; the ``sequence`` view (when
     measured) over ``distance`` (``--horizon``; by default every lag it measured).
 
-    The overall status is the worst of the measured parts; what was not measured is a
+    The overall status is the worst of the measured parts and of the ``numerics`` (a weight,
+    forward value or gradient that is NaN or Inf is ``nonfinite``); what was not measured is a
     ``not-measured`` finding (an error for a recurrence), never a healthy part.
     """
     judged = assess_cores(cores, epsilon)
-    findings = core_findings(judged, epsilon)
+    findings = numerics_findings(numerics, distance)  # the root of any NaN comes first
+    findings += core_findings(judged, epsilon)
     statuses = [core.status for core in judged]
     judged_stack = None
     if stack is not None:
@@ -85,6 +91,7 @@ def diagnose(
         cores_vanish = any(core.status != Status.HEALTHY for core in judged)
         findings += sequence_findings(judged_sequence, epsilon, cores_vanish, bool(judged))
         statuses.append(judged_sequence.status)
+    statuses.append(numerics_status(numerics))
     findings += coverage_findings(coverage)
     return Diagnosis(
         worst(statuses),
@@ -94,4 +101,5 @@ def diagnose(
         by_severity(findings),
         coverage,
         judged_sequence,
+        numerics,
     )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from gradscope.diagnosis import Diagnosis
 from gradscope.fixes.depth import OVER_DEPTH
+from gradscope.fixes.numerics import OVER_NUMERICS
 from gradscope.fixes.recurrent import OVER_TIME
 from gradscope.fixes.sequence import OVER_SEQUENCE
 from gradscope.report import Evidence, Finding, Fix, FixId
 
-__all__ = ["OVER_DEPTH", "OVER_SEQUENCE", "OVER_TIME", "build_fixes"]
+__all__ = ["OVER_DEPTH", "OVER_NUMERICS", "OVER_SEQUENCE", "OVER_TIME", "build_fixes"]
 
 
 def _evidence(finding: Finding) -> Evidence:
@@ -32,8 +33,9 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
     """One fix per id the findings call for, in order of first mention.
 
     A finding about a core gets the recurrent advice, one about the deep stack the advice for
-    its blocks, one about the sequence view the advice for a sequence model; a fix several
-    call for gets each.
+    its blocks, one about the sequence view the advice for a sequence model, one about the
+    numbers themselves (NaN, Inf, low precision) the advice for them; a fix several call for
+    gets each.
     """
     findings = diagnosis.findings
     by_key = {c.key: c for c in diagnosis.cores}
@@ -43,6 +45,7 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
         on_cores = [f for f in calling if _evidence(f).part == "core"]
         on_stack = [f for f in calling if _evidence(f).part == "stack"]
         on_sequence = [f for f in calling if _evidence(f).part == "sequence"]
+        on_numerics = [f for f in calling if _evidence(f).part == "numerics"]
         stack = diagnosis.stack if on_stack else None
         sequence = diagnosis.sequence if on_sequence else None
         whys, whats, snippets = [], [], []
@@ -68,6 +71,12 @@ def build_fixes(diagnosis: Diagnosis, epsilon: float) -> list[Fix]:
             whats.append(advice.what)
             snippets.append(advice.snippet(sequence, epsilon))
             titles.append(advice.title)
+        if on_numerics and diagnosis.numerics is not None:
+            advice = OVER_NUMERICS[FixId(fix_id)]
+            whys.insert(0, "; ".join(dict.fromkeys(_reasons(on_numerics))))
+            whats.insert(0, advice.what)
+            snippets.insert(0, advice.snippet(diagnosis.numerics))
+            titles.insert(0, advice.title)
         title = titles[0]
         fixes.append(
             Fix(

@@ -74,6 +74,22 @@ class Probe:
             return model(*value[0], **value[1])
         return model(value)
 
+    def cast(self, dtype: torch.dtype) -> Probe:
+        """The same probe with every floating-point input in ``dtype``; the main input stays a
+        leaf that requires grad."""
+        old = self.inputs
+        main = old
+        if old.is_floating_point():
+            main = old.detach().to(dtype).requires_grad_(old.requires_grad)
+
+        def cast(tensor: Tensor) -> Tensor:
+            if tensor is old:
+                return main
+            return tensor.detach().to(dtype) if tensor.is_floating_point() else tensor
+
+        payload = None if self.payload is None else map_tensors(self.payload, cast)
+        return dataclasses.replace(self, inputs=main, payload=payload)
+
     def named_inputs(self) -> list[tuple[str, Tensor]]:
         """Each input tensor, named by position or key (``0``, ``mask``, ``0.past_target``);
         empty for a single input."""

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from gradscope.render import Checked
 from gradscope.render.chart import log_chart
+from gradscope.render.numerics import HEADROOM_COLUMNS, headroom_legend, headroom_rows, largest_line
 from gradscope.render.parts import parts
 from gradscope.report import (
     DEFAULT_FAIL_ON,
@@ -22,6 +23,7 @@ from gradscope.report import (
     DepthLayer,
     DepthStack,
     Fix,
+    Numerics,
     RecurrentCore,
     Report,
     SequenceGradient,
@@ -418,6 +420,18 @@ def fix_panels(report: Report) -> list[Panel]:
     return panels
 
 
+def headroom_table(numerics: Numerics) -> Table:
+    """Each dtype's range against the largest values and where gradients underflow it."""
+    table = _depth_frame(largest_line(numerics))
+    table.title = Text(largest_line(numerics), style="bold")
+    for column in HEADROOM_COLUMNS[:4]:
+        table.add_column(column, justify="left" if column == "dtype" else "right", no_wrap=True)
+    table.add_column(HEADROOM_COLUMNS[4], overflow="fold", ratio=1)
+    for row in headroom_rows(numerics):
+        table.add_row(*map(Text, row))  # core labels hold brackets, not markup
+    return table
+
+
 def baseline_table(comparison: BaselineComparison) -> Table:
     """Every number compared with the baseline: before, after, and whether it got worse."""
     table = Table(
@@ -511,6 +525,9 @@ class TextRenderer:
             console.print(depth_chart(report.layers))
         if report.sequence is not None:
             console.print(sequence_panel(report.sequence))
+        if report.numerics is not None and report.numerics.traced:
+            console.print(headroom_table(report.numerics))
+            console.print(Text(headroom_legend(report.settings.loss_at), style="dim"))
         if report.baseline is not None:
             console.print(baseline_table(report.baseline))
         console.print(verdict(report))

@@ -51,6 +51,14 @@ NOT_MEASURABLE = {
         "a wider receptive field is a new architecture, trained from its own start: nothing "
         "to measure at these weights"
     ),
+    FixId.STABLE_FORMULATION: "a change to the model's code, which gradscope does not rewrite",
+    FixId.ADD_EPSILON: "a change to the model's code, which gradscope does not rewrite",
+    FixId.LOWER_LEARNING_RATE: "a change to training: nothing to measure at these weights",
+    FixId.RESTORE_WEIGHTS: "other weights: measure that checkpoint with gradscope analyze",
+    FixId.USE_BFLOAT16: (
+        "a change to training; --dtype bfloat16 traces this checkpoint's pass in bfloat16"
+    ),
+    FixId.LOSS_SCALING: "a change to training: it scales the loss, not these weights",
 }
 #: A fix helps when a number it is judged by improves by more than this factor.
 MIN_GAIN = 1.01
