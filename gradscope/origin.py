@@ -87,6 +87,12 @@ def _magnitude(tensor: Tensor) -> float:
     return float(tensor.detach().abs().amax())
 
 
+def _finite_magnitude(tensor: Tensor) -> float:
+    """max |x| over the finite values of the tensor (0 when none is)."""
+    values = tensor.detach()
+    return float(torch.where(torch.isfinite(values), values.abs(), 0).amax())
+
+
 def _kind(tensor: Tensor) -> str:
     """``NaN`` or ``Inf`` (``NaN`` when it holds both): what a non-finite tensor holds."""
     return "NaN" if bool(torch.isnan(tensor.detach()).any()) else "Inf"
@@ -302,9 +308,9 @@ class _Tracer(TorchFunctionMode):
             _caller(),
         )
         for leaf, magnitude in zip(leaves, magnitudes, strict=True):
-            if math.isfinite(magnitude) and (
-                self.largest is None or magnitude > self.largest.value
-            ):
+            if not math.isfinite(magnitude):  # its largest finite value still counts
+                magnitude = _finite_magnitude(leaf)
+            if self.largest is None or magnitude > self.largest.value:
                 self.largest = Peak(magnitude, path, op)
             if leaf.grad_fn is not None and leaf.grad_fn not in self.nodes:
                 self.nodes[leaf.grad_fn] = operation
@@ -444,6 +450,26 @@ def _saved_zeros(node: object) -> str | None:
 INFINITE_DERIVATIVE = LOGS | ROOTS | DIVISIONS | POWERS | {"rdiv", "rpow"}
 
 
+def _with_inner_nodes(nodes: dict[object, _Operation]) -> dict[object, _Operation]:
+    """The traced operations' autograd nodes and the nodes inside them: an operation written
+    in C++ (a fused RNN, say) makes several nodes, and the one its result holds leads to the
+    others; each is owned by the operation whose node first leads to it. Weights' gradient
+    accumulators are left out: they pass a gradient on, they make none."""
+    owned = dict(nodes)
+    for node, operation in nodes.items():
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            for following, _ in getattr(current, "next_functions", ()):
+                if following is None or following in owned:
+                    continue
+                if type(following).__name__ == "AccumulateGrad":
+                    continue
+                owned[following] = operation
+                stack.append(following)
+    return owned
+
+
 class _Backward:
     """Hooks on the recorded autograd nodes: the first whose result is not finite, and why
     (what it received, or what it saved for its derivative)."""
@@ -451,7 +477,8 @@ class _Backward:
     def __init__(self, nodes: dict[object, _Operation]) -> None:
         self.origin: Origin | None = None
         self.largest: Peak | None = None
-        self.handles = [node.register_hook(self._hook(node, op)) for node, op in nodes.items()]
+        owned = _with_inner_nodes(nodes)
+        self.handles = [node.register_hook(self._hook(node, op)) for node, op in owned.items()]
 
     def _hook(self, node: object, operation: _Operation) -> Callable:
         def hook(grad_inputs, grad_outputs):

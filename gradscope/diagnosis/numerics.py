@@ -93,12 +93,12 @@ def _held(fault: WeightFault) -> str:
 
 def _origin_finding(origin: Origin, numerics: Numerics, then: Origin | None) -> Finding:
     reason = describe(origin)
+    if numerics.dtype != "float64" and origin.cause == "overflow":
+        reason += f" (traced in {numerics.dtype})"
     message = reason[0].upper() + reason[1:]
     if then is not None:
         message += f"; backward, the gradient first turns {then.value} at {then.op} in {then.place}"
         message += ", which reads that value" if then.cause == "follows-forward" else ""
-    if numerics.dtype != "float64" and origin.cause == "overflow":
-        message += f" (analysed in {numerics.dtype})"
     return Finding(
         id="nonfinite-values",
         kind=Status.NONFINITE,

@@ -5,7 +5,8 @@ the file reads offline and as a CI artifact. Sections: the header (checkpoint, m
 settings), the verdict and findings, each recurrent core (its gradient against lag with the
 horizon and the 1/epsilon level marked, its Lyapunov spectrum), a layer x lag heatmap for
 stacked or bidirectional cores, the depth stack (gradient and gain against depth), the
-sequence view, the fixes with their snippets and measured effects, and what was not measured.
+sequence view, the numbers (where NaN or Inf first appeared, the largest values, each dtype's
+headroom), the fixes with their snippets and measured effects, and what was not measured.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from rich.console import Console
 from gradscope.compare import Comparison
 from gradscope.render import Checked
 from gradscope.render.compare import METRIC_WORDS
+from gradscope.render.numerics import (
+    HEADROOM_COLUMNS,
+    headroom_legend,
+    headroom_rows,
+    largest_line,
+)
 from gradscope.render.svg import Chart, Mark, Series, bar_chart, heatmap, line_chart
 from gradscope.render.text import number
 from gradscope.report import DEFAULT_FAIL_ON, Fix, RecurrentCore, Report
@@ -36,6 +43,7 @@ td.number { text-align: right; font-variant-numeric: tabular-nums; }
 th[scope=row] { font-weight: normal; color: #444; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 figure { margin: 0.5em 0 1.5em; } figcaption { font-size: 0.9em; color: #444; }
+.legend { font-size: 0.9em; color: #444; }
 figure svg { max-width: 100%; height: auto; }
 .figures { display: flex; flex-wrap: wrap; gap: 0 1.5em; }
 """
@@ -284,6 +292,50 @@ def _sequence(report: Report) -> str:
     return "<h2>Sequence view</h2>" + _figure(chart, "input gradient by lag, log scale")
 
 
+def _numerics(report: Report) -> str:
+    """Where NaN or Inf first appeared (forward, backward), the weights that held them, the
+    largest values and each dtype's headroom."""
+    numerics = report.numerics
+    if numerics is None:
+        return ""
+    parts = ["<h2>Numbers</h2>"]
+    if numerics.nonfinite_weights:
+        rows = [
+            [escape(f.name), f"{f.nan:,}", f"{f.inf:,}", f"{f.numel:,}"]
+            for f in numerics.nonfinite_weights
+        ]
+        parts.append(
+            "<p>Weights that hold NaN or Inf as loaded:</p>"
+            + _table(["parameter", "NaN", "Inf", "values"], rows, numeric={1, 2, 3})
+        )
+    origins = [o for o in (numerics.forward, numerics.backward) if o is not None]
+    if origins:
+        rows = [
+            [
+                escape(o.direction),
+                escape(o.value),
+                escape(o.place),
+                escape(o.op),
+                "" if o.step is None else str(o.step),
+                f"<code>{escape(o.source)}</code>" if o.source else "",
+                escape(f"{o.cause}: {o.detail}"),
+            ]
+            for o in origins
+        ]
+        parts.append(_table(["pass", "first", "module", "operation", "step", "line", "why"], rows))
+    if numerics.traced:
+        parts.append(
+            f"<p>{escape(largest_line(numerics))}</p>"
+            + _table(
+                list(HEADROOM_COLUMNS),
+                [list(map(escape, r)) for r in headroom_rows(numerics)],
+                numeric={1, 2, 3},
+            )
+            + f"<p class='legend'>{escape(headroom_legend(report.settings.loss_at))}</p>"
+        )
+    return "".join(parts) if len(parts) > 1 else ""
+
+
 def _fix(fix: Fix) -> str:
     effects = _table(
         ["part", "measure", "before", "after (on a copy)"],
@@ -335,6 +387,7 @@ def body(report: Report) -> str:
             _recurrent(report),
             _depth(report),
             _sequence(report),
+            _numerics(report),
             f"<h2>Fixes</h2>{fixes}" if fixes else "",
             _coverage(report),
             f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from gradscope.render import Checked
+from gradscope.render.numerics import HEADROOM_COLUMNS, headroom_rows, largest_line
 from gradscope.render.parts import Part, other_findings, parts, worse_than_baseline
 from gradscope.report import DEFAULT_FAIL_ON, Finding, Report
 
@@ -69,10 +70,22 @@ def _baseline(report: Report) -> list[str]:
     return lines
 
 
+def _headroom(report: Report) -> list[str]:
+    """The traced pass's largest values and each dtype's headroom, as a table."""
+    numerics = report.numerics
+    if numerics is None or not numerics.traced:
+        return []
+    lines = ["", largest_line(numerics) + ":", "", _row(list(HEADROOM_COLUMNS))]
+    lines.append("| --- " * len(HEADROOM_COLUMNS) + "|")
+    lines += [_row(row) for row in headroom_rows(numerics)]
+    return lines
+
+
 def _details(report: Report) -> list[str]:
     lines = [_finding(f) for part in parts(report) for f in part.findings]
     lines += [_finding(f) for f in other_findings(report)]
     lines += _baseline(report)
+    lines += _headroom(report)
     for fix in report.fixes:
         tried = " (tried: did not help)" if fix.helps is False else ""
         lines += ["", f"#### Fix `{fix.id}`: {fix.title}{tried}", "", fix.detail]

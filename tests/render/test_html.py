@@ -154,3 +154,18 @@ def test_a_long_stack_folds_its_table_under_its_charts():
     depth = page[page.index("<h2>Depth stack</h2>") :]
     assert depth.index("<svg") < depth.index("<details>") < depth.index("<table>")
     assert f"the numbers of all {len(report.layers)} blocks" in depth
+
+
+def test_the_numbers_section_shows_origins_weights_and_headroom():
+    from tests.helpers import faults
+
+    torch.manual_seed(0)
+    model = faults.mlp_with_inf_weight().double()
+    report = gradscope.analyze(model, input_shape=(8, 16), what_if=False)
+    page = rendered(report)
+    assert_self_contained(page, parsed(page))
+    numbers = page[page.index("<h2>Numbers</h2>") :]
+    assert "2.0.weight" in numbers and "nonfinite-weight" in numbers
+    assert "<td>forward</td><td>NaN</td><td>2.0 (Linear)</td><td>linear</td>" in numbers
+    for dtype in ("float16", "bfloat16", "float32"):
+        assert f"<td>{dtype}</td>" in numbers
