@@ -87,10 +87,19 @@ def _magnitude(tensor: Tensor) -> float:
     return float(tensor.detach().abs().amax())
 
 
-def _finite_magnitude(tensor: Tensor) -> float:
-    """max |x| over the finite values of the tensor (0 when none is)."""
-    values = tensor.detach()
-    return float(torch.where(torch.isfinite(values), values.abs(), 0).amax())
+#: A value this close to its dtype's largest is a sentinel (a mask of ``finfo.min``), not an
+#: activation: the largest values leave it out.
+SENTINEL = 0.999
+
+
+def _counted(tensor: Tensor, magnitude: float) -> float:
+    """The tensor's largest magnitude as the largest values count it: over its finite
+    values, leaving out sentinels at its dtype's extreme (0 when nothing is left)."""
+    if math.isfinite(magnitude) and magnitude < SENTINEL * torch.finfo(tensor.dtype).max:
+        return magnitude
+    values = tensor.detach().abs()
+    kept = torch.isfinite(values) & (values < SENTINEL * torch.finfo(tensor.dtype).max)
+    return float(torch.where(kept, values, 0).amax())
 
 
 def _kind(tensor: Tensor) -> str:
@@ -308,10 +317,9 @@ class _Tracer(TorchFunctionMode):
             _caller(),
         )
         for leaf, magnitude in zip(leaves, magnitudes, strict=True):
-            if not math.isfinite(magnitude):  # its largest finite value still counts
-                magnitude = _finite_magnitude(leaf)
-            if self.largest is None or magnitude > self.largest.value:
-                self.largest = Peak(magnitude, path, op)
+            counted = _counted(leaf, magnitude)
+            if self.largest is None or counted > self.largest.value:
+                self.largest = Peak(counted, path, op)
             if leaf.grad_fn is not None and leaf.grad_fn not in self.nodes:
                 self.nodes[leaf.grad_fn] = operation
         if not finite:

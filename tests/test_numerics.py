@@ -230,6 +230,29 @@ def test_a_minus_inf_mask_that_softmax_absorbs_is_no_origin():
     assert trace.output_finite and trace.forward is None and trace.backward is None
 
 
+def test_a_finfo_min_mask_is_no_activation_and_a_scripted_model_is_said_unseen():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(WIDTH, WIDTH)
+
+        def forward(self, x):
+            scores = self.linear(x)
+            mask = (torch.arange(WIDTH) > 3).to(x.dtype) * torch.finfo(x.dtype).min
+            return torch.softmax(scores + mask, -1)
+
+    model = Masked().double()
+    x = gaussian(8, WIDTH)
+    trace = trace_numerics(model, probe(x))
+    with torch.no_grad():
+        scores = model.linear(x)
+    # the largest activation is the scores', not the mask's -1.8e308
+    assert trace.largest_activation.value == pytest.approx(float(scores.abs().max()))
+    scripted = torch.jit.script(faults.mlp_with_log().double())
+    trace = trace_numerics(scripted, probe(x))
+    assert not trace.output_finite and trace.forward.cause == "unseen"
+
+
 def test_checkpoint_weights_and_buffers_that_hold_nan_are_each_named(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 4))
     with torch.no_grad():
