@@ -485,8 +485,7 @@ class _Backward:
     def __init__(self, nodes: dict[object, _Operation]) -> None:
         self.origin: Origin | None = None
         self.largest: Peak | None = None
-        owned = _with_inner_nodes(nodes)
-        self.handles = [node.register_hook(self._hook(node, op)) for node, op in owned.items()]
+        self.handles = [node.register_hook(self._hook(node, op)) for node, op in nodes.items()]
 
     def _hook(self, node: object, operation: _Operation) -> Callable:
         def hook(grad_inputs, grad_outputs):
@@ -553,18 +552,28 @@ def trace_numerics(model: nn.Module, probe: Probe, cells: tuple[str, ...] = ()) 
         trace.forward = tracer.origin_of([*out_leaves, loss]) or _unseen("forward", model, loss)
     if not loss.requires_grad:
         return trace
-    backward = _Backward(tracer.nodes)
+    leaves = [p for p in model.parameters() if p.requires_grad]
+    if inputs.requires_grad:
+        leaves.append(inputs)
+    backward, grads = _run_backward(loss, leaves, tracer.nodes)
+    trace.largest_gradient = backward.largest
+    if any(not math.isfinite(_magnitude(g)) for g in grads if _floating(g)):
+        # again, with the nodes inside C++ operations hooked too: the origin may be one
+        backward, _ = _run_backward(loss, leaves, _with_inner_nodes(tracer.nodes))
+        trace.backward = backward.origin or _unseen("backward", model, loss)
+    return trace
+
+
+def _run_backward(
+    loss: Tensor, leaves: list[Tensor], nodes: dict[object, _Operation]
+) -> tuple[_Backward, tuple]:
+    """One backward pass (the graph kept) with ``nodes`` hooked."""
+    backward = _Backward(nodes)
     try:
-        leaves = [p for p in model.parameters() if p.requires_grad]
-        if inputs.requires_grad:
-            leaves.append(inputs)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True, retain_graph=True)
     finally:
         backward.remove()
-    trace.largest_gradient = backward.largest
-    if any(not math.isfinite(_magnitude(g)) for g in grads if _floating(g)):
-        trace.backward = backward.origin or _unseen("backward", model, loss)
-    return trace
+    return backward, grads
 
 
 def _unseen(direction: str, model: nn.Module, loss: Tensor) -> Origin:
