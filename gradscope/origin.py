@@ -19,7 +19,7 @@ import linecache
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -113,8 +113,12 @@ def _count(tensor: Tensor, where: Tensor) -> str:
 
 def nonfinite_weights(module: nn.Module) -> list[WeightFault]:
     """Every floating-point parameter and buffer of ``module`` that holds NaN or Inf."""
+    return nonfinite_tensors([*module.named_parameters(), *module.named_buffers()])
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, Tensor]]) -> list[WeightFault]:
+    """Every floating-point tensor of ``named`` (name, tensor) that holds NaN or Inf."""
     faults = []
-    named = [*module.named_parameters(remove_duplicate=True), *module.named_buffers()]
     for name, tensor in named:
         if not _floating(tensor):
             continue

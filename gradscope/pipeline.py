@@ -31,7 +31,7 @@ from gradscope.options import (
     AnalysisOptions,
     LoadOptions,
 )
-from gradscope.origin import nonfinite_weights
+from gradscope.origin import nonfinite_tensors, nonfinite_weights
 from gradscope.precision import headroom
 from gradscope.probe import Probe, make_probe
 from gradscope.progress import reporting_to
@@ -70,6 +70,8 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
             "the model has complex-valued weights; gradscope analyses real-valued models only"
         )
     faults = nonfinite_weights(module) if module is not None else []
+    if module is None and loaded.weights is not None:
+        faults = nonfinite_tensors(loaded.weights.items())
     traced = analysis.dtype
     if analysis.dtype in LOW_PRECISION:  # the views' linear algebra needs float32
         analysis = dataclasses.replace(analysis, dtype="float32")

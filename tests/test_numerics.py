@@ -263,6 +263,24 @@ def test_checkpoint_weights_and_buffers_that_hold_nan_are_each_named(tmp_path):
     assert found == {"0.bias": (2, 0), "2.weight": (0, 4), "1.running_var": (1, 0)}
 
 
+def test_a_state_dict_names_its_nonfinite_tensors_even_those_no_part_uses(tmp_path, capsys):
+    torch.manual_seed(0)
+    lstm, head = nn.LSTM(4, 8), nn.Linear(8, 2)
+    with torch.no_grad():
+        lstm.weight_hh_l0[0, :3] = math.nan
+        head.weight[0, 0] = -math.inf
+    state = {**{f"rnn.{k}": v for k, v in lstm.state_dict().items()}}
+    state |= {f"fc.{k}": v for k, v in head.state_dict().items()}
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    code = main(["analyze", str(path), "--steps", "10", "--format", "json", "--no-what-if"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1 and data["status"] == "nonfinite"
+    weights = {w["name"]: (w["nan"], w["inf"]) for w in data["numerics"]["nonfinite_weights"]}
+    assert weights == {"rnn.weight_hh_l0": (3, 0), "fc.weight": (0, 1)}
+    assert data["findings"][0]["id"] == "nonfinite-weights"
+
+
 def test_the_causes_are_the_ones_the_report_names():
     assert op_name(torch.log) == "log" and op_name(torch.Tensor.__truediv__) == "div"
     assert op_name(torch.Tensor.log_) == "log" and op_name(torch.Tensor.__rtruediv__) == "rdiv"

@@ -83,6 +83,8 @@ class LoadedModel:
     fixed_dtype: bool = False
     parameters: int = 0
     class_name: str | None = None
+    #: The weights as read, by name, when no module holds them all (a state dict rebuilt).
+    weights: Mapping[str, Tensor] | None = None
 
     def describe(self, later_notes: Sequence[str] = ()) -> ModelDescription:
         """The report's ``model`` object, with notes from the stages after loading."""
@@ -227,6 +229,7 @@ def _inferred(
         parts=inference.parts,
         not_analysed={**inference.not_analysed, **unread},
         parameters=size,
+        weights=state_dict,
     )
 
 
