@@ -151,7 +151,7 @@ def source_line(caller: tuple[str, int] | None) -> str | None:
     if caller is None:
         return None
     filename, line = caller
-    text = linecache.getline(filename, line).strip()
+    text = linecache.getline(filename, line).split("  #")[0].strip()  # no inline comment
     where = f"{os.path.basename(filename)}:{line}"
     return f"{where}: {text}" if text else where
 

@@ -338,3 +338,16 @@ def test_loss_at_all_says_how_a_summed_loss_changes_the_headroom(tmp_path, capsy
     main(["analyze", str(path), "--steps", "20", "--no-what-if", "--loss-at", "all"])
     out = " ".join(capsys.readouterr().out.split())
     assert "with --loss-at all the loss sums over every step" in out
+
+
+def test_ci_formats_file_a_nonfinite_origin_under_numerics(tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    torch.save(faults.mlp_with_log(), path)
+    args = ["analyze", str(path), "--trust", "--input-shape", "8,16", "--no-what-if"]
+    assert main([*args, "--format", "junit"]) == 1
+    xml = capsys.readouterr().out
+    case = xml[xml.index('name="numerics"') :]
+    assert case.index('<failure type="nonfinite-values"') < case.index("</testcase>")
+    assert main([*args, "--format", "github"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("::error") and "log in 2 (LogBlock)" in line for line in lines)

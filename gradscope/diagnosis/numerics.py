@@ -40,9 +40,10 @@ def describe(origin: Origin) -> str:
         where += f" at time step {origin.step}"
     elif origin.call and origin.call > 1:
         where += f" (its call {origin.call})"
-    if origin.source:
-        where += f", {origin.source}"
-    return f"the {origin.direction} pass first holds {origin.value} at {where}: {origin.detail}"
+    line = f"; the line: {origin.source}" if origin.source else ""
+    return (
+        f"the {origin.direction} pass first holds {origin.value} at {where}: {origin.detail}{line}"
+    )
 
 
 def _fixes(origin: Origin, dtype: str) -> list[str]:

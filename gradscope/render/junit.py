@@ -12,6 +12,9 @@ from gradscope.render import Checked
 from gradscope.render.parts import other_findings, parts
 from gradscope.report import DEFAULT_FAIL_ON, Finding, Report, finding_fails
 
+#: The ``where.view`` of the findings about the numbers themselves (NaN, Inf, precision).
+NUMERICS_VIEWS = ("weights", "forward", "backward", "headroom")
+
 
 def _case(suite: ElementTree.Element, model: str, name: str) -> ElementTree.Element:
     return ElementTree.SubElement(
@@ -28,7 +31,11 @@ def _fail(case: ElementTree.Element, findings: list[Finding]) -> None:
 def _suite(parent: ElementTree.Element, model: str, report: Report, fail_on: tuple) -> None:
     suite = ElementTree.SubElement(parent, "testsuite", {"name": model})
     cases = [(part.name, part.findings) for part in parts(report)]
-    cases.append(("coverage", other_findings(report)))
+    others = other_findings(report)
+    numbers = [f for f in others if f.where.get("view") in NUMERICS_VIEWS]
+    if report.numerics is not None:
+        cases.append(("numerics", numbers))
+    cases.append(("coverage", [f for f in others if f not in numbers]))
     for name, findings in cases:
         case = _case(suite, model, name)
         failing = [f for f in findings if finding_fails(f, fail_on)]
