@@ -351,3 +351,18 @@ def test_ci_formats_file_a_nonfinite_origin_under_numerics(tmp_path, capsys):
     assert main([*args, "--format", "github"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("::error") and "log in 2 (LogBlock)" in line for line in lines)
+
+
+def test_the_underflow_summary_names_the_first_part_and_whether_bfloat16_keeps_it():
+    from gradscope.render.numerics import underflow_summary
+    from gradscope.report import Numerics
+
+    norms = {"enc[l0]": [0.5**k for k in range(40)], "dec": [0.9**k for k in range(40)]}
+    numerics = Numerics("float64", headroom=headroom(None, None, norms))
+    tiny = torch.finfo(torch.float16).smallest_normal
+    lag = next(k for k in range(40) if 0.5**k < tiny)
+    assert underflow_summary(numerics) == (
+        f"In float16 the gradient norm of enc[l0] from lag {lag} is below its smallest normal "
+        "(6.1e-05): it underflows; bfloat16 keeps it."
+    )
+    assert underflow_summary(Numerics("float64", headroom=headroom(None, None, {}))) is None

@@ -24,6 +24,7 @@ from gradscope.render.numerics import (
     headroom_legend,
     headroom_rows,
     largest_line,
+    underflow_summary,
 )
 from gradscope.render.svg import Chart, Mark, Series, bar_chart, heatmap, line_chart
 from gradscope.render.text import number
@@ -331,6 +332,7 @@ def _numerics(report: Report) -> str:
                 [list(map(escape, r)) for r in headroom_rows(numerics)],
                 numeric={1, 2, 3},
             )
+            + (f"<p>{escape(summary)}</p>" if (summary := underflow_summary(numerics)) else "")
             + f"<p class='legend'>{escape(headroom_legend(report.settings.loss_at))}</p>"
         )
     return "".join(parts) if len(parts) > 1 else ""

@@ -6,7 +6,12 @@ from __future__ import annotations
 from rich.console import Console
 
 from gradscope.render import Checked
-from gradscope.render.numerics import HEADROOM_COLUMNS, headroom_rows, largest_line
+from gradscope.render.numerics import (
+    HEADROOM_COLUMNS,
+    headroom_rows,
+    largest_line,
+    underflow_summary,
+)
 from gradscope.render.parts import Part, other_findings, parts, worse_than_baseline
 from gradscope.report import DEFAULT_FAIL_ON, Finding, Report
 
@@ -78,7 +83,8 @@ def _headroom(report: Report) -> list[str]:
     lines = ["", largest_line(numerics) + ":", "", _row(list(HEADROOM_COLUMNS))]
     lines.append("| --- " * len(HEADROOM_COLUMNS) + "|")
     lines += [_row(row) for row in headroom_rows(numerics)]
-    return lines
+    summary = underflow_summary(numerics)
+    return [*lines, "", summary] if summary else lines
 
 
 def _details(report: Report) -> list[str]:

@@ -69,6 +69,22 @@ def largest_line(numerics: Numerics) -> str:
     )
 
 
+def underflow_summary(numerics: Numerics) -> str | None:
+    """``In float16 the gradient of l0 falls below its smallest normal (6.1e-05) from lag 18:
+    it underflows; bfloat16 keeps it.`` for the narrowest dtype that loses a gradient."""
+    rows = {row.dtype: row for row in numerics.headroom}
+    half, brain = rows.get("float16"), rows.get("bfloat16")
+    if half is None or not half.underflow:
+        return None
+    first = min(half.underflow, key=lambda u: u.lag)
+    kept = brain is not None and not any(u.part == first.part for u in brain.underflow)
+    return (
+        f"In float16 the gradient norm of {first.place} is below its smallest normal "
+        f"({half.smallest_normal:.2g}): it underflows"
+        + ("; bfloat16 keeps it." if kept else "; bfloat16 loses it too.")
+    )
+
+
 def headroom_legend(loss_at: int | str) -> str:
     """What the headroom columns mean, loss scaling's part, and the loss they are for."""
     lift = math.log10(GRAD_SCALER_INIT)
@@ -77,7 +93,9 @@ def headroom_legend(loss_at: int | str) -> str:
         f"float16 training scales the loss (torch.amp.GradScaler, {GRAD_SCALER_INIT:,.0f} at "
         f"first), which lifts every gradient {lift:.1f} decades: underflow comes that much "
         "later and overflow that much sooner; bfloat16 needs no scaling. The gradients are of "
-        "gradscope's unit-projection loss: a training loss scales them by its own size"
+        "gradscope's unit-projection loss at one step: a training loss scales them by its "
+        "own size, and one summed over every step adds the later steps' gradients at each "
+        "(--loss-at all measures that)"
     )
     if loss_at == "all":
         text += (

@@ -14,7 +14,13 @@ from rich.text import Text
 
 from gradscope.render import Checked
 from gradscope.render.chart import log_chart
-from gradscope.render.numerics import HEADROOM_COLUMNS, headroom_legend, headroom_rows, largest_line
+from gradscope.render.numerics import (
+    HEADROOM_COLUMNS,
+    headroom_legend,
+    headroom_rows,
+    largest_line,
+    underflow_summary,
+)
 from gradscope.render.parts import parts
 from gradscope.report import (
     DEFAULT_FAIL_ON,
@@ -527,6 +533,9 @@ class TextRenderer:
             console.print(sequence_panel(report.sequence))
         if report.numerics is not None and report.numerics.traced:
             console.print(headroom_table(report.numerics))
+            summary = underflow_summary(report.numerics)
+            if summary:
+                console.print(Text(summary))
             console.print(Text(headroom_legend(report.settings.loss_at), style="dim"))
         if report.baseline is not None:
             console.print(baseline_table(report.baseline))
