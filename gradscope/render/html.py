@@ -233,7 +233,7 @@ def _depth(report: Report) -> str:
             title="gradient norm against depth",
             description=(
                 f"||dL/da|| at the output of each of {len(report.layers)} blocks, input side "
-                f"first, log scale; {stack.decades:+.1f} decades from output to input"
+                f"first, log scale; {number(stack.decades, '{:+.1f}')} decades from output to input"
             ),
             x_label="block (input side first)",
             y_label="||dL/da||",
@@ -255,7 +255,8 @@ def _depth(report: Report) -> str:
     return (
         "<h2>Depth stack</h2>"
         f"<p>{stack.blocks} blocks, {stack.residual_blocks} residual; "
-        f"{stack.decades:+.1f} decades from output to input; {_status(stack.status)}</p>"
+        f"{number(stack.decades, '{:+.1f}')} decades from output to input; "
+        f"{_status(stack.status)}</p>"
         + _figures(
             _figure(gradient, "gradient norm at each block's output, log scale"),
             _figure(gain, "gain per block, log scale"),
