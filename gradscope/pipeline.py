@@ -96,7 +96,7 @@ def plan(subject: Subject) -> Plan:
     """Choose the views and build the probe: rebuilt parts probe themselves; a model that runs
     gets one probe for its recurrent cores (if any) and its blocks."""
     if subject.loaded.parts is not None:
-        return Plan(subject, [PartsView()])
+        return Plan(subject, [PartsView()], _dtype_notes(subject))
     module, requested = subject.module, subject.options
     notes: list[Note] = []
     detected: tuple[str, ...] = ()

@@ -118,8 +118,9 @@ class NumericsView:
         if subject.traced_dtype != subject.options.dtype and not subject.loaded.fixed_dtype:
             dtype = getattr(torch, subject.traced_dtype)
             module, probe = copy.deepcopy(module).to(dtype), probe.cast(dtype)
-        try:
-            with torch.enable_grad():
+        cuda = [subject.device] if subject.device.type == "cuda" else []
+        try:  # the random state as it was: a model that draws noise draws it for the views
+            with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
                 trace = trace_numerics(module, probe, subject.options.cells)
         except Exception as error:  # the model's own code, or a kernel the dtype lacks here
             reason = f"{type(error).__name__}: {first_line(error)}"

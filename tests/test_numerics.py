@@ -281,6 +281,18 @@ def test_a_state_dict_names_its_nonfinite_tensors_even_those_no_part_uses(tmp_pa
     assert data["findings"][0]["id"] == "nonfinite-weights"
 
 
+def test_a_state_dict_in_float16_is_traced_part_by_part_and_says_so(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pt"
+    torch.save(nn.LSTM(4, 8, num_layers=2).state_dict(), path)
+    args = ["analyze", str(path), "--steps", "30", "--format", "json", "--no-what-if"]
+    main([*args, "--dtype", "float16"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["numerics"]["dtype"] == "float16" and data["numerics"]["traced"]
+    assert any("--dtype float16: the traced" in note for note in data["model"]["notes"])
+    assert data["numerics"]["largest_activation"]["op"] == "lstm"
+
+
 def test_the_causes_are_the_ones_the_report_names():
     assert op_name(torch.log) == "log" and op_name(torch.Tensor.__truediv__) == "div"
     assert op_name(torch.Tensor.log_) == "log" and op_name(torch.Tensor.__rtruediv__) == "rdiv"
