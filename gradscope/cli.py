@@ -248,11 +248,13 @@ def analyze(
         int, typer.Option(help="Seed of probe, loss and frames.", rich_help_panel=ANALYSIS)
     ] = DEFAULTS.seed,
     dtype: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="float64, float32, float16 or bfloat16 (the last two: the traced forward and "
-            "backward pass, NaN/Inf origins and headroom in that dtype; Jacobians in float32).",
+            "backward pass, NaN/Inf origins and headroom in that dtype; Jacobians in float32). "
+            "Default: float64, or the dtype a Hugging Face config names.",
             rich_help_panel=ANALYSIS,
+            show_default=False,
         ),
     ] = DEFAULTS.dtype,
     input_shape: Annotated[

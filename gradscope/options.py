@@ -21,6 +21,8 @@ from typing import Any
 from gradscope.errors import GradscopeError
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: The analysis dtype when neither the user nor the model's config names one.
+DEFAULT_DTYPE = "float64"
 #: Dtypes too narrow for linear algebra: Jacobians and spectra are taken in float32, the traced
 #: forward and backward pass (NaN/Inf origins, headroom) in the dtype itself.
 LOW_PRECISION = ("float16", "bfloat16")
@@ -72,6 +74,7 @@ class AnalysisOptions:
     shaped as the model's input, or a dict, tuple or list of them (``model(**probe)``,
     ``model(*probe)``). ``input_shape`` is one shape; several, or named ones
     (``x=4,50,8``), are kept in ``input_shapes`` for a model called with several inputs.
+    ``dtype`` None is float64, or the dtype a Hugging Face model's config names.
     ``distance`` is the distance L the model must learn across (``--horizon``; by default each
     core's own length); ``granularity`` that of the depth view (``--depth``). ``detect_cells``:
     find modules the model loops as recurrent cells and step them as ``--cell`` would.
@@ -83,7 +86,7 @@ class AnalysisOptions:
     steps: int | None = None
     batch: int | None = None
     seed: int = 0
-    dtype: str = "float64"
+    dtype: str | None = None
     probe: Any = "gaussian"
     input_shape: tuple[int, ...] | None = None
     batch_first: bool | None = None
@@ -138,7 +141,7 @@ class AnalysisOptions:
                 f"--batch must be a positive batch size, not {self.batch}",
             ),
             (
-                self.dtype in DTYPES,
+                self.dtype is None or self.dtype in DTYPES,
                 f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}",
             ),
             (

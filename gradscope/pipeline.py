@@ -23,9 +23,11 @@ from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
 from gradscope.loading import load_model, resolve_device
+from gradscope.loading.huggingface import quiet_transformers
 from gradscope.options import (
     DEFAULT_BATCH,
     DEFAULT_DEPTH_BATCH,
+    DEFAULT_DTYPE,
     DEFAULT_STEPS,
     LOW_PRECISION,
     AnalysisOptions,
@@ -72,9 +74,12 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     faults = nonfinite_weights(module) if module is not None else []
     if module is None and loaded.weights is not None:
         faults = nonfinite_tensors(loaded.weights.items())
-    traced = analysis.dtype
-    if analysis.dtype in LOW_PRECISION:  # the views' linear algebra needs float32
-        analysis = dataclasses.replace(analysis, dtype="float32")
+    traced = analysis.dtype or loaded.dtype or DEFAULT_DTYPE
+    given = analysis.input_shape or analysis.input_shapes or not analysis.builtin_probe
+    if loaded.input_shape and not given:  # the shape the model's config gives
+        analysis = dataclasses.replace(analysis, input_shape=loaded.input_shape)
+    # the views' linear algebra needs float32 at least
+    analysis = dataclasses.replace(analysis, dtype="float32" if traced in LOW_PRECISION else traced)
     if module is not None:
         if not loaded.fixed_dtype:
             module = module.to(device=device, dtype=getattr(torch, analysis.dtype)).eval()
@@ -461,7 +466,7 @@ def assemble(
     return Report(
         status=diagnosis.status,
         settings=_settings(
-            options,
+            dataclasses.replace(options, dtype=subject.traced_dtype),
             subject.device,
             shape,
             cores,
@@ -561,12 +566,14 @@ def run(
     """The whole analysis of ``source`` (a checkpoint path or a module)."""
     with without_internal_deprecations(), reporting_to(progress):
         progress("loading the model")
-        planned = plan(load(source, load_options, options))
-        results = measure(planned, progress)
-        length = _length(planned, results)
-        numerics = account(planned.subject, results)
-        diagnosis = judge(results, options, length[0], cover(planned, results), numerics)
-        return assemble(planned, results, diagnosis, options, length)
+        subject = load(source, load_options, options)
+        with quiet_transformers():  # a Hugging Face model's warnings as it runs
+            planned = plan(subject)
+            results = measure(planned, progress)
+            length = _length(planned, results)
+            numerics = account(planned.subject, results)
+            diagnosis = judge(results, options, length[0], cover(planned, results), numerics)
+            return assemble(planned, results, diagnosis, options, length)
 
 
 #: Deprecations PyTorch raises inside its own code as gradscope calls it (torch.func's

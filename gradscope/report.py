@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from gradscope.options import DEFAULTS
+from gradscope.options import DEFAULT_DTYPE, DEFAULTS
 
 SCHEMA_VERSION = 1
 #: Field metadata of data kept for the code and left out of the JSON report.
@@ -109,7 +109,7 @@ class Settings:
     steps: int | None = DEFAULTS.steps
     batch: int | None = DEFAULTS.batch
     seed: int = DEFAULTS.seed
-    dtype: str = DEFAULTS.dtype
+    dtype: str = DEFAULT_DTYPE
     probe: str = DEFAULTS.probe
     input_shape: list[int] | None = None
     inputs: dict[str, list[int]] = field(default_factory=dict)

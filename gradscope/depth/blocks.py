@@ -126,11 +126,7 @@ class Block:
 
     def has_weights(self) -> bool:
         """Whether a weight matrix or kernel acts in the block (not only norms, activations)."""
-        return any(
-            isinstance(sub, classes(taxonomy.WEIGHTED))
-            for call in self.calls
-            for sub in call.module.modules()
-        )
+        return any(mixes_features(sub) for call in self.calls for sub in call.module.modules())
 
     def activation(self) -> Call | None:
         """The last activation call in the block, if any."""
@@ -388,9 +384,20 @@ SHORTCUT_HOPS = 4
 SCALES = ("MulBackward", "DivBackward")
 
 
+def mixes_features(module: nn.Module) -> bool:
+    """Whether ``module`` is a weighted layer: a linear map, convolution or attention of
+    PyTorch's, or any other module (a library's own linear layer, such as transformers'
+    ``Conv1D``) whose own parameters hold a matrix or kernel, an embedding's table aside."""
+    if isinstance(module, classes(taxonomy.WEIGHTED)):
+        return True
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return False
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+
+
 def _weighted_layers(module: nn.Module) -> int:
     """How many weighted layers (linear maps, convolutions, attention) a module holds."""
-    return sum(isinstance(m, classes(taxonomy.WEIGHTED)) for m in module.modules())
+    return sum(mixes_features(m) for m in module.modules())
 
 
 def _adds(output: Tensor, addend: Tensor) -> bool:

@@ -34,6 +34,7 @@ from gradscope.loading.classes import (
     parse_model_args,
 )
 from gradscope.loading.distributed import read_distributed_nested
+from gradscope.loading.huggingface import config_dtype, load_pretrained, pretrained_folder
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
 from gradscope.loading.shards import ShardedSafetensors, checkpoint_in, open_sharded
@@ -85,6 +86,10 @@ class LoadedModel:
     class_name: str | None = None
     #: The weights as read, by name, when no module holds them all (a state dict rebuilt).
     weights: Mapping[str, Tensor] | None = None
+    #: The dtype the checkpoint says its model is in (a Hugging Face config's), if any.
+    dtype: str | None = None
+    #: The input shape the checkpoint's config gives (an image model's), if any.
+    input_shape: tuple[int, ...] | None = None
 
     def describe(self, later_notes: Sequence[str] = ()) -> ModelDescription:
         """The report's ``model`` object, with notes from the stages after loading."""
@@ -233,6 +238,23 @@ def _inferred(
     )
 
 
+def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
+    """A Hugging Face model folder, built by transformers (see :mod:`.huggingface`)."""
+    built = load_pretrained(folder, options.trust, options.allow_globals)
+    notes = built.notes
+    if options.model:
+        notes.append(f"--model {options.model} ignored: the folder's config names the model")
+    return LoadedModel(
+        built.module,
+        "hugging-face",
+        str(folder),
+        notes,
+        dtype=config_dtype(folder),
+        class_name=type(built.module).__name__,
+        input_shape=built.input_shape,
+    )
+
+
 def _from_program(
     program: Program, checkpoint_kind: str, path: str | None, options: LoadOptions
 ) -> LoadedModel:
@@ -346,6 +368,9 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
                 "to a checkpoint instead"
             ) from None
     path = Path(source)
+    folder = pretrained_folder(path)
+    if folder is not None:
+        return _pretrained(folder, options)
     if path.is_dir():
         kind, path = checkpoint_in(path)
     else:

@@ -177,6 +177,29 @@ def _depth_frame(title: str) -> Table:
     )
 
 
+#: Block names longer than this are shortened by their shared container (an 80-column log).
+LONG_NAME = 14
+
+
+def shared_prefix(names: list[str]) -> str | None:
+    """``transformer.``: the first part of the module path that most blocks share, when some
+    name is longer than LONG_NAME (their table then shows ``…h.0`` for ``transformer.h.0``)."""
+    parts = [part.split(".", 1)[0] for name in names for part in name.split("+") if "." in part]
+    if not parts or max(map(len, names)) <= LONG_NAME:
+        return None
+    top = max(set(parts), key=parts.count)
+    return f"{top}." if parts.count(top) * 2 >= len(names) else None
+
+
+def shortened(name: str, prefix: str | None) -> str:
+    """``name`` with ``prefix`` written as an ellipsis in each of its joined parts."""
+    if not prefix:
+        return name
+    return "+".join(
+        "…" + part[len(prefix) :] if part.startswith(prefix) else part for part in name.split("+")
+    )
+
+
 def depth_table(layers: list[DepthLayer]) -> Table:
     """One row per block, input side first; long stacks show their ends and a sample between.
 
@@ -184,7 +207,9 @@ def depth_table(layers: list[DepthLayer]) -> Table:
     where some block has them. Gaps of two (the cores table has three) leave 64 of 80 columns
     to the text of nine columns.
     """
-    table = _depth_frame("Depth stack, input side first")
+    prefix = shared_prefix([layer.name for layer in layers])
+    title = "Depth stack, input side first"
+    table = _depth_frame(title + (f" (… stands for {prefix})" if prefix else ""))
     columns: list[tuple[str, Callable[[DepthLayer], str]]] = [
         ("‖dL/da‖", lambda layer: number(layer.grad_norm)),
         ("gain", lambda layer: number(layer.gain, "{:.3f}")),
@@ -208,7 +233,10 @@ def depth_table(layers: list[DepthLayer]) -> Table:
             table.add_row(Text("…", style="dim"), Text(f"{index - previous - 1} more", style="dim"))
         layer = layers[index]
         table.add_row(
-            str(index + 1), Text(layer.name), layer.type, *(cell(layer) for _, cell in columns)
+            str(index + 1),
+            Text(shortened(layer.name, prefix)),
+            layer.type,
+            *(cell(layer) for _, cell in columns),
         )
         previous = index
     return table

@@ -1,0 +1,263 @@
+"""Hugging Face model folders (``save_pretrained``): ``config.json`` beside the weights.
+
+The model is built from its config with transformers (the ``hf`` extra, imported only here):
+the class ``architectures`` names, else the auto class for the config. Safetensors weights
+(one file, or shards with an index) are read by transformers' own loader, which runs no code;
+``.bin`` weights are pickles, read by gradscope's weights-only reader like every other pickle
+and handed over as a state dict. A config whose ``auto_map`` points at code of its own
+(``trust_remote_code``) is refused without ``--trust``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from gradscope.errors import GradscopeError, first_line
+
+CONFIG_NAME = "config.json"
+MISSING = (
+    'a Hugging Face model folder needs transformers: pip install "gradscope[hf]" (or pip '
+    "install transformers)"
+)
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+#: The name of one shard of a sharded checkpoint.
+SHARD = r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)"
+#: Config keys that name a dtype (older transformers wrote ``torch_dtype``).
+DTYPE_KEYS = ("torch_dtype", "dtype")
+
+
+def pretrained_folder(path: Path) -> Path | None:
+    """The Hugging Face model folder ``path`` is or names (a folder holding ``config.json``
+    with a ``model_type`` or ``architectures``, or that ``config.json`` itself); else None."""
+    if path.is_dir():
+        folder = path
+    elif path.is_file() and (path.name == CONFIG_NAME or _weights_file(path.name)):
+        folder = path.parent  # its config, its index, or one of its weight files
+    else:
+        return None
+    config = folder / CONFIG_NAME
+    if not config.is_file():
+        return None
+    data = _read_config(config, strict=path.name == CONFIG_NAME)
+    if not isinstance(data, dict) or not ({"model_type", "architectures"} & set(data)):
+        return None
+    return folder
+
+
+def _weights_file(name: str) -> bool:
+    """Whether ``name`` is one of the weight files ``save_pretrained`` writes."""
+    return name in SAFETENSORS + PICKLES or bool(re.fullmatch(SHARD, name))
+
+
+def _read_config(config: Path, strict: bool) -> Any:
+    try:
+        return json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        if strict:
+            raise GradscopeError(f"{config} is not readable JSON ({first_line(error)})") from None
+        return None
+
+
+def config_dtype(folder: Path) -> str | None:
+    """The dtype the folder's config says its weights are in (``float32``, ``bfloat16``...)."""
+    data = _read_config(folder / CONFIG_NAME, strict=False) or {}
+    value = next((data[key] for key in DTYPE_KEYS if isinstance(data.get(key), str)), None)
+    return value if value in ("float16", "bfloat16", "float32", "float64") else None
+
+
+def _transformers() -> ModuleType:
+    try:
+        import transformers
+    except ImportError:
+        raise GradscopeError(MISSING) from None
+    return transformers
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars and warnings kept out of gradscope's output (the verbosity
+    as it was afterwards); nothing when transformers was never imported."""
+    import sys
+
+    module = sys.modules.get("transformers")
+    if module is None:
+        yield
+        return
+    logging = module.utils.logging
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _weights(folder: Path) -> str:
+    """Which weights the folder holds: ``safetensors`` or ``pickle``."""
+    if any((folder / name).is_file() for name in SAFETENSORS):
+        return "safetensors"
+    if any((folder / name).is_file() for name in PICKLES):
+        return "pickle"
+    names = ", ".join(sorted(p.name for p in folder.iterdir())[:6])
+    raise GradscopeError(
+        f"{folder} has a config.json but no weights gradscope reads ({', '.join(SAFETENSORS)}"
+        f" or {', '.join(PICKLES)}; it holds {names})"
+    )
+
+
+def _pickled_state_dict(folder: Path, trust: bool, allow_globals: tuple[str, ...]) -> dict:
+    """The ``.bin`` weights (one file, or the shards its index names), read weights-only."""
+    from gradscope.loading.files import read_pickle
+
+    index = folder / PICKLES[1]
+    if index.is_file():
+        try:
+            mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+            raise GradscopeError(f"{index} is not a readable index ({first_line(error)})") from None
+        paths = [folder / name for name in dict.fromkeys(mapping.values())]
+    else:
+        paths = [folder / PICKLES[0]]
+    state: dict = {}
+    for path in paths:
+        loaded = read_pickle(path, trust, allow_globals)
+        if not isinstance(loaded, dict):
+            raise GradscopeError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+        state.update(loaded)
+    return state
+
+
+def _model_class(transformers: ModuleType, config: Any, data: dict, trust: bool) -> Any:
+    """The class ``architectures`` names, where transformers has it; else the auto class
+    (the folder's own code, through ``auto_map``, only with ``--trust``)."""
+    for name in data.get("architectures") or []:
+        found = getattr(transformers, str(name), None)
+        if isinstance(found, type) and issubclass(found, nn.Module):
+            return found
+    auto_map = data.get("auto_map") or {}
+    if trust and auto_map:
+        for auto in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModel"):
+            if auto in auto_map:
+                return getattr(transformers, auto)
+    return transformers.AutoModel
+
+
+#: Model types whose recurrence runs inside a layer's forward, as a loop or a scan over the
+#: steps (transformers' PyTorch path), not as a module gradscope steps.
+SCANNED = {
+    "mamba": "MambaMixer",
+    "mamba2": "Mamba2Mixer",
+    "falcon_mamba": "FalconMambaMixer",
+    "rwkv": "RwkvSelfAttention",
+    "recurrent_gemma": "RecurrentGemmaRglru",
+    "jamba": "JambaMambaMixer",
+    "zamba": "ZambaMambaMixer",
+    "bamba": "BambaMixer",
+    "xlstm": "xLSTMLayer",
+}
+#: Images without a size in their config are probed at this side.
+IMAGE_SIDE = 224
+#: The batch of an image probe built from the config.
+IMAGE_BATCH = 2
+
+
+@dataclass
+class Pretrained:
+    """A model built from a folder: the module, notes on how, and the input shape its config
+    gives (an image model's ``pixel_values``), if any."""
+
+    module: nn.Module
+    notes: list[str]
+    input_shape: tuple[int, ...] | None = None
+
+
+def _scan_note(data: dict) -> str | None:
+    mixer = SCANNED.get(str(data.get("model_type")))
+    if mixer is None:
+        return None
+    return (
+        f"its recurrence runs inside {mixer}'s forward as a loop or scan over the steps "
+        "(transformers' PyTorch path; fused CUDA kernels are not used here), which gradscope "
+        "cannot step as a cell: it is measured by the sequence view (the gradient by lag) "
+        "and the depth view, without exponents or a memory horizon"
+    )
+
+
+def _input_shape(module: nn.Module, config: Any) -> tuple[int, ...] | None:
+    """``pixel_values`` shaped from the config for an image model; None otherwise (token
+    ids are read from the embedding)."""
+    if getattr(module, "main_input_name", None) != "pixel_values":
+        return None
+    channels = int(getattr(config, "num_channels", 3) or 3)
+    side = getattr(config, "image_size", None) or IMAGE_SIDE
+    height, width = (side, side) if isinstance(side, int) else tuple(side)[:2]
+    return (IMAGE_BATCH, channels, int(height), int(width))
+
+
+def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = ()) -> Pretrained:
+    """The model the folder holds, in eval mode with its cache off, and notes on how."""
+    data = _read_config(folder / CONFIG_NAME, strict=True)
+    remote = data.get("auto_map")
+    if remote and not trust:
+        first = next(iter(remote.values())) if isinstance(remote, dict) else remote
+        raise GradscopeError(
+            f"{folder}: its config.json maps the model to code of its own ({first}), which "
+            "transformers would import and run (trust_remote_code); pass --trust for a folder "
+            "you trust"
+        )
+    transformers = _transformers()
+    kind = _weights(folder)
+    notes = []
+    with quiet_transformers():
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                str(folder), trust_remote_code=trust, local_files_only=True
+            )
+        except Exception as error:
+            raise GradscopeError(
+                f"{folder / CONFIG_NAME}: transformers cannot read this config "
+                f"({type(error).__name__}: {first_line(error)}); a newer transformers may know "
+                f"its model_type {data.get('model_type')!r}"
+            ) from None
+        if hasattr(config, "use_cache"):
+            config.use_cache = False  # no key-value cache: one plain pass over the probe
+        cls = _model_class(transformers, config, data, trust)
+        keywords: dict[str, Any] = {"config": config}
+        if cls.__module__.startswith("transformers.models.auto"):
+            keywords["trust_remote_code"] = trust
+        try:
+            if kind == "pickle":
+                state = _pickled_state_dict(folder, trust, allow_globals)
+                model = cls.from_pretrained(None, state_dict=state, **keywords)
+                notes.append(f"weights from {folder.name}'s .bin files, read weights-only")
+            else:
+                model = cls.from_pretrained(
+                    str(folder), local_files_only=True, use_safetensors=True, **keywords
+                )
+        except GradscopeError:
+            raise
+        except Exception as error:
+            raise GradscopeError(
+                f"{folder}: transformers could not build {cls.__name__} from it "
+                f"({type(error).__name__}: {first_line(error)})"
+            ) from None
+    name = type(model).__name__
+    notes.insert(0, f"{name} built by transformers {transformers.__version__} from {CONFIG_NAME}")
+    scanned = _scan_note(data)
+    if scanned:
+        notes.append(scanned)
+    return Pretrained(model.eval(), notes, _input_shape(model, config))
