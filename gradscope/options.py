@@ -202,6 +202,11 @@ class AnalysisOptions:
         return self.probe_kind in BUILTIN_PROBES
 
     @property
+    def float_dtype(self) -> str:
+        """The dtype the probe and the views run in: ``dtype``, or float64 when unset."""
+        return self.dtype or DEFAULT_DTYPE
+
+    @property
     def explicit_length(self) -> bool:
         """Whether the user set the probe's steps or batch."""
         return self.steps is not None or self.batch is not None

@@ -227,8 +227,8 @@ def _searched_probe(
     from its first module does not run it (:func:`gradscope.probe.search.runnable_shape`)."""
     from gradscope.probe.search import runnable_shape
 
-    tried = runnable_shape(module, device, getattr(torch, requested.dtype))
-    if tried is None and requested.dtype == "float64":
+    tried = runnable_shape(module, device, getattr(torch, requested.float_dtype))
+    if tried is None and requested.float_dtype == "float64":
         single = copy.deepcopy(module).float()
         found = runnable_shape(single, device, torch.float32)
         if found is not None:

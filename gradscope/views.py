@@ -394,13 +394,13 @@ def program_probe(
     if loaded.checkpoint_kind != "exported-program":
         return make_probe(module, options, device)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-    if dtype in (torch.float32, torch.float64) and dtype != getattr(torch, options.dtype):
+    if dtype in (torch.float32, torch.float64) and dtype != getattr(torch, options.float_dtype):
         options = dataclasses.replace(options, dtype=str(dtype).removeprefix("torch."))
         notes.append(
             Note(
                 "parts",
                 "the exported program runs in its own dtype, "
-                f"{options.dtype}, for the input gradient",
+                f"{options.float_dtype}, for the input gradient",
             )
         )
     example = loaded.example_inputs[0] if loaded.example_inputs else None

@@ -250,7 +250,7 @@ def probe_for(
     """Build the probe input the options ask for, in ``layout`` (``given``: the user's probe,
     already read)."""
     options = options.with_length()
-    dtype = getattr(torch, options.dtype)
+    dtype = getattr(torch, options.float_dtype)
     generator = torch.Generator().manual_seed(options.seed)
     if options.builtin_probe:
         shape = options.input_shape or layout.shape(options.steps, options.batch)

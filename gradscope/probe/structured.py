@@ -159,7 +159,7 @@ def structured_probe(
     model: nn.Module, options: AnalysisOptions, device: torch.device, payload: object
 ) -> Probe:
     """The probe of a model called with several inputs; its main input found by data flow."""
-    payload = _prepared(payload, getattr(torch, options.dtype), device)
+    payload = _prepared(payload, getattr(torch, options.float_dtype), device)
     spread = call_form(model, payload, bool(options.input_shapes))
     kind = options.probe if options.input_shapes else options.probe_kind
     probe = Probe(

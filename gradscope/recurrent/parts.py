@@ -101,7 +101,7 @@ def measure_parts(
         )
     ordered = fitting + [part for part in parts if part not in fitting]
     cores: dict[str, list[RecurrentCore]] = {}
-    dtype = getattr(torch, options.dtype)
+    dtype = getattr(torch, options.float_dtype)
     steps, batch, shape, notes = options.steps, options.batch, None, []
     for part in ordered:
         own = part in fitting

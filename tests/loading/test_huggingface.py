@@ -1,0 +1,237 @@
+"""Hugging Face model folders: tiny models built from configs here (no download), saved with
+``save_pretrained`` (also sharded), read back as a checkpoint kind of their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+import gradscope
+from gradscope.cli import main
+from gradscope.probe import Probe
+from gradscope.probe.loss import loss_direction
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, WIDTH, POSITIONS = 50, 32, 24
+
+
+def tiny_gpt2():
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=POSITIONS,
+        n_embd=WIDTH,
+        n_layer=3,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_bert():
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=POSITIONS,
+    )
+    return transformers.BertModel(config)
+
+
+def tiny_mamba():
+    config = transformers.MambaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return transformers.MambaForCausalLM(config)
+
+
+def tiny_vit():
+    config = transformers.ViTConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    return transformers.ViTForImageClassification(config)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Each tiny model saved with save_pretrained; GPT-2 also in shards."""
+    root = tmp_path_factory.mktemp("hf")
+    saved = {}
+    for name, build in [("gpt2", tiny_gpt2), ("bert", tiny_bert), ("mamba", tiny_mamba)]:
+        torch.manual_seed(0)
+        build().save_pretrained(root / name)
+        saved[name] = root / name
+    torch.manual_seed(0)
+    tiny_gpt2().save_pretrained(root / "gpt2-sharded", max_shard_size="40KB")
+    saved["gpt2-sharded"] = root / "gpt2-sharded"
+    return saved
+
+
+def analysed(path, **options):
+    return gradscope.analyze(str(path), what_if=False, **options)
+
+
+def test_the_folder_its_config_and_its_sharded_index_all_load(folders):
+    sharded = folders["gpt2-sharded"]
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    paths = [
+        folders["gpt2"],
+        folders["gpt2"] / "config.json",
+        folders["gpt2"] / "model.safetensors",
+        sharded,
+        sharded / "model.safetensors.index.json",
+    ]
+    reports = [analysed(path) for path in paths]
+    for report in reports:
+        assert report.model.checkpoint_kind == "hugging-face"
+        assert report.model.class_name == "GPT2LMHeadModel"
+        assert report.settings.dtype == "float32"  # the config's dtype
+    # the same weights, however the folder is named: the same numbers
+    expected = [layer.grad_norm for layer in reports[0].layers]
+    for report in reports[1:]:
+        assert [layer.grad_norm for layer in report.layers] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks"),
+    [
+        ("gpt2", [f"transformer.h.{i}" for i in range(3)]),
+        ("bert", [f"encoder.layer.{i}" for i in range(2)]),
+        ("mamba", [f"backbone.layers.{i}" for i in range(2)]),
+    ],
+)
+def test_the_depth_view_finds_the_blocks_and_their_skips(folders, name, blocks):
+    report = analysed(folders[name])
+    by_name = {layer.name.split("+")[0]: layer for layer in report.layers}
+    for block in blocks:
+        assert block in by_name, [layer.name for layer in report.layers]
+        assert by_name[block].residual  # x + f(x), found by the Jacobian
+    assert report.sequence is not None and len(report.sequence.grad_norm_by_lag) > 1
+
+
+def test_the_sequence_views_gradients_equal_autograds(folders):
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    report = gradscope.analyze(str(folders["gpt2"]), ids, what_if=False)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folders["gpt2"]).eval()
+    captured = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        captured["e"] = output
+
+    handle = model.transformer.wte.register_forward_hook(keep)
+    logits = model(ids).logits[:, -1]
+    handle.remove()
+    w = loss_direction(VOCAB, Probe(ids, 1, 0, "tensor", 0), logits)
+    (logits @ w).sum().backward()
+    grad = captured["e"].grad  # (batch, steps, width): dL/de_t at the token embedding
+    expected = grad.pow(2).sum(-1).mean(0).sqrt().tolist()
+    assert report.input_grad_norm == pytest.approx(expected, rel=1e-5)
+    assert report.sequence.grad_norm_by_lag == pytest.approx(expected[::-1], rel=1e-5)
+
+
+def test_a_state_space_model_says_its_scan_is_not_stepped(folders):
+    report = analysed(folders["mamba"], steps=20)
+    assert any("MambaMixer's forward as a loop or scan" in note for note in report.model.notes)
+    assert report.recurrent == []
+
+
+def test_an_image_model_is_probed_with_pixel_values_from_its_config(tmp_path):
+    torch.manual_seed(0)
+    tiny_vit().save_pretrained(tmp_path / "vit")
+    report = analysed(tmp_path / "vit")
+    assert report.settings.input_shape == [2, 3, 16, 16]
+    blocks = [layer for layer in report.layers if layer.type.startswith("ViTLayer")]
+    assert len(blocks) == 2 and all(block.residual for block in blocks)
+
+
+def test_the_config_dtype_is_the_default_and_an_explicit_dtype_wins(tmp_path):
+    torch.manual_seed(0)
+    tiny_gpt2().to(torch.bfloat16).save_pretrained(tmp_path / "half")
+    config = json.loads((tmp_path / "half" / "config.json").read_text())
+    assert "bfloat16" in (config.get("dtype"), config.get("torch_dtype"))
+    report = analysed(tmp_path / "half")
+    assert report.settings.dtype == "bfloat16" and report.numerics.dtype == "bfloat16"
+    assert analysed(tmp_path / "half", dtype="float64").settings.dtype == "float64"
+
+
+def test_bin_weights_are_read_weights_only(folders, tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    shutil.copy(folders["gpt2"] / "config.json", folder)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folders["gpt2"])
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    report = analysed(folder)
+    assert any(".bin files, read weights-only" in note for note in report.model.notes)
+    expected = analysed(folders["gpt2"])
+    assert [layer.grad_norm for layer in report.layers] == pytest.approx(
+        [layer.grad_norm for layer in expected.layers]
+    )
+
+
+class Payload:
+    """A class a pickle would have to import: code, not weights."""
+
+
+def test_a_bin_file_that_holds_code_is_refused(folders, tmp_path, capsys):
+    folder = tmp_path / "code"
+    folder.mkdir()
+    shutil.copy(folders["gpt2"] / "config.json", folder)
+    torch.save({"weight": torch.zeros(2), "extra": Payload()}, folder / "pytorch_model.bin")
+    assert main(["analyze", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--trust" in err
+
+
+def test_remote_code_is_refused_without_trust(tmp_path, capsys):
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    config = {
+        "model_type": "my-model",
+        "architectures": ["MyModel"],
+        "auto_map": {"AutoConfig": "modeling_my.MyConfig", "AutoModel": "modeling_my.MyModel"},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_my.py").write_text("raise SystemExit('this code must not run')\n")
+    assert main(["analyze", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "trust_remote_code" in err and "--trust" in err and "modeling_my" in err
+
+
+def test_without_transformers_one_line_says_which_extra(folders, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
+    assert main(["analyze", str(folders["gpt2"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "gradscope[hf]"' in err
+
+
+def test_a_folder_without_weights_says_what_it_holds(folders, tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    shutil.copy(folders["gpt2"] / "config.json", folder)
+    assert main(["analyze", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no weights" in err and "config.json" in err
