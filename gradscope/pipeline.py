@@ -22,7 +22,7 @@ from gradscope.diagnosis import Diagnosis, diagnose
 from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
-from gradscope.loading import load_model, resolve_device
+from gradscope.loading import LoadedModel, load_model, resolve_device
 from gradscope.loading.huggingface import quiet_transformers
 from gradscope.options import (
     DEFAULT_BATCH,
@@ -78,6 +78,14 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     given = analysis.input_shape or analysis.input_shapes or not analysis.builtin_probe
     if loaded.input_shape and not given:  # the shape the model's config gives
         analysis = dataclasses.replace(analysis, input_shape=loaded.input_shape)
+    if loaded.token_inputs and not given:
+        probe = token_probe(loaded, analysis)
+        analysis = dataclasses.replace(analysis, probe=probe)
+        shape = "×".join(map(str, next(iter(probe.values())).shape))
+        loaded.notes.append(
+            f"the probe: seeded token ids for {' and '.join(probe)}, {shape} each, below the "
+            "vocabulary size its config gives"
+        )
     # the views' linear algebra needs float32 at least
     analysis = dataclasses.replace(analysis, dtype="float32" if traced in LOW_PRECISION else traced)
     if module is not None:
@@ -86,6 +94,18 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
         for parameter in module.parameters():  # our own copy: gradients must reach every state
             parameter.requires_grad_(True)
     return Subject(loaded, module, analysis, device, faults=faults, traced_dtype=traced)
+
+
+def token_probe(loaded: LoadedModel, analysis: AnalysisOptions) -> dict[str, torch.Tensor]:
+    """Seeded token ids for each input a model takes together (an encoder-decoder's own and
+    its decoder's), as long as ``--steps`` asks within the positions its config embeds."""
+    steps = analysis.steps or min(DEFAULT_STEPS, loaded.max_steps or DEFAULT_STEPS)
+    batch = analysis.batch or DEFAULT_DEPTH_BATCH
+    generator = torch.Generator().manual_seed(analysis.seed)
+    return {
+        name: torch.randint(0, vocab, (batch, steps), generator=generator)
+        for name, vocab in (loaded.token_inputs or {}).items()
+    }
 
 
 @dataclass

@@ -142,7 +142,27 @@ def _forward(
     looped = looped_modules(log)
     cells = [*options.cells, *(found.module for found in looped)]
     calls = [call for call in calls if not (cells and is_within(call.name, cells))]
-    return output, blocks_of(calls, output), log, looped
+    blocks = blocks_of(calls, output)
+    # a block whose output carries no gradient (a rotary embedding's cos and sin, computed
+    # from positions), or that reads neither the probe nor a value the gradient flows back
+    # to (a positional embedding reading the ids), is off the path the gradient takes
+    on_path = [
+        b
+        for b in blocks
+        if b.output.requires_grad and (_carries(b.input) or b.input is probe.inputs)
+    ]
+    # a first block that is an embedding whose output the next block does not read as it
+    # stands (positions, added to the token embedding) does not start the stack
+    while len(on_path) > MIN_BLOCKS and on_path[1].input is not on_path[0].output:
+        if not all(isinstance(call.module, nn.Embedding) for call in on_path[0].calls):
+            break
+        on_path.pop(0)
+    return output, on_path, log, looped
+
+
+def _carries(value: Tensor) -> bool:
+    """Whether ``value`` is on a gradient path: floating point, computed with autograd."""
+    return value.is_floating_point() and value.requires_grad
 
 
 def _regions(model: nn.Module, blocks: list[Block], log: dict) -> list:

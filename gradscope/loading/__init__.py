@@ -90,6 +90,10 @@ class LoadedModel:
     dtype: str | None = None
     #: The input shape the checkpoint's config gives (an image model's), if any.
     input_shape: tuple[int, ...] | None = None
+    #: Token-id inputs the model takes together (name -> vocabulary size), if its config says.
+    token_inputs: dict[str, int] | None = None
+    #: The most positions the model embeds, where its config says.
+    max_steps: int | None = None
 
     def describe(self, later_notes: Sequence[str] = ()) -> ModelDescription:
         """The report's ``model`` object, with notes from the stages after loading."""
@@ -252,6 +256,8 @@ def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
         dtype=config_dtype(folder),
         class_name=type(built.module).__name__,
         input_shape=built.input_shape,
+        token_inputs=built.token_inputs,
+        max_steps=built.max_steps,
     )
 
 

@@ -11,6 +11,7 @@ and handed over as a state dict. A config whose ``auto_map`` points at code of i
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,8 +172,10 @@ SCANNED = {
 }
 #: Images without a size in their config are probed at this side.
 IMAGE_SIDE = 224
-#: The batch of an image probe built from the config.
+#: The batch of an image or audio probe built from the config.
 IMAGE_BATCH = 2
+#: The frames a speech encoder's probe gives its transformer.
+AUDIO_FRAMES = 50
 
 
 @dataclass
@@ -183,6 +186,11 @@ class Pretrained:
     module: nn.Module
     notes: list[str]
     input_shape: tuple[int, ...] | None = None
+    #: Token-id inputs to draw (name -> vocabulary size) for a model that takes several: an
+    #: encoder-decoder's ``input_ids`` and ``decoder_input_ids``.
+    token_inputs: dict[str, int] | None = None
+    #: The most positions the config says the model embeds, if it says.
+    max_steps: int | None = None
 
 
 def _scan_note(data: dict) -> str | None:
@@ -198,9 +206,15 @@ def _scan_note(data: dict) -> str | None:
 
 
 def _input_shape(module: nn.Module, config: Any) -> tuple[int, ...] | None:
-    """``pixel_values`` shaped from the config for an image model; None otherwise (token
+    """``pixel_values`` shaped from the config for an image model, ``input_values`` long
+    enough for AUDIO_FRAMES frames of a speech encoder's convolutions; None otherwise (token
     ids are read from the embedding)."""
-    if getattr(module, "main_input_name", None) != "pixel_values":
+    main = getattr(module, "main_input_name", None)
+    if main == "input_values":
+        stride = math.prod(getattr(config, "conv_stride", None) or [1])
+        kernel = sum(getattr(config, "conv_kernel", None) or [1])
+        return (IMAGE_BATCH, stride * AUDIO_FRAMES + kernel)
+    if main != "pixel_values":
         return None
     channels = int(getattr(config, "num_channels", 3) or 3)
     side = getattr(config, "image_size", None) or IMAGE_SIDE
@@ -236,7 +250,9 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
         if hasattr(config, "use_cache"):
             config.use_cache = False  # no key-value cache: one plain pass over the probe
         cls = _model_class(transformers, config, data, trust)
-        keywords: dict[str, Any] = {"config": config}
+        # eager attention: plain products and softmax, which every autograd mode (and the
+        # depth view's forward-mode JVPs) differentiates, where fused kernels may not
+        keywords: dict[str, Any] = {"config": config, "attn_implementation": "eager"}
         if cls.__module__.startswith("transformers.models.auto"):
             keywords["trust_remote_code"] = trust
         try:
@@ -260,4 +276,29 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
     scanned = _scan_note(data)
     if scanned:
         notes.append(scanned)
-    return Pretrained(model.eval(), notes, _input_shape(model, config))
+    return Pretrained(
+        model.eval(),
+        notes,
+        _input_shape(model, config),
+        _token_inputs(model, config),
+        _max_positions(config),
+    )
+
+
+def _token_inputs(module: nn.Module, config: Any) -> dict[str, int] | None:
+    """An encoder-decoder reads the decoder's own ids beside the encoder's: both drawn below
+    the vocabulary size (a model such as T5 cannot make them without labels)."""
+    vocab = getattr(config, "vocab_size", None)
+    if not getattr(config, "is_encoder_decoder", False) or not isinstance(vocab, int):
+        return None
+    if getattr(module, "main_input_name", "input_ids") != "input_ids":
+        return None
+    return {"input_ids": vocab, "decoder_input_ids": vocab}
+
+
+def _max_positions(config: Any) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

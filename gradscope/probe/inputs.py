@@ -16,6 +16,7 @@ from gradscope.options import DEFAULT_STEPS, AnalysisOptions
 from gradscope.probe.layout import Layout, input_layout
 from gradscope.probe.positions import TRIAL_STEPS, Positions, layout_by_data_flow
 from gradscope.probe.structure import map_tensors, tensor_leaves
+from gradscope.probe.trial import trial_run
 from gradscope.taxonomy import is_kind
 
 
@@ -182,6 +183,8 @@ def make_probe(model: nn.Module, options: AnalysisOptions, device: torch.device)
             shape,
         )
         options, note = _within_positions(options, positions)
+        if layout.tokens:
+            options, note = _longest_that_runs(model, layout, options, device, note)
     try:
         probe = probe_for(layout, options, device, given)
     except ProbeShapeMismatch:
@@ -235,6 +238,39 @@ def _within_positions(
             f"({size} positions): pass --steps {size} or fewer"
         )
     return options, None
+
+
+def _longest_that_runs(
+    model: nn.Module,
+    layout: Layout,
+    options: AnalysisOptions,
+    device: torch.device,
+    note: str | None,
+) -> tuple[AnalysisOptions, str | None]:
+    """Token ids the model cannot take at the default length (positions it has no embedding
+    for, looked up where no hook sees them): the longest length it runs on, by bisection
+    between the trial's length and the default; the options unchanged where the user set the
+    length or the model runs."""
+    given = options.steps is not None and note is None  # --steps, not a positional bound
+    if not options.builtin_probe or options.input_shape or given:
+        return options, note
+    steps = options.steps or DEFAULT_STEPS
+
+    def runs(length: int) -> bool:  # the probe's own batch: what the ids hold matters
+        trial = dataclasses.replace(options, steps=length, probe="gaussian")
+        inputs = probe_for(layout, trial, device).inputs.detach()
+        return trial_run(lambda: model(inputs))
+
+    if runs(steps) or not runs(TRIAL_STEPS):
+        return options, note
+    low, high = TRIAL_STEPS, steps  # runs at low, not at high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if runs(middle) else (low, middle)
+    return dataclasses.replace(options, steps=low), (
+        f"the probe runs {low} steps, the longest the model takes ({high} fail: the positions "
+        "it embeds end there)"
+    )
 
 
 def builtin_tensor(shape: tuple[int, ...], kind: str, generator: torch.Generator) -> Tensor:

@@ -235,3 +235,78 @@ def test_a_folder_without_weights_says_what_it_holds(folders, tmp_path, capsys):
     assert main(["analyze", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no weights" in err and "config.json" in err
+
+
+SMALL = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def saved(tmp_path, name, model):
+    torch.manual_seed(0)
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_rotary_model_keeps_its_position_tables_out_of_the_stack(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, num_key_value_heads=2, **SMALL)
+    report = analysed(saved(tmp_path, "llama", transformers.LlamaForCausalLM(config)))
+    names = [layer.name for layer in report.layers]
+    assert "model.rotary_emb" not in names  # cos and sin carry no gradient
+    assert [n for n in names if n.startswith("model.layers.")] == [
+        "model.layers.0",
+        "model.layers.1",
+    ]
+    assert all(layer.residual for layer in report.layers if layer.name.startswith("model.layers"))
+
+
+def test_an_encoder_decoder_gets_decoder_ids_and_positions_it_embeds(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=VOCAB,
+        d_model=WIDTH,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=POSITIONS,
+    )
+    report = analysed(saved(tmp_path, "bart", transformers.BartForConditionalGeneration(config)))
+    assert report.settings.inputs == {
+        "input_ids": [32, POSITIONS],
+        "decoder_input_ids": [32, POSITIONS],
+    }
+    assert any(
+        "seeded token ids for input_ids and decoder_input_ids" in n for n in report.model.notes
+    )
+    names = [layer.name for layer in report.layers]
+    assert names[0] != "model.encoder.embed_positions"  # positions are added, not the stream
+    assert "model.encoder.layers.0" in names and "model.decoder.layers.1" in names
+    t5 = transformers.T5Config(
+        vocab_size=VOCAB,
+        d_model=WIDTH,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+    )
+    report = analysed(saved(tmp_path, "t5", transformers.T5ForConditionalGeneration(t5)), steps=20)
+    assert report.settings.inputs["decoder_input_ids"] == [32, 20]
+    blocks = [layer.name for layer in report.layers if layer.residual]
+    assert {"encoder.block.0", "decoder.block.1"} <= set(blocks)
+
+
+def test_positions_no_hook_sees_are_found_by_the_longest_length_the_model_runs(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(
+        vocab_size=VOCAB, max_position_embeddings=POSITIONS, num_labels=3, **SMALL
+    )
+    model = transformers.RobertaForSequenceClassification(config)
+    report = analysed(saved(tmp_path, "roberta", model))
+    # RoBERTa's positions start after its padding index: two fewer than the table holds
+    assert report.settings.input_shape == [32, POSITIONS - 2]
+    assert any(
+        f"the probe runs {POSITIONS - 2} steps, the longest" in n for n in report.model.notes
+    )
