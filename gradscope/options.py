@@ -35,6 +35,9 @@ DEFAULT_STEPS = 100
 DEFAULT_BATCH = 1
 #: A model without recurrent modules is probed with this batch unless told.
 DEFAULT_DEPTH_BATCH = 32
+#: ... and one that reads token ids with this one: a language model's activations (and its
+#: logits over the vocabulary) are large, and its positions already give many samples.
+DEFAULT_TOKEN_BATCH = 2
 #: The burn-in is this fraction of the steps, capped at MAX_DEFAULT_BURN_IN.
 DEFAULT_BURN_IN_FRACTION = 0.2
 MAX_DEFAULT_BURN_IN = 20

@@ -29,13 +29,14 @@ from gradscope.options import (
     DEFAULT_DEPTH_BATCH,
     DEFAULT_DTYPE,
     DEFAULT_STEPS,
+    DEFAULT_TOKEN_BATCH,
     LOW_PRECISION,
     AnalysisOptions,
     LoadOptions,
 )
 from gradscope.origin import nonfinite_tensors, nonfinite_weights
 from gradscope.precision import headroom
-from gradscope.probe import Probe, make_probe
+from gradscope.probe import Probe, input_layout, make_probe
 from gradscope.progress import reporting_to
 from gradscope.report import Coverage, Fix, Note, Numerics, RecurrentCore, Report, Settings
 from gradscope.taxonomy import recurrent_modules
@@ -100,7 +101,7 @@ def token_probe(loaded: LoadedModel, analysis: AnalysisOptions) -> dict[str, tor
     """Seeded token ids for each input a model takes together (an encoder-decoder's own and
     its decoder's), as long as ``--steps`` asks within the positions its config embeds."""
     steps = analysis.steps or min(DEFAULT_STEPS, loaded.max_steps or DEFAULT_STEPS)
-    batch = analysis.batch or DEFAULT_DEPTH_BATCH
+    batch = analysis.batch or DEFAULT_TOKEN_BATCH
     generator = torch.Generator().manual_seed(analysis.seed)
     return {
         name: torch.randint(0, vocab, (batch, steps), generator=generator)
@@ -289,10 +290,24 @@ def _searched_probe(
 def _probe(
     module: nn.Module, options: AnalysisOptions, device: torch.device
 ) -> tuple[AnalysisOptions, Probe]:
-    """The probe for ``module``: a model without recurrence gets a batch of 32 by default."""
+    """The probe for ``module``: a model without recurrence gets a batch of 32 by default
+    (2 when it reads token ids)."""
     if not has_recurrence(module, options) and options.batch is None:
-        options = dataclasses.replace(options, batch=DEFAULT_DEPTH_BATCH)
+        batch = DEFAULT_TOKEN_BATCH if _reads_tokens(module, options) else DEFAULT_DEPTH_BATCH
+        options = dataclasses.replace(options, batch=batch)
     return options, make_probe(module, options, device)
+
+
+def _reads_tokens(module: nn.Module, options: AnalysisOptions) -> bool:
+    """Whether the model's first module reads token ids (an embedding), as far as its modules
+    say; a probe the user gave decides for itself."""
+    if not options.builtin_probe or options.input_shapes:
+        return False
+    try:
+        layout = input_layout(module, options.batch_first, options.input_shape, options.cells)
+    except GradscopeError:
+        return False
+    return layout.tokens
 
 
 def _detected_note(module: nn.Module, found: list[tuple[str, int]]) -> str:

@@ -274,8 +274,8 @@ def test_an_encoder_decoder_gets_decoder_ids_and_positions_it_embeds(tmp_path):
     )
     report = analysed(saved(tmp_path, "bart", transformers.BartForConditionalGeneration(config)))
     assert report.settings.inputs == {
-        "input_ids": [32, POSITIONS],
-        "decoder_input_ids": [32, POSITIONS],
+        "input_ids": [2, POSITIONS],
+        "decoder_input_ids": [2, POSITIONS],
     }
     assert any(
         "seeded token ids for input_ids and decoder_input_ids" in n for n in report.model.notes
@@ -293,7 +293,7 @@ def test_an_encoder_decoder_gets_decoder_ids_and_positions_it_embeds(tmp_path):
         decoder_start_token_id=0,
     )
     report = analysed(saved(tmp_path, "t5", transformers.T5ForConditionalGeneration(t5)), steps=20)
-    assert report.settings.inputs["decoder_input_ids"] == [32, 20]
+    assert report.settings.inputs["decoder_input_ids"] == [2, 20]
     blocks = [layer.name for layer in report.layers if layer.residual]
     assert {"encoder.block.0", "decoder.block.1"} <= set(blocks)
 
@@ -306,7 +306,7 @@ def test_positions_no_hook_sees_are_found_by_the_longest_length_the_model_runs(t
     model = transformers.RobertaForSequenceClassification(config)
     report = analysed(saved(tmp_path, "roberta", model))
     # RoBERTa's positions start after its padding index: two fewer than the table holds
-    assert report.settings.input_shape == [32, POSITIONS - 2]
+    assert report.settings.input_shape == [2, POSITIONS - 2]
     assert any(
         f"the probe runs {POSITIONS - 2} steps, the longest" in n for n in report.model.notes
     )
