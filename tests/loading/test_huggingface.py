@@ -310,3 +310,17 @@ def test_positions_no_hook_sees_are_found_by_the_longest_length_the_model_runs(t
     assert any(
         f"the probe runs {POSITIONS - 2} steps, the longest" in n for n in report.model.notes
     )
+
+
+def test_a_model_with_code_of_its_own_runs_with_trust(tmp_path, capsys):
+    from tests.helpers import hf_remote_model
+
+    hf_remote_model.TinyConfig.register_for_auto_class()
+    hf_remote_model.TinyModel.register_for_auto_class("AutoModel")
+    torch.manual_seed(0)
+    hf_remote_model.TinyModel(hf_remote_model.TinyConfig()).save_pretrained(tmp_path / "own")
+    assert "auto_map" in json.loads((tmp_path / "own" / "config.json").read_text())
+    assert main(["analyze", str(tmp_path / "own")]) == 2  # code: refused
+    assert "--trust" in capsys.readouterr().err
+    report = gradscope.analyze(str(tmp_path / "own"), trust=True, what_if=False)
+    assert report.model.class_name == "TinyModel" and len(report.layers) >= 4
