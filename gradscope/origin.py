@@ -222,6 +222,21 @@ def forward_cause(op: str, args: tuple, kwargs: dict, result: Tensor) -> tuple[s
     return "nan-from-finite", f"{op} made NaN from finite inputs"
 
 
+def _in_place_cause(op: str) -> tuple[str, str]:
+    """The cause of an in-place operation's non-finite result: its input is overwritten, so
+    only the operation tells it."""
+    cause = (
+        "log-of-non-positive"
+        if op in LOGS
+        else "sqrt-of-negative"
+        if op in ROOTS
+        else "division-by-zero"
+        if op in DIVISIONS
+        else "nan-from-finite"
+    )
+    return cause, f"{op} in place: the values it read were overwritten by its result"
+
+
 def _denominator(op: str, args: tuple) -> Tensor | None:
     if op in ("reciprocal", "rdiv"):
         candidate = args[0] if args else None
@@ -333,8 +348,10 @@ class _Tracer(TorchFunctionMode):
     def _follow(self, operation, func, args, kwargs, leaves, module) -> None:
         """Give each non-finite result the source it descends from (a new one when it read
         nothing non-finite)."""
-        reads = _reads(args, kwargs)
-        carried = [self.carried[id(t)][0] for t in reads if id(t) in self.carried]
+        everything = _reads(args, kwargs)
+        carried = [self.carried[id(t)][0] for t in everything if id(t) in self.carried]
+        # an in-place operation's target now holds its result: not what it read
+        reads = [t for t in everything if all(t is not leaf for leaf in leaves)]
         if carried:
             source = min(carried)
         else:
@@ -347,6 +364,8 @@ class _Tracer(TorchFunctionMode):
                 cause, detail = self._unseen_cause(unread)
             elif operation.step is not None and isinstance(module, nn.RNNBase):
                 cause, detail = _recurrent_cause(module, bad, operation.step)
+            elif len(reads) < len(everything):
+                cause, detail = _in_place_cause(operation.op)
             else:
                 cause, detail = forward_cause(operation.op, args, kwargs, bad)
             self.sources.append(_Source(operation, _kind(bad), cause, detail))

@@ -18,7 +18,7 @@ from torch import nn
 
 from gradscope.errors import GradscopeError, first_line
 from gradscope.loading import LoadedModel
-from gradscope.options import AnalysisOptions
+from gradscope.options import DEFAULT_DTYPE, AnalysisOptions
 from gradscope.origin import NumericsTrace
 from gradscope.probe import Layout, Probe, make_probe, probe_for
 from gradscope.report import (
@@ -47,7 +47,7 @@ class Subject:
     #: Parameters and buffers that held NaN or Inf when loaded.
     faults: list[WeightFault] = field(default_factory=list)
     #: The dtype of the traced pass (``--dtype``; the views run in float32 when it is low).
-    traced_dtype: str = "float64"
+    traced_dtype: str = DEFAULT_DTYPE
 
 
 @dataclass

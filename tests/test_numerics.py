@@ -253,6 +253,21 @@ def test_a_finfo_min_mask_is_no_activation_and_a_scripted_model_is_said_unseen()
     assert not trace.output_finite and trace.forward.cause == "unseen"
 
 
+def test_an_in_place_log_is_its_own_origin_not_a_read_of_nan():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(WIDTH, WIDTH)
+
+        def forward(self, x):
+            return self.linear(x).log_()
+
+    trace = trace_numerics(InPlace().double(), probe(gaussian(8, WIDTH)))
+    origin = trace.forward
+    assert (origin.module, origin.op, origin.cause) == ("", "log", "log-of-non-positive")
+    assert "in place" in origin.detail
+
+
 def test_checkpoint_weights_and_buffers_that_hold_nan_are_each_named(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 4))
     with torch.no_grad():
