@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.func import vjp, vmap
+from torch.func import vjp as func_vjp
+from torch.func import vmap
 
 from gradscope.depth.forward_mode import NO_FORWARD, BlockPushes
 from gradscope.numerics import power_iteration
@@ -66,6 +67,32 @@ def draw(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Te
     float32 for float32 outputs (four times cheaper than float64 on CPU), else in float64."""
     dtype = torch.float32 if like.dtype == torch.float32 else torch.float64
     return torch.randn(shape, generator=generator, dtype=dtype).to(like)
+
+
+def vjp(function: Callable, *primals: Tensor) -> tuple[object, Callable]:
+    """``torch.func.vjp``; where a model's code refuses function transforms (an
+    ``autograd.Function`` without ``setup_context``, such as BLOOM's GELU), the same product
+    by plain autograd on a graph kept for every pullback."""
+    try:
+        return func_vjp(function, *primals)
+    except RuntimeError:
+        pass
+    leaves = [x.detach().requires_grad_(True) for x in primals]
+    with torch.enable_grad():
+        output = function(*leaves)
+    outputs = (output,) if isinstance(output, Tensor) else tuple(output)
+
+    def pullback(cotangents: object) -> tuple[Tensor, ...]:
+        given = (cotangents,) if isinstance(cotangents, Tensor) else tuple(cotangents)
+        grads = torch.autograd.grad(outputs, leaves, given, retain_graph=True, allow_unused=True)
+        return tuple(
+            torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)
+        )
+
+    detached = (
+        output.detach() if isinstance(output, Tensor) else type(output)(o.detach() for o in outputs)
+    )
+    return detached, pullback
 
 
 def _pull_all(pullback: Callable, cotangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

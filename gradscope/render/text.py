@@ -285,8 +285,9 @@ def sigma_line(layers: list[DepthLayer]) -> Text | None:
     parts = []
     if missing:
         parts.append(
-            f"σ max n/a for {named(missing)}: forward-mode AD cannot pass through them (some "
-            "fused kernels have no forward derivative); χ and the gradients are measured"
+            f"σ max n/a for {named(missing)}: forward-mode AD cannot pass through them (a "
+            "fused kernel, or a custom autograd.Function, without a forward derivative); χ "
+            "and the gradients are measured"
         )
     if through:
         parts.append(

@@ -324,3 +324,12 @@ def test_a_model_with_code_of_its_own_runs_with_trust(tmp_path, capsys):
     assert "--trust" in capsys.readouterr().err
     report = gradscope.analyze(str(tmp_path / "own"), trust=True, what_if=False)
     assert report.model.class_name == "TinyModel" and len(report.layers) >= 4
+
+
+def test_a_custom_autograd_function_without_transform_support_is_measured_by_autograd(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=WIDTH, n_layer=3, n_head=4)
+    report = analysed(saved(tmp_path, "bloom", transformers.BloomForCausalLM(config)), steps=16)
+    blocks = [layer for layer in report.layers if layer.name.startswith("transformer.h.")]
+    assert len(blocks) == 3 and all(block.residual for block in blocks)
+    assert all(block.chi > 0 for block in blocks)  # the VJPs ran by plain autograd
