@@ -142,12 +142,16 @@ class Block:
 
 def is_stack(container: nn.Module) -> bool:
     """Whether a container holds a stack of layers: three or more with weights of their own
-    (a deep ``Sequential``), or repeated composite blocks (``TransformerEncoder.layers``); a
-    block's small MLP (``Linear, GELU, Linear``) is not one."""
+    (a deep ``Sequential``), or repeated composite blocks (``TransformerEncoder.layers``, or a
+    ``ModuleList`` of one, which the model may call several times); a block's small MLP
+    (``Linear, GELU, Linear``) is not one."""
     children = list(container.children())
     weighted = [c for c in children if next(c.parameters(recurse=False), None) is not None]
+    # a list of composite blocks, however short: ALBERT's one shared layer group, run N times
+    listed = len(children) > 1 or isinstance(container, nn.ModuleList)
     repeated = (
-        len(children) > 1
+        bool(children)
+        and listed
         and len({type(c) for c in children}) == 1
         and all(next(c.children(), None) is not None for c in children)
     )

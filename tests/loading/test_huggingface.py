@@ -333,3 +333,15 @@ def test_a_custom_autograd_function_without_transform_support_is_measured_by_aut
     blocks = [layer for layer in report.layers if layer.name.startswith("transformer.h.")]
     assert len(blocks) == 3 and all(block.residual for block in blocks)
     assert all(block.chi > 0 for block in blocks)  # the VJPs ran by plain autograd
+
+
+def test_a_layer_shared_over_depth_is_one_block_per_call(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.AlbertConfig(
+        vocab_size=VOCAB, embedding_size=16, max_position_embeddings=POSITIONS, **SMALL
+    )
+    config.num_hidden_layers = 3
+    report = analysed(saved(tmp_path, "albert", transformers.AlbertModel(config)))
+    shared = "encoder.albert_layer_groups.0.albert_layers.0"
+    calls = [layer for layer in report.layers if layer.name == shared]
+    assert len(calls) == 3 and all(layer.residual for layer in calls)
