@@ -79,14 +79,10 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     given = analysis.input_shape or analysis.input_shapes or not analysis.builtin_probe
     if loaded.input_shape and not given:  # the shape the model's config gives
         analysis = dataclasses.replace(analysis, input_shape=loaded.input_shape)
-    if loaded.token_inputs and not given:
-        probe = token_probe(loaded, analysis)
+    if loaded.config_inputs and not loaded.config_fallback and not given:
+        probe = config_probe(loaded, analysis)
         analysis = dataclasses.replace(analysis, probe=probe)
-        shape = "×".join(map(str, next(iter(probe.values())).shape))
-        loaded.notes.append(
-            f"the probe: seeded token ids for {' and '.join(probe)}, {shape} each, below the "
-            "vocabulary size its config gives"
-        )
+        loaded.notes.append(config_probe_note(probe))
     # the views' linear algebra needs float32 at least
     analysis = dataclasses.replace(analysis, dtype="float32" if traced in LOW_PRECISION else traced)
     if module is not None:
@@ -97,16 +93,29 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     return Subject(loaded, module, analysis, device, faults=faults, traced_dtype=traced)
 
 
-def token_probe(loaded: LoadedModel, analysis: AnalysisOptions) -> dict[str, torch.Tensor]:
-    """Seeded token ids for each input a model takes together (an encoder-decoder's own and
-    its decoder's), as long as ``--steps`` asks within the positions its config embeds."""
+def config_probe(loaded: LoadedModel, analysis: AnalysisOptions) -> dict[str, torch.Tensor]:
+    """The inputs a model's config describes, seeded: token ids below its vocabulary size
+    (as many steps as ``--steps`` asks, within the positions the config embeds), Gaussian
+    features of the shape it gives."""
     steps = analysis.steps or min(DEFAULT_STEPS, loaded.max_steps or DEFAULT_STEPS)
     batch = analysis.batch or DEFAULT_TOKEN_BATCH
     generator = torch.Generator().manual_seed(analysis.seed)
     return {
-        name: torch.randint(0, vocab, (batch, steps), generator=generator)
-        for name, vocab in (loaded.token_inputs or {}).items()
+        name: torch.randint(0, spec, (batch, steps), generator=generator)
+        if isinstance(spec, int)
+        else torch.randn((batch, *spec), generator=generator, dtype=torch.float64)
+        for name, spec in (loaded.config_inputs or {}).items()
     }
+
+
+def config_probe_note(probe: dict[str, torch.Tensor]) -> str:
+    """What the probe built from the config holds."""
+    parts = [
+        f"{name} ({'×'.join(map(str, tensor.shape))}, "
+        f"{'token ids' if not tensor.is_floating_point() else 'Gaussian'})"
+        for name, tensor in probe.items()
+    ]
+    return f"the probe, from the model's config: {', '.join(parts)}, seeded"
 
 
 @dataclass
@@ -134,6 +143,12 @@ def plan(subject: Subject) -> Plan:
         if not _shape_open(requested):
             raise
         failure, probe = error, None
+        loaded = subject.loaded
+        if loaded.config_inputs and loaded.config_fallback:  # the config says what it reads
+            given = dataclasses.replace(requested, probe=config_probe(loaded, requested))
+            options, probe = _probe(module, given, subject.device)
+            requested = given
+            notes.append(Note("probe", config_probe_note(given.probe)))
     found = detect_cells(module, probe) if probe is not None else None
     if found is None and _shape_open(requested):
         searched = _searched_probe(module, requested, subject.device)

@@ -90,8 +90,10 @@ class LoadedModel:
     dtype: str | None = None
     #: The input shape the checkpoint's config gives (an image model's), if any.
     input_shape: tuple[int, ...] | None = None
-    #: Token-id inputs the model takes together (name -> vocabulary size), if its config says.
-    token_inputs: dict[str, int] | None = None
+    #: The inputs the checkpoint's config describes (see ``huggingface.Pretrained.inputs``),
+    #: and whether they serve only where the model's modules do not say what it reads.
+    config_inputs: dict[str, int | tuple[int, ...]] | None = None
+    config_fallback: bool = False
     #: The most positions the model embeds, where its config says.
     max_steps: int | None = None
 
@@ -256,7 +258,8 @@ def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
         dtype=config_dtype(folder),
         class_name=type(built.module).__name__,
         input_shape=built.input_shape,
-        token_inputs=built.token_inputs,
+        config_inputs=built.inputs,
+        config_fallback=built.fallback,
         max_steps=built.max_steps,
     )
 

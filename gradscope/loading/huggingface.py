@@ -186,9 +186,13 @@ class Pretrained:
     module: nn.Module
     notes: list[str]
     input_shape: tuple[int, ...] | None = None
-    #: Token-id inputs to draw (name -> vocabulary size) for a model that takes several: an
-    #: encoder-decoder's ``input_ids`` and ``decoder_input_ids``.
-    token_inputs: dict[str, int] | None = None
+    #: The inputs its config describes, by name: an int is a vocabulary size (token ids, one
+    #: per step), a tuple the shape of a float input without its batch (Whisper's
+    #: ``input_features``). An encoder-decoder needs them all (the decoder's ids too); for a
+    #: model with one ``input_ids``, ``fallback``: they are used only where its modules do
+    #: not say what it reads.
+    inputs: dict[str, int | tuple[int, ...]] | None = None
+    fallback: bool = False
     #: The most positions the config says the model embeds, if it says.
     max_steps: int | None = None
 
@@ -276,28 +280,44 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
     scanned = _scan_note(data)
     if scanned:
         notes.append(scanned)
+    inputs, fallback = _config_inputs(model, config)
     return Pretrained(
         model.eval(),
         notes,
         _input_shape(model, config),
-        _token_inputs(model, config),
+        inputs,
+        fallback,
         _max_positions(config),
     )
 
 
-def _token_inputs(module: nn.Module, config: Any) -> dict[str, int] | None:
-    """An encoder-decoder reads the decoder's own ids beside the encoder's: both drawn below
-    the vocabulary size (a model such as T5 cannot make them without labels)."""
+def _config_inputs(
+    module: nn.Module, config: Any
+) -> tuple[dict[str, int | tuple[int, ...]] | None, bool]:
+    """The inputs the config describes (see :attr:`Pretrained.inputs`), and whether they are
+    a fallback. An encoder-decoder reads the decoder's own ids beside the encoder's input (a
+    model such as T5 cannot make them without labels)."""
     vocab = getattr(config, "vocab_size", None)
-    if not getattr(config, "is_encoder_decoder", False) or not isinstance(vocab, int):
-        return None
-    if getattr(module, "main_input_name", "input_ids") != "input_ids":
-        return None
-    return {"input_ids": vocab, "decoder_input_ids": vocab}
+    if not isinstance(vocab, int):
+        return None, False
+    main = getattr(module, "main_input_name", "input_ids")
+    if getattr(config, "is_encoder_decoder", False):
+        if main == "input_ids":
+            return {"input_ids": vocab, "decoder_input_ids": vocab}, False
+        mels, source = (
+            getattr(config, "num_mel_bins", None),
+            getattr(config, "max_source_positions", None),
+        )
+        if main == "input_features" and isinstance(mels, int) and isinstance(source, int):
+            # the encoder's convolutions halve the frames to its positions
+            return {"input_features": (mels, 2 * source), "decoder_input_ids": vocab}, False
+        return None, False
+    return ({"input_ids": vocab}, True) if main == "input_ids" else (None, False)
 
 
 def _max_positions(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+    keys = ("max_position_embeddings", "n_positions", "max_seq_len", "max_target_positions")
+    for key in keys:
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value

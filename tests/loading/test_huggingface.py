@@ -277,9 +277,8 @@ def test_an_encoder_decoder_gets_decoder_ids_and_positions_it_embeds(tmp_path):
         "input_ids": [2, POSITIONS],
         "decoder_input_ids": [2, POSITIONS],
     }
-    assert any(
-        "seeded token ids for input_ids and decoder_input_ids" in n for n in report.model.notes
-    )
+    described = "from the model's config: input_ids (2×24, token ids), decoder_input_ids"
+    assert any(described in note for note in report.model.notes)
     names = [layer.name for layer in report.layers]
     assert names[0] != "model.encoder.embed_positions"  # positions are added, not the stream
     assert "model.encoder.layers.0" in names and "model.decoder.layers.1" in names
@@ -345,3 +344,37 @@ def test_a_layer_shared_over_depth_is_one_block_per_call(tmp_path):
     shared = "encoder.albert_layer_groups.0.albert_layers.0"
     calls = [layer for layer in report.layers if layer.name == shared]
     assert len(calls) == 3 and all(layer.residual for layer in calls)
+
+
+def test_inputs_the_config_describes_serve_where_the_modules_do_not_say(tmp_path):
+    torch.manual_seed(0)
+    xlnet = transformers.XLNetConfig(
+        vocab_size=VOCAB, d_model=WIDTH, n_layer=3, n_head=4, d_inner=64
+    )
+    report = analysed(saved(tmp_path, "xlnet", transformers.XLNetLMHeadModel(xlnet)), steps=16)
+    assert report.settings.inputs == {"input_ids": [2, 16]}  # its own parameter hides the ids
+    assert any("the probe, from the model's config: input_ids" in n for n in report.model.notes)
+    whisper = transformers.WhisperConfig(
+        vocab_size=VOCAB,
+        num_mel_bins=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        d_model=WIDTH,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=50,
+        max_target_positions=POSITIONS,
+        decoder_start_token_id=1,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = transformers.WhisperForConditionalGeneration(whisper)
+    report = analysed(saved(tmp_path, "whisper", model))
+    assert report.settings.inputs == {
+        "input_features": [2, 16, 100],
+        "decoder_input_ids": [2, POSITIONS],
+    }
+    assert any(layer.name.startswith("model.encoder.layers.") for layer in report.layers)
