@@ -290,12 +290,23 @@ def _measure(
     # last selected block's output unless it is the model's last block
     last = blocks[-1] is every_block[-1]
     ends = [returned] if last and _changed_after(blocks[-1], returned) else []
+    # a block that does not read the block before's output as it stands (an encoder-
+    # decoder's first decoder block): its gain needs the gradient at its own input
+    unchained = {
+        i: b.input
+        for i, b in enumerate(blocks)
+        if i > 0
+        and b.input is not blocks[i - 1].output
+        and b.input is not b.output  # written in place: its gradient is the output's
+        and b.input.requires_grad
+    }
     grads = torch.autograd.grad(
         loss,
-        [*sources, *(b.output for b in blocks), *ends],
+        [*sources, *(b.output for b in blocks), *ends, *unchained.values()],
         allow_unused=True,
         retain_graph=False,
     )
+    at_input = dict(zip(unchained, grads[len(grads) - len(unchained) :], strict=True))
     in_forward = any(r.module == "" for r in found.recurrences)
     if check_time and not in_forward:
         outside = mixing_outside_blocks(
@@ -312,6 +323,7 @@ def _measure(
         return found
     batch = probe.batch
     norms = [pooled_norm(g, batch) for g in grads[len(sources) : len(sources) + len(blocks)]]
+    inputs_at = {i: pooled_norm(g, batch) for i, g in at_input.items()}
     # an input that carries no gradient (ids): the stack starts at the first block's output
     input_grad = pooled_norm(grads[0], batch) if sources else norms[0]
     generator = torch.Generator().manual_seed(options.seed + 2)
@@ -329,7 +341,8 @@ def _measure(
     below = input_grad
     following = [*(b.input for b in blocks[1:]), None]
     rows = zip(blocks, norms, gains, following, shortcuts, strict=True)
-    for block, norm, gain, after, shortcut in rows:
+    for index, (block, norm, gain, after, shortcut) in enumerate(rows):
+        below = inputs_at.get(index, below)  # the gradient at what this block read
         shortcut = shortcut if gain.shortcut else None
         activation = block.activation()
         per_example = block.value.shape[0] if block.value.shape[0] == batch else 1

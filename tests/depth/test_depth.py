@@ -297,6 +297,29 @@ def test_an_in_place_activation_is_measured_on_the_input_it_saw():
     assert not report.layers[0].chained  # the * 3 is unseen work
 
 
+def test_a_block_after_unseen_work_has_its_gain_from_the_gradient_at_its_own_input():
+    torch.manual_seed(11)
+    model = Scaled().double()
+    model.act.inplace = False  # its input kept apart from its output
+    x = torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = gradscope.analyze(model, x)
+    assert not report.layers[0].chained  # l1's output is not what act reads: the * 3 is
+    # autograd on the real model, with gradscope's loss: the gradients at act's input (l1's
+    # output times 3) and at its output
+    from gradscope.probe import Probe
+    from gradscope.probe.loss import loss_direction
+
+    w = loss_direction(2, Probe(x, None, 0, "tensor", 0), x)
+    pre = model.l1(x) * 3
+    pre.retain_grad()
+    out = model.act(pre)
+    out.retain_grad()
+    (model.l3(model.l2(out)) @ w).sum().backward()
+    act = next(layer for layer in report.layers if layer.name == "act")
+    expected = pre.grad.norm() / out.grad.norm()  # the batch's RMS cancels in the ratio
+    assert act.gain == pytest.approx(float(expected), rel=1e-9)
+
+
 def test_a_norm_or_activation_alone_is_not_a_residual_block():
     torch.manual_seed(7)
     model = nn.Sequential(nn.LayerNorm(16), nn.Dropout(0.1), *[nn.Linear(16, 16) for _ in range(4)])
