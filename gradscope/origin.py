@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -225,15 +225,9 @@ def forward_cause(op: str, args: tuple, kwargs: dict, result: Tensor) -> tuple[s
 def _in_place_cause(op: str) -> tuple[str, str]:
     """The cause of an in-place operation's non-finite result: its input is overwritten, so
     only the operation tells it."""
-    cause = (
-        "log-of-non-positive"
-        if op in LOGS
-        else "sqrt-of-negative"
-        if op in ROOTS
-        else "division-by-zero"
-        if op in DIVISIONS
-        else "nan-from-finite"
-    )
+    by_kind = ((LOGS, "log-of-non-positive"), (ROOTS, "sqrt-of-negative"))
+    by_kind += ((DIVISIONS, "division-by-zero"),)
+    cause = next((cause for ops, cause in by_kind if op in ops), "nan-from-finite")
     return cause, f"{op} in place: the values it read were overwritten by its result"
 
 
@@ -285,7 +279,6 @@ class NumericsTrace:
     output_finite: bool = True
     largest_activation: Peak | None = None
     largest_gradient: Peak | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class _Tracer(TorchFunctionMode):
