@@ -170,6 +170,8 @@ SCANNED = {
     "bamba": "BambaMixer",
     "xlstm": "xLSTMLayer",
 }
+#: Weights a note names before it says "and N more".
+LISTED_KEYS = 4
 #: Images without a size in their config are probed at this side.
 IMAGE_SIDE = 224
 #: The batch of an image or audio probe built from the config.
@@ -262,11 +264,17 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
         try:
             if kind == "pickle":
                 state = _pickled_state_dict(folder, trust, allow_globals)
-                model = cls.from_pretrained(None, state_dict=state, **keywords)
+                model, info = cls.from_pretrained(
+                    None, state_dict=state, output_loading_info=True, **keywords
+                )
                 notes.append(f"weights from {folder.name}'s .bin files, read weights-only")
             else:
-                model = cls.from_pretrained(
-                    str(folder), local_files_only=True, use_safetensors=True, **keywords
+                model, info = cls.from_pretrained(
+                    str(folder),
+                    local_files_only=True,
+                    use_safetensors=True,
+                    output_loading_info=True,
+                    **keywords,
                 )
         except GradscopeError:
             raise
@@ -277,6 +285,15 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
             ) from None
     name = type(model).__name__
     notes.insert(0, f"{name} built by transformers {transformers.__version__} from {CONFIG_NAME}")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:LISTED_KEYS]) + (
+            f" and {len(missing) - LISTED_KEYS} more" if len(missing) > LISTED_KEYS else ""
+        )
+        notes.append(
+            f"weights not in the folder, initialised at random by transformers "
+            f"({len(missing)}: {shown}): gradients through them are those of a fresh init"
+        )
     scanned = _scan_note(data)
     if scanned:
         notes.append(scanned)

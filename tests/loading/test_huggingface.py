@@ -378,3 +378,18 @@ def test_inputs_the_config_describes_serve_where_the_modules_do_not_say(tmp_path
         "decoder_input_ids": [2, POSITIONS],
     }
     assert any(layer.name.startswith("model.encoder.layers.") for layer in report.layers)
+
+
+def test_weights_a_folder_lacks_are_said_to_be_a_fresh_init(folders, tmp_path):
+    folder = tmp_path / "classifier"
+    shutil.copytree(folders["gpt2"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"architectures": ["GPT2ForSequenceClassification"], "num_labels": 3}
+    config["pad_token_id"] = 0
+    (folder / "config.json").write_text(json.dumps(config))
+    report = analysed(folder)
+    assert report.model.class_name == "GPT2ForSequenceClassification"
+    assert any(
+        "weights not in the folder, initialised at random by transformers (1: score.weight)" in note
+        for note in report.model.notes
+    )
