@@ -177,7 +177,8 @@ def analyze(
         str,
         typer.Argument(
             help="A checkpoint: torch.save (.pt, .pth, Lightning .ckpt), safetensors, "
-            "TorchScript, torch.export (.pt2); sharded safetensors (folder or index), DCP folder."
+            "TorchScript, torch.export (.pt2); sharded safetensors (folder or index), DCP folder; "
+            "a Hugging Face folder (save_pretrained) or its config.json."
         ),
     ],
     model: Annotated[

@@ -335,12 +335,15 @@ class _Tracer(TorchFunctionMode):
             if leaf.grad_fn is not None and leaf.grad_fn not in self.nodes:
                 self.nodes[leaf.grad_fn] = operation
         if not finite:
-            self._follow(operation, func, args, kwargs, leaves, module)
+            broken = [
+                leaf for leaf, m in zip(leaves, magnitudes, strict=True) if not math.isfinite(m)
+            ]
+            self._follow(operation, args, kwargs, leaves, broken, module)
         return result
 
-    def _follow(self, operation, func, args, kwargs, leaves, module) -> None:
-        """Give each non-finite result the source it descends from (a new one when it read
-        nothing non-finite)."""
+    def _follow(self, operation, args, kwargs, leaves, broken, module) -> None:
+        """Give each non-finite result (``broken``, among the ``leaves`` the operation gave)
+        the source it descends from (a new one when it read nothing non-finite)."""
         everything = _reads(args, kwargs)
         carried = [self.carried[id(t)][0] for t in everything if id(t) in self.carried]
         # an in-place operation's target now holds its result: not what it read
@@ -348,7 +351,7 @@ class _Tracer(TorchFunctionMode):
         if carried:
             source = min(carried)
         else:
-            bad = next(t for t in leaves if not math.isfinite(_magnitude(t)))
+            bad = broken[0]
             operation.step = _first_step(module, bad)
             if isinstance(module, nn.RNNCellBase) or operation.module in self.cells:
                 operation.step = operation.call - 1  # a cell is called once per step
@@ -363,9 +366,8 @@ class _Tracer(TorchFunctionMode):
                 cause, detail = forward_cause(operation.op, args, kwargs, bad)
             self.sources.append(_Source(operation, _kind(bad), cause, detail))
             source = len(self.sources) - 1
-        for leaf in leaves:
-            if not math.isfinite(_magnitude(leaf)):
-                self.carried[id(leaf)] = (source, leaf)  # the tensor is kept: its id stays its own
+        for leaf in broken:
+            self.carried[id(leaf)] = (source, leaf)  # the tensor is kept: its id stays its own
 
     def _unseen_cause(self, tensor: Tensor) -> tuple[str, str]:
         """The cause of a non-finite value read from somewhere no operation made it."""

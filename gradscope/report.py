@@ -428,6 +428,9 @@ class Origin:
         return f"{self.module or '(model)'} ({self.module_type})"
 
 
+#: The ``where["view"]`` of the findings about the numbers themselves: weights that hold NaN
+#: or Inf, where a pass first broke, and a low-precision dtype's headroom.
+NUMERICS_VIEWS = ("weights", "forward", "backward", "headroom")
 #: What can cause a non-finite value, as :attr:`Origin.cause` names it.
 ORIGIN_CAUSES = (
     "nonfinite-weight",

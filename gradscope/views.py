@@ -111,30 +111,39 @@ class NumericsView:
         return f"tracing one forward and backward pass in {subject.traced_dtype} for NaN and Inf"
 
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
-        from gradscope.origin import trace_numerics
-
         assert subject.module is not None and subject.probe is not None
-        module, probe = subject.module, subject.probe
-        if subject.traced_dtype != subject.options.dtype and not subject.loaded.fixed_dtype:
-            dtype = getattr(torch, subject.traced_dtype)
-            module, probe = copy.deepcopy(module).to(dtype), probe.cast(dtype)
-        cuda = [subject.device] if subject.device.type == "cuda" else []
-        try:  # the random state as it was: a model that draws noise draws it for the views
-            with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
-                trace = trace_numerics(module, probe, subject.options.cells)
+        cast = subject.traced_dtype != subject.options.dtype and not subject.loaded.fixed_dtype
+        try:
+            trace = _traced(subject, subject.module, subject.probe, cast, subject.options.cells)
         except Exception as error:  # the model's own code, or a kernel the dtype lacks here
-            reason = f"{type(error).__name__}: {first_line(error)}"
-            return Measured(
-                notes=[
-                    Note(
-                        "numerics",
-                        f"the forward and backward pass in {subject.traced_dtype} on "
-                        f"{subject.device} did not run ({reason}): NaN/Inf origins and the "
-                        "largest values were not traced",
-                    )
-                ]
-            )
+            return Measured(notes=[_not_traced(subject, "the forward and backward pass", error)])
         return Measured(trace=trace)
+
+
+def _traced(
+    subject: Subject, module: nn.Module, probe: Probe, cast: bool, cells: tuple[str, ...] = ()
+) -> NumericsTrace:
+    """The traced pass (:func:`gradscope.origin.trace_numerics`) of ``module`` on ``probe``,
+    on copies in the traced dtype when ``cast``; the random state kept as it was, so that a
+    model that draws noise draws the same for the views."""
+    from gradscope.origin import trace_numerics
+
+    if cast:
+        dtype = getattr(torch, subject.traced_dtype)
+        module, probe = copy.deepcopy(module).to(dtype), probe.cast(dtype)
+    cuda = [subject.device] if subject.device.type == "cuda" else []
+    with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+        return trace_numerics(module, probe, cells)
+
+
+def _not_traced(subject: Subject, what: str, error: Exception) -> Note:
+    """Why the traced pass did not run, as a note."""
+    reason = f"{type(error).__name__}: {first_line(error)}"
+    return Note(
+        "numerics",
+        f"{what} in {subject.traced_dtype} on {subject.device} did not run ({reason}): NaN/Inf "
+        "origins and the largest values were not traced",
+    )
 
 
 class RecurrentView:
@@ -321,20 +330,15 @@ def _trace_parts(
 ) -> tuple[NumericsTrace | None, list[Note]]:
     """Each rebuilt part traced on a probe of its own, in the traced dtype: the first part's
     origins (their module paths under the part's), the largest values over all of them."""
-    from gradscope.origin import merged_traces, trace_numerics
+    from gradscope.origin import merged_traces
 
-    dtype = getattr(torch, subject.traced_dtype)
     traces = []
     for part in subject.loaded.parts or []:
         try:
-            probe = make_probe(part.module, options, subject.device).cast(dtype)
-            module = copy.deepcopy(part.module).to(dtype)
-            with torch.enable_grad():
-                traces.append((part.name, trace_numerics(module, probe)))
+            probe = make_probe(part.module, options, subject.device)
+            traces.append((part.name, _traced(subject, part.module, probe, cast=True)))
         except Exception as error:  # a kernel the dtype lacks here, say
-            reason = f"{type(error).__name__}: {first_line(error)}"
-            note = f"{part.name or '(model)'}: not traced in {subject.traced_dtype} ({reason})"
-            return None, [Note("numerics", note)]
+            return None, [_not_traced(subject, f"{part.name or '(model)'}'s pass", error)]
     return merged_traces(traces), []
 
 

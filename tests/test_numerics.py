@@ -216,32 +216,29 @@ def test_a_cell_called_once_per_step_names_the_step_by_its_call():
     assert trace.forward.module == "cell" and trace.forward.step == expected
 
 
+class Masked(nn.Module):
+    """Attention-like scores with all but four features masked: by ``masked_fill`` with
+    -inf (``fill``), or by adding ``finfo.min``, as Hugging Face models do."""
+
+    def __init__(self, fill: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(WIDTH, WIDTH)
+        self.fill = fill
+
+    def forward(self, x):
+        scores, masked = self.linear(x), torch.arange(WIDTH) > 3
+        if self.fill:
+            return torch.softmax(scores.masked_fill(masked, -math.inf), -1)
+        return torch.softmax(scores + masked.to(x.dtype) * torch.finfo(x.dtype).min, -1)
+
+
 def test_a_minus_inf_mask_that_softmax_absorbs_is_no_origin():
-    class Masked(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = nn.Linear(WIDTH, WIDTH)
-
-        def forward(self, x):
-            scores = self.linear(x).masked_fill(torch.arange(WIDTH) > 3, -math.inf)
-            return torch.softmax(scores, -1)
-
-    trace = trace_numerics(Masked().double(), probe(gaussian(8, WIDTH)))
+    trace = trace_numerics(Masked(fill=True).double(), probe(gaussian(8, WIDTH)))
     assert trace.output_finite and trace.forward is None and trace.backward is None
 
 
 def test_a_finfo_min_mask_is_no_activation_and_a_scripted_model_is_said_unseen():
-    class Masked(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = nn.Linear(WIDTH, WIDTH)
-
-        def forward(self, x):
-            scores = self.linear(x)
-            mask = (torch.arange(WIDTH) > 3).to(x.dtype) * torch.finfo(x.dtype).min
-            return torch.softmax(scores + mask, -1)
-
-    model = Masked().double()
+    model = Masked(fill=False).double()
     x = gaussian(8, WIDTH)
     trace = trace_numerics(model, probe(x))
     with torch.no_grad():

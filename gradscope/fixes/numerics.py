@@ -4,7 +4,10 @@ weights finite."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gradscope.fixes.code import SNIPPET_WIDTH
+from gradscope.fixes.recurrent import clip_snippet
 from gradscope.fixes.registry import Advice
 from gradscope.precision import GRAD_SCALER_INIT
 from gradscope.report import FixId, Numerics, Origin
@@ -77,70 +80,50 @@ def _epsilon(numerics: Numerics) -> str:
     return "\n".join([*_located(numerics), *body])
 
 
-def _clip(numerics: Numerics) -> str:
-    return "\n".join(
-        [
-            "optimizer.zero_grad()",
-            "loss.backward()",
-            "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)",
-            "optimizer.step()",
-        ]
-    )
-
-
-def _learning_rate(numerics: Numerics) -> str:
-    return "\n".join(
-        [
-            "# a step that sends weights to Inf was too large: a tenth of the",
-            "# rate, with a warm-up",
-            "for group in optimizer.param_groups:",
-            '    group["lr"] = group["lr"] / 10',
-            "scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1,",
-            "                                              total_iters=1000)",
-        ]
-    )
+def _fixed(*lines: str) -> Callable[[Numerics], str]:
+    """A snippet that does not depend on the model: a change to the training step."""
+    return lambda numerics: "\n".join(lines)
 
 
 def _restore(numerics: Numerics) -> str:
     names = [fault.name for fault in numerics.nonfinite_weights][:3]
-    first = names[0] if names else "weight"
     return "\n".join(
         [
             "# resume from the last checkpoint whose weights are all finite",
             "state = torch.load(path, map_location='cpu', weights_only=True)",
             "broken = [name for name, value in state.items()",
             "          if value.is_floating_point() and not torch.isfinite(value).all()]",
-            f"# this checkpoint: {', '.join(names) or first} ...",
+            f"# this checkpoint: {', '.join(names) or 'weight'} ...",
             "assert not broken, f'{path}: {broken} hold NaN or Inf'",
         ]
     )
 
 
-def _bfloat16(numerics: Numerics) -> str:
-    return "\n".join(
-        [
-            "# bfloat16 has float32's range: no overflow at 65504, no loss scaling",
-            "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):",
-            "    loss = loss_fn(model(x), y)",
-            "loss.backward()",
-        ]
-    )
-
-
-def _loss_scaling(numerics: Numerics) -> str:
-    return "\n".join(
-        [
-            f"# float16: multiply the loss by a scale ({GRAD_SCALER_INIT:.0f} at first) so",
-            "# small gradients stay above float16's smallest normal; the scaler",
-            "# unscales before the step, and halves the scale when one overflows",
-            "scaler = torch.amp.GradScaler('cuda')",
-            "with torch.autocast(device_type='cuda', dtype=torch.float16):",
-            "    loss = loss_fn(model(x), y)",
-            "scaler.scale(loss).backward()",
-            "scaler.step(optimizer)",
-            "scaler.update()",
-        ]
-    )
+_LEARNING_RATE = _fixed(
+    "# a step that sends weights to Inf was too large: a tenth of the",
+    "# rate, with a warm-up",
+    "for group in optimizer.param_groups:",
+    '    group["lr"] = group["lr"] / 10',
+    "scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1,",
+    "                                              total_iters=1000)",
+)
+_BFLOAT16 = _fixed(
+    "# bfloat16 has float32's range: no overflow at 65504, no loss scaling",
+    "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):",
+    "    loss = loss_fn(model(x), y)",
+    "loss.backward()",
+)
+_LOSS_SCALING = _fixed(
+    f"# float16: multiply the loss by a scale ({GRAD_SCALER_INIT:.0f} at first) so",
+    "# small gradients stay above float16's smallest normal; the scaler",
+    "# unscales before the step, and halves the scale when one overflows",
+    "scaler = torch.amp.GradScaler('cuda')",
+    "with torch.autocast(device_type='cuda', dtype=torch.float16):",
+    "    loss = loss_fn(model(x), y)",
+    "scaler.scale(loss).backward()",
+    "scaler.step(optimizer)",
+    "scaler.update()",
+)
 
 
 #: The advice for each fix a numerics finding calls for.
@@ -158,12 +141,12 @@ OVER_NUMERICS = {
     FixId.CLIP_GRAD_NORM: Advice(
         "Clip the gradient norm in the training step",
         "Clipping bounds each update, so one large gradient cannot push the weights to Inf.",
-        _clip,
+        lambda numerics: clip_snippet([], 0.0),
     ),
     FixId.LOWER_LEARNING_RATE: Advice(
         "Lower the learning rate",
         "Smaller steps keep weights and activations in range while training settles.",
-        _learning_rate,
+        _LEARNING_RATE,
     ),
     FixId.RESTORE_WEIGHTS: Advice(
         "Restore weights from a finite checkpoint",
@@ -173,12 +156,12 @@ OVER_NUMERICS = {
     FixId.USE_BFLOAT16: Advice(
         "Train in bfloat16 instead of float16",
         "bfloat16 keeps float32's range (largest 3.4e38, smallest normal 1.2e-38).",
-        _bfloat16,
+        _BFLOAT16,
     ),
     FixId.LOSS_SCALING: Advice(
         "Scale the loss in float16 training",
         "Loss scaling lifts small gradients above float16's smallest normal (6.1e-5).",
-        _loss_scaling,
+        _LOSS_SCALING,
     ),
 }
 

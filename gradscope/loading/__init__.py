@@ -34,7 +34,7 @@ from gradscope.loading.classes import (
     parse_model_args,
 )
 from gradscope.loading.distributed import read_distributed_nested
-from gradscope.loading.huggingface import config_dtype, load_pretrained, pretrained_folder
+from gradscope.loading.huggingface import load_pretrained, pretrained_folder
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
 from gradscope.loading.shards import ShardedSafetensors, checkpoint_in, open_sharded
@@ -255,7 +255,7 @@ def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
         "hugging-face",
         str(folder),
         notes,
-        dtype=config_dtype(folder),
+        dtype=built.dtype,
         class_name=type(built.module).__name__,
         input_shape=built.input_shape,
         config_inputs=built.inputs,

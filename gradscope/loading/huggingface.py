@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,9 +70,8 @@ def _read_config(config: Path, strict: bool) -> Any:
         return None
 
 
-def config_dtype(folder: Path) -> str | None:
-    """The dtype the folder's config says its weights are in (``float32``, ``bfloat16``...)."""
-    data = _read_config(folder / CONFIG_NAME, strict=False) or {}
+def _config_dtype(data: dict) -> str | None:
+    """The dtype a config says its weights are in (``float32``, ``bfloat16``...)."""
     value = next((data[key] for key in DTYPE_KEYS if isinstance(data.get(key), str)), None)
     return value if value in ("float16", "bfloat16", "float32", "float64") else None
 
@@ -88,8 +88,6 @@ def _transformers() -> ModuleType:
 def quiet_transformers() -> Iterator[None]:
     """transformers' progress bars and warnings kept out of gradscope's output (the verbosity
     as it was afterwards); nothing when transformers was never imported."""
-    import sys
-
     module = sys.modules.get("transformers")
     if module is None:
         yield
@@ -197,6 +195,8 @@ class Pretrained:
     fallback: bool = False
     #: The most positions the config says the model embeds, if it says.
     max_steps: int | None = None
+    #: The dtype the config says the weights are in, if it says.
+    dtype: str | None = None
 
 
 def _scan_note(data: dict) -> str | None:
@@ -305,6 +305,7 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
         inputs,
         fallback,
         _max_positions(config),
+        _config_dtype(data),
     )
 
 

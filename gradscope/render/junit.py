@@ -10,10 +10,7 @@ from rich.console import Console
 
 from gradscope.render import Checked
 from gradscope.render.parts import other_findings, parts
-from gradscope.report import DEFAULT_FAIL_ON, Finding, Report, finding_fails
-
-#: The ``where.view`` of the findings about the numbers themselves (NaN, Inf, precision).
-NUMERICS_VIEWS = ("weights", "forward", "backward", "headroom")
+from gradscope.report import DEFAULT_FAIL_ON, NUMERICS_VIEWS, Finding, Report, finding_fails
 
 
 def _case(suite: ElementTree.Element, model: str, name: str) -> ElementTree.Element:

@@ -164,8 +164,9 @@ def _skip(layer: DepthLayer) -> str:
     return "✓" if layer.branch_chi is None else "✓ " + number(layer.branch_chi, "{:.3f}")
 
 
-def _depth_frame(title: str) -> Table:
-    """A borderless table with gaps of two, as the depth tables use."""
+def _depth_frame(title: str | Text) -> Table:
+    """A borderless table with gaps of two, as the depth tables use (a ``Text`` title is not
+    read as markup)."""
     return Table(
         title=title,
         title_justify="left",
@@ -457,8 +458,7 @@ def fix_panels(report: Report) -> list[Panel]:
 
 def headroom_table(numerics: Numerics) -> Table:
     """Each dtype's range against the largest values and where gradients underflow it."""
-    table = _depth_frame(largest_line(numerics))
-    table.title = Text(largest_line(numerics), style="bold")
+    table = _depth_frame(Text(largest_line(numerics)))  # module paths, not markup
     for column in HEADROOM_COLUMNS[:4]:
         table.add_column(column, justify="left" if column == "dtype" else "right", no_wrap=True)
     table.add_column(HEADROOM_COLUMNS[4], overflow="fold", ratio=1)

@@ -66,30 +66,27 @@ def mlp_with_log(width: int = 16) -> nn.Sequential:
     )
 
 
-def mlp_with_hand_norm(width: int = 16) -> nn.Sequential:
+def _after_zeros(block: nn.Module, block_width: int, width: int) -> nn.Sequential:
+    """Linear, Tanh, a Linear that gives 0, then ``block`` at index 3 (giving ``block_width``
+    features), then a small head."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Linear(width, width),
         nn.Tanh(),
         zeroed(nn.Linear(width, width)),
-        HandNorm(),
-        nn.Linear(width, 4),
+        block,
+        nn.Linear(block_width, 4),
         nn.Tanh(),
         nn.Linear(4, 4),
     )
+
+
+def mlp_with_hand_norm(width: int = 16) -> nn.Sequential:
+    return _after_zeros(HandNorm(), width, width)
 
 
 def mlp_with_norm_of_zero(width: int = 16) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(width, width),
-        nn.Tanh(),
-        zeroed(nn.Linear(width, width)),
-        NormOf(),
-        nn.Linear(1, 4),
-        nn.Tanh(),
-        nn.Linear(4, 4),
-    )
+    return _after_zeros(NormOf(), 1, width)
 
 
 def growing_rnn(gain: float = 1.27, size: int = 8) -> nn.RNN:
