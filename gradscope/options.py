@@ -52,7 +52,8 @@ def strings(value: str | Iterable[str]) -> tuple[str, ...]:
 class LoadOptions:
     """How to read a file: the class, its arguments, trust, and assumptions for inference;
     ``only``: the ``--only`` patterns (a sharded checkpoint rebuilt from weights reads only
-    the tensors of the modules they select)."""
+    the tensors of the modules they select; a Hugging Face model, with ``stream``, holds only
+    their weights and reads the others from its file as it runs, which the CPU does)."""
 
     model: str | None = None
     model_args: str | Mapping | None = None
@@ -61,6 +62,7 @@ class LoadOptions:
     nonlinearity: str | None = None
     batch_first: bool | None = None
     only: tuple[str, ...] = ()
+    stream: bool = True
 
     def __post_init__(self) -> None:
         for name in ("only", "allow_globals"):

@@ -24,6 +24,7 @@ from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
 from gradscope.loading import LoadedModel, load_model, resolve_device
 from gradscope.loading.huggingface import quiet_transformers
+from gradscope.loading.streaming import NOT_COPIED
 from gradscope.options import (
     DEFAULT_BATCH,
     DEFAULT_DEPTH_BATCH,
@@ -66,13 +67,17 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     An exported program keeps its own device, dtype and mode: it is pinned to them.
     """
     device = resolve_device(analysis.device)
-    loaded = load_model(source, options)
-    module = loaded.module
+    # placeholders for weights read as the model runs take no memory on the CPU only
+    streams = options.stream and device.type == "cpu"
+    loaded = load_model(source, dataclasses.replace(options, stream=streams))
+    module, stream = loaded.module, loaded.stream
     if module is not None and any(p.is_complex() for p in module.parameters()):
         raise GradscopeError(
             "the model has complex-valued weights; gradscope analyses real-valued models only"
         )
-    faults = nonfinite_weights(module) if module is not None else []
+    faults = nonfinite_weights(module) if module is not None and stream is None else []
+    if stream is not None:  # the weights as the file holds them, one at a time
+        faults = nonfinite_tensors(stream.named_tensors(module))
     if module is None and loaded.weights is not None:
         faults = nonfinite_tensors(loaded.weights.items())
     traced = analysis.dtype or loaded.dtype or DEFAULT_DTYPE
@@ -86,7 +91,9 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     # the views' linear algebra needs float32 at least
     analysis = dataclasses.replace(analysis, dtype="float32" if traced in LOW_PRECISION else traced)
     if module is not None:
-        if not loaded.fixed_dtype:
+        if stream is not None:
+            stream.place(module, device, getattr(torch, analysis.dtype))
+        elif not loaded.fixed_dtype:
             module = module.to(device=device, dtype=getattr(torch, analysis.dtype)).eval()
         for parameter in module.parameters():  # our own copy: gradients must reach every state
             parameter.requires_grad_(True)
@@ -438,6 +445,9 @@ def cover(planned: Plan, results: list[Measured]) -> Coverage:
         for view, modules in result.modules.items():
             views[view] = list(dict.fromkeys([*views.get(view, []), *modules]))
     used = next((r.used for r in results if r.used is not None), None)
+    stream = planned.subject.loaded.stream
+    if used is not None and stream is not None:
+        used = used | stream.reached_parameters()
     units = next((r.units for r in results if r.units), [])
     recurrences = [found for r in results for found in r.recurrences]
     options = planned.subject.options
@@ -553,6 +563,8 @@ def _what_if(
     subject = planned.subject
     if not requested.what_if:
         return fixes
+    if subject.loaded.stream is not None:
+        return [dataclasses.replace(fix, measured=f"not measured: {NOT_COPIED}") for fix in fixes]
     if subject.loaded.parts is not None:
         remeasure = on_parts(subject.loaded.parts, subject.options, subject.device, steps)
     elif subject.module is not None and subject.probe is not None:

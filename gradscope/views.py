@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from gradscope.errors import GradscopeError, first_line
 from gradscope.loading import LoadedModel
+from gradscope.loading.streaming import UNTAKEN_GRADIENTS
 from gradscope.options import DEFAULT_DTYPE, AnalysisOptions
 from gradscope.origin import NumericsTrace
 from gradscope.probe import Layout, Probe, make_probe, probe_for
@@ -113,11 +115,12 @@ class NumericsView:
     def measure(self, subject: Subject, earlier: list[Measured]) -> Measured:
         assert subject.module is not None and subject.probe is not None
         cast = subject.traced_dtype != subject.options.dtype and not subject.loaded.fixed_dtype
+        notes = [Note("numerics", UNTAKEN_GRADIENTS)] if subject.loaded.stream else []
         try:
             trace = _traced(subject, subject.module, subject.probe, cast, subject.options.cells)
         except Exception as error:  # the model's own code, or a kernel the dtype lacks here
             return Measured(notes=[_not_traced(subject, "the forward and backward pass", error)])
-        return Measured(trace=trace)
+        return Measured(trace=trace, notes=notes)
 
 
 def _traced(
@@ -128,12 +131,16 @@ def _traced(
     model that draws noise draws the same for the views."""
     from gradscope.origin import trace_numerics
 
-    if cast:
-        dtype = getattr(torch, subject.traced_dtype)
-        module, probe = copy.deepcopy(module).to(dtype), probe.cast(dtype)
-    cuda = [subject.device] if subject.device.type == "cuda" else []
-    with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
-        return trace_numerics(module, probe, cells)
+    dtype = getattr(torch, subject.traced_dtype)
+    stream = subject.loaded.stream if module is subject.module else None
+    with ExitStack() as stack:
+        if cast and stream is not None:  # no copy of the weights read as it runs
+            module, probe = stack.enter_context(stream.cast(module, dtype)), probe.cast(dtype)
+        elif cast:
+            module, probe = copy.deepcopy(module).to(dtype), probe.cast(dtype)
+        cuda = [subject.device] if subject.device.type == "cuda" else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+            return trace_numerics(module, probe, cells)
 
 
 def _not_traced(subject: Subject, what: str, error: Exception) -> Note:

@@ -38,6 +38,7 @@ from gradscope.loading.huggingface import load_pretrained, pretrained_folder
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
 from gradscope.loading.shards import ShardedSafetensors, checkpoint_in, open_sharded
+from gradscope.loading.streaming import WeightStream
 from gradscope.loading.weights import (
     Found,
     find_model,
@@ -96,6 +97,9 @@ class LoadedModel:
     config_fallback: bool = False
     #: The most positions the model embeds, where its config says.
     max_steps: int | None = None
+    #: The weights ``--only`` leaves out, read from the checkpoint as the model runs
+    #: (:mod:`gradscope.loading.streaming`); None when the model holds all its weights.
+    stream: WeightStream | None = None
 
     def describe(self, later_notes: Sequence[str] = ()) -> ModelDescription:
         """The report's ``model`` object, with notes from the stages after loading."""
@@ -246,7 +250,9 @@ def _inferred(
 
 def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
     """A Hugging Face model folder, built by transformers (see :mod:`.huggingface`)."""
-    built = load_pretrained(folder, options.trust, options.allow_globals)
+    built = load_pretrained(
+        folder, options.trust, options.allow_globals, options.only, options.stream
+    )
     notes = built.notes
     if options.model:
         notes.append(f"--model {options.model} ignored: the folder's config names the model")
@@ -261,6 +267,7 @@ def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
         config_inputs=built.inputs,
         config_fallback=built.fallback,
         max_steps=built.max_steps,
+        stream=built.stream,
     )
 
 

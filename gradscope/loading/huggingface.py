@@ -19,11 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from gradscope.errors import GradscopeError, first_line
+
+if TYPE_CHECKING:
+    from gradscope.loading.streaming import WeightStream
 
 CONFIG_NAME = "config.json"
 MISSING = (
@@ -197,6 +200,8 @@ class Pretrained:
     max_steps: int | None = None
     #: The dtype the config says the weights are in, if it says.
     dtype: str | None = None
+    #: The weights ``--only`` leaves out, read from the checkpoint as the model runs.
+    stream: WeightStream | None = None
 
 
 def _scan_note(data: dict) -> str | None:
@@ -228,8 +233,17 @@ def _input_shape(module: nn.Module, config: Any) -> tuple[int, ...] | None:
     return (IMAGE_BATCH, channels, int(height), int(width))
 
 
-def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = ()) -> Pretrained:
-    """The model the folder holds, in eval mode with its cache off, and notes on how."""
+def load_pretrained(
+    folder: Path,
+    trust: bool,
+    allow_globals: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
+    stream: bool = True,
+) -> Pretrained:
+    """The model the folder holds, in eval mode with its cache off, and notes on how. With
+    ``only`` (``--only`` patterns) and ``stream``, a safetensors folder's model is built
+    without weights, the selected modules' read, the others' read as it runs
+    (:mod:`gradscope.loading.streaming`)."""
     data = _read_config(folder / CONFIG_NAME, strict=True)
     remote = data.get("auto_map")
     if remote and not trust:
@@ -261,8 +275,20 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
         keywords: dict[str, Any] = {"config": config, "attn_implementation": "eager"}
         if cls.__module__.startswith("transformers.models.auto"):
             keywords["trust_remote_code"] = trust
+        streamed, info = None, {}
         try:
-            if kind == "pickle":
+            if only and stream:
+                streamed, why_not = (
+                    _streamed(cls, keywords, folder, only)
+                    if kind == "safetensors"
+                    else (None, ".bin weights are pickles, read whole")
+                )
+                if streamed is None:
+                    notes.append(f"--only: the whole model was loaded, not streamed ({why_not})")
+            if streamed is not None:
+                model = streamed.module
+                notes.append(_streamed_note(streamed.stream))
+            elif kind == "pickle":
                 state = _pickled_state_dict(folder, trust, allow_globals)
                 model, info = cls.from_pretrained(
                     None, state_dict=state, output_loading_info=True, **keywords
@@ -306,6 +332,60 @@ def load_pretrained(folder: Path, trust: bool, allow_globals: tuple[str, ...] = 
         fallback,
         _max_positions(config),
         _config_dtype(data),
+        streamed.stream if streamed is not None else None,
+    )
+
+
+def _streamed(
+    cls: Any, keywords: dict[str, Any], folder: Path, only: tuple[str, ...]
+) -> tuple[Any, str | None]:
+    """The model built without weights, those of the modules ``only`` selects read and the
+    others streamed (a :class:`~gradscope.loading.streaming.Streamed`), or None and why it
+    is loaded whole."""
+    from gradscope.loading.streaming import ShardReader, empty_parameters, stream_model
+    from gradscope.options import selects_module
+
+    reader = ShardReader(_safetensors(folder))
+    with empty_parameters():
+        if cls.__module__.startswith("transformers.models.auto"):
+            model = cls.from_config(**keywords)
+        else:
+            model = cls._from_config(keywords["config"], attn_implementation="eager")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    streamed = stream_model(
+        model,
+        reader.shapes(),
+        reader,
+        lambda path: selects_module(only, path),
+        getattr(model, "base_model_prefix", ""),
+    )
+    return (streamed, None) if streamed.stream is not None else (None, streamed.why_not)
+
+
+def _safetensors(folder: Path) -> Any:
+    """The folder's safetensors tensors, lazily: from the index's shards, or the one file."""
+    from safetensors import safe_open
+
+    from gradscope.loading.shards import ShardedSafetensors, read_index
+
+    index = folder / SAFETENSORS[1]
+    if index.is_file():
+        return read_index(index)
+    single = folder / SAFETENSORS[0]
+    with safe_open(str(single), framework="pt", device="cpu") as file:
+        keys = list(file.keys())
+    return ShardedSafetensors(single, dict.fromkeys(keys, single))
+
+
+def _streamed_note(stream: WeightStream) -> str:
+    held = ", ".join(stream.kept[:LISTED_KEYS]) + (
+        f" and {len(stream.kept) - LISTED_KEYS} more" if len(stream.kept) > LISTED_KEYS else ""
+    )
+    return (
+        f"--only: the weights of {held or 'no module'} are held in memory; the other "
+        f"{stream.streamed_parameters:,} parameters are read from the checkpoint as the model "
+        "runs (memory-mapped) and let go once used, the backward pass reading them again"
     )
 
 
