@@ -45,6 +45,7 @@ def analyze(
     what_if: bool = DEFAULTS.what_if,
     max_memory: int | str | None = DEFAULTS.max_memory,
     only: str | Sequence[str] = DEFAULTS.only,
+    stream: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Probe a model and diagnose its gradient flow over time and over depth.
@@ -73,7 +74,8 @@ def analyze(
     levels), ``chi_probes``, ``power_iterations``. ``max_memory``: bytes (or a size such as
     ``"2GB"``) for Jacobian work, which goes in chunks to stay within it. ``only``: module paths
     or globs of the recurrent modules or the run of blocks to measure (the rest are reported
-    as left out). ``progress``
+    as left out); ``stream``: with ``only``, read a Hugging Face folder's other weights from
+    its files as the model runs, on the CPU (False loads the whole model). ``progress``
     receives one line per stage.
 
     Raises :class:`gradscope.errors.GradscopeError` for unusable input or options.
@@ -92,6 +94,7 @@ def analyze(
         nonlinearity=nonlinearity,
         batch_first=batch_first,
         only=only,
+        stream=stream,
     )
     options = AnalysisOptions(
         steps=steps,

@@ -376,6 +376,16 @@ def analyze(
             rich_help_panel=ANALYSIS,
         ),
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream/--no-stream",
+            help="With --only, a Hugging Face folder's other weights are read from its files as "
+            "the model runs, on the CPU (for models larger than memory); --no-stream loads "
+            "the whole model, so that fixes can be measured on a copy.",
+            rich_help_panel=ANALYSIS,
+        ),
+    ] = True,
     max_memory: Annotated[
         str | None,
         typer.Option(
@@ -513,6 +523,7 @@ def cli_keywords(given: dict[str, Any]) -> dict[str, Any]:
         "spectrum_steps": given["spectrum_steps"],
         "max_memory": given["max_memory"],
         "only": tuple(given["only"] or ()),
+        "stream": given["stream"],
         "device": given["device"],
         "output_key": given["output_key"],
         "cells": tuple(given["cell"] or ()),

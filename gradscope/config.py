@@ -86,6 +86,7 @@ OPTION_KEYS: dict[str, str] = {
     "spectrum_steps": "int_or_str",
     "max_memory": "int_or_str",
     "only": "strings",
+    "stream": "bool",
     "format": "str",
     "fail_on": "strings",
     "exit_zero": "bool",

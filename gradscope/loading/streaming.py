@@ -130,7 +130,7 @@ class WeightStream:
         self.held = held
         self.kept = kept
         self._placeholders: dict[int, str] = {}
-        self._loaded: dict[int, str] = {}
+        self._loaded: dict[int, tuple[str, int]] = {}  # address -> (key, reads alive)
         self._stacks: list[ExitStack] = []
         self.live_bytes = 0
         self.peak_bytes = 0
@@ -222,18 +222,24 @@ class WeightStream:
     def fetch(self, key: str) -> Tensor:
         """The weight ``key``, read from the checkpoint in the analysis dtype and device."""
         tensor = self.read(key).to(device=self.device, dtype=self.dtype)
-        address, size = _storage(tensor), tensor.numel() * tensor.element_size()
-        if address:  # not inside a torch.func transform, whose wrapper hides it
-            self._loaded[address] = key
         self.reads += 1
+        address = _storage(tensor)
+        if not address:  # inside a torch.func transform, whose wrapper hides the memory
+            return tensor
+        size = tensor.untyped_storage().nbytes()
+        _, count = self._loaded.get(address, (key, 0))
+        self._loaded[address] = (key, count + 1)  # two reads may share a mapped file's pages
         self.live_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        weakref.finalize(tensor, self._let_go, address, size)
+        # the memory lives as long as its storage, which a view may keep after the tensor
+        weakref.finalize(tensor.untyped_storage(), self._let_go, address, size)
         return tensor
 
     def _let_go(self, address: int, size: int) -> None:
         self.live_bytes -= size
-        self._loaded.pop(address, None)
+        key, count = self._loaded.pop(address)
+        if count > 1:
+            self._loaded[address] = (key, count - 1)
 
     def substitute(self, tensor: Tensor) -> Tensor:
         """The weight a placeholder (or a view of one) stands for; any other tensor as it is."""
@@ -247,7 +253,7 @@ class WeightStream:
         return _storage(tensor) in self._loaded
 
     def _pack(self, tensor: Tensor) -> Any:
-        key = self._loaded.get(_storage(tensor))
+        key, _ = self._loaded.get(_storage(tensor), (None, 0))
         if key is None:
             return tensor
         return _Saved(key, tensor.size(), tensor.stride(), tensor.storage_offset())
