@@ -313,12 +313,10 @@ def load_pretrained(
     notes.insert(0, f"{name} built by transformers {transformers.__version__} from {CONFIG_NAME}")
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        shown = ", ".join(missing[:LISTED_KEYS]) + (
-            f" and {len(missing) - LISTED_KEYS} more" if len(missing) > LISTED_KEYS else ""
-        )
         notes.append(
             f"weights not in the folder, initialised at random by transformers "
-            f"({len(missing)}: {shown}): gradients through them are those of a fresh init"
+            f"({len(missing)}: {_listed(missing)}): gradients through them are those of a "
+            "fresh init"
         )
     scanned = _scan_note(data)
     if scanned:
@@ -359,6 +357,7 @@ def _streamed(
         reader,
         lambda path: selects_module(only, path),
         getattr(model, "base_model_prefix", ""),
+        f"--only {' '.join(only)}",
     )
     return (streamed, None) if streamed.stream is not None else (None, streamed.why_not)
 
@@ -378,14 +377,18 @@ def _safetensors(folder: Path) -> Any:
     return ShardedSafetensors(single, dict.fromkeys(keys, single))
 
 
+def _listed(names: list[str]) -> str:
+    """The first LISTED_KEYS names, and how many more."""
+    more = len(names) - LISTED_KEYS
+    return ", ".join(names[:LISTED_KEYS]) + (f" and {more} more" if more > 0 else "")
+
+
 def _streamed_note(stream: WeightStream) -> str:
-    held = ", ".join(stream.kept[:LISTED_KEYS]) + (
-        f" and {len(stream.kept) - LISTED_KEYS} more" if len(stream.kept) > LISTED_KEYS else ""
-    )
     return (
-        f"--only: the weights of {held or 'no module'} are held in memory; the other "
-        f"{stream.streamed_parameters:,} parameters are read from the checkpoint as the model "
-        "runs (memory-mapped) and let go once used, the backward pass reading them again"
+        f"--only: the weights of {_listed(stream.kept) or 'no module'} are held in memory; "
+        f"the other {stream.streamed_parameters:,} parameters are read from the checkpoint "
+        "as the model runs (memory-mapped) and let go once used, the backward pass reading "
+        "them again"
     )
 
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map_only
 
+from gradscope.errors import GradscopeError
 from gradscope.loading.shards import ShardedSafetensors, open_shard
 
 #: Tensor functions that read a tensor's shape, layout or flags, never its values: they see the
@@ -316,6 +317,16 @@ class Streamed:
     why_not: str | None = None
 
 
+def _block_lists(model: nn.Module) -> str:
+    """Where the model's lists of blocks are, in words (``model.layers.0 to model.layers.31``)."""
+    lists = [
+        f"{path}.0 to {path}.{len(module) - 1}"
+        for path, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 1
+    ]
+    return f"its blocks are {', '.join(lists)}" if lists else "it has no list of blocks"
+
+
 def _owner(path: str) -> str:
     """The path of the module that holds ``path`` (``""``: the model)."""
     return path.rsplit(".", 1)[0] if "." in path else ""
@@ -356,11 +367,13 @@ def stream_model(
     read: Callable[[str], Tensor],
     selects: Callable[[str], bool],
     prefix: str = "",
+    selection: str = "--only",
 ) -> Streamed:
     """``model`` (its parameters on the meta device) with the weights of the modules
     ``selects`` picks read from the checkpoint and every other weight streamed; the whole
     model to load instead, with why, when its parameters do not map one to one onto
-    the checkpoint's names and shapes, or when ``selects`` picks every weight."""
+    the checkpoint's names and shapes, or when ``selects`` picks every weight. ``selection``
+    names what selects in an error (``--only layers.1*``)."""
     found, why_not = checkpoint_keys(model, keys, prefix)
     if why_not:
         return Streamed(None, None, why_not)
@@ -375,6 +388,11 @@ def stream_model(
         (held if selected else streamed)[new] = key
     if not streamed:
         return Streamed(None, None, "--only selects every weight")
+    if not held:  # found now, not after a pass over every weight of a large model
+        raise GradscopeError(
+            f"{selection} selects no module with weights in {type(model).__name__}; "
+            f"{_block_lists(model)}: give a path or a glob such as 'layers.1*'"
+        )
     for module in model.modules():
         for name, parameter in module._parameters.items():
             if parameter is not None:

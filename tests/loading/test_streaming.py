@@ -200,3 +200,11 @@ def test_the_command_line_streams_and_says_fixes_are_not_measured(folders, capsy
     whole = json.loads(capsys.readouterr().out)
     assert code == 0
     assert not any("let go once used" in note for note in whole["model"]["notes"])
+
+
+def test_a_pattern_that_selects_no_weights_is_refused_before_the_model_runs(folders, capsys):
+    code = main(["analyze", str(folders["llama"]), "--only", "layers.9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "--only layers.9 selects no module with weights in LlamaForCausalLM" in err
+    assert "its blocks are model.layers.0 to model.layers.5" in err
