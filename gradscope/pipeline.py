@@ -166,6 +166,8 @@ def plan(subject: Subject) -> Plan:
     if probe is None:
         assert failure is not None
         raise GradscopeError(f"{failure} ({_tried(module)})") from None
+    if _config_sequence(subject.loaded, probe):
+        probe = _as_sequence(probe, batch_first=True)  # the steps its config gives
     if not detecting:
         found = []
     if detecting and not found and _may_loop_over_axis_0(module, requested, probe):
@@ -204,6 +206,17 @@ def plan(subject: Subject) -> Plan:
     if probe.time_axis is not None:
         views.append(SequenceView(requested.distance is not None))
     return Plan(probed, views, [*notes, *_probe_notes(probe, options), *_dtype_notes(subject)])
+
+
+def _config_sequence(loaded: LoadedModel, probe: Probe) -> bool:
+    """Whether the probe is the sequence a model's config describes: (batch, steps, features)
+    as its config gives them (a forecaster's history), whatever the batch."""
+    shape = loaded.input_shape
+    return (
+        loaded.sequence_input
+        and shape is not None
+        and tuple(probe.inputs.shape[1:]) == tuple(shape[1:])
+    )
 
 
 def _may_loop_over_axis_0(module: nn.Module, requested: AnalysisOptions, probe: Probe) -> bool:

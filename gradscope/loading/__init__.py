@@ -100,6 +100,8 @@ class LoadedModel:
     #: The weights ``--only`` leaves out, read from the checkpoint as the model runs
     #: (:mod:`gradscope.loading.streaming`); None when the model holds all its weights.
     stream: WeightStream | None = None
+    #: Whether ``input_shape`` is (batch, steps, features): a sequence the config describes.
+    sequence_input: bool = False
 
     def describe(self, later_notes: Sequence[str] = ()) -> ModelDescription:
         """The report's ``model`` object, with notes from the stages after loading."""
@@ -268,6 +270,7 @@ def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
         config_fallback=built.fallback,
         max_steps=built.max_steps,
         stream=built.stream,
+        sequence_input=built.sequence_input,
     )
 
 

@@ -202,6 +202,8 @@ class Pretrained:
     dtype: str | None = None
     #: The weights ``--only`` leaves out, read from the checkpoint as the model runs.
     stream: WeightStream | None = None
+    #: Whether ``input_shape`` is (batch, steps, features): a forecaster's history.
+    sequence_input: bool = False
 
 
 def _scan_note(data: dict) -> str | None:
@@ -218,9 +220,15 @@ def _scan_note(data: dict) -> str | None:
 
 def _input_shape(module: nn.Module, config: Any) -> tuple[int, ...] | None:
     """``pixel_values`` shaped from the config for an image model, ``input_values`` long
-    enough for AUDIO_FRAMES frames of a speech encoder's convolutions; None otherwise (token
-    ids are read from the embedding)."""
+    enough for AUDIO_FRAMES frames of a speech encoder's convolutions, a forecaster's
+    ``past_values`` (its context by its channels); None otherwise (token ids are read from
+    the embedding)."""
     main = getattr(module, "main_input_name", None)
+    steps, channels = (
+        getattr(config, key, None) for key in ("context_length", "num_input_channels")
+    )
+    if main == "past_values" and isinstance(steps, int) and isinstance(channels, int):
+        return (IMAGE_BATCH, steps, channels)  # a forecaster's history: steps by channels
     if main == "input_values":
         stride = math.prod(getattr(config, "conv_stride", None) or [1])
         kernel = sum(getattr(config, "conv_kernel", None) or [1])
@@ -331,6 +339,7 @@ def load_pretrained(
         _max_positions(config),
         _config_dtype(data),
         streamed.stream if streamed is not None else None,
+        getattr(model, "main_input_name", None) == "past_values",
     )
 
 

@@ -393,3 +393,32 @@ def test_weights_a_folder_lacks_are_said_to_be_a_fresh_init(folders, tmp_path):
         "weights not in the folder, initialised at random by transformers (1: score.weight)" in note
         for note in report.model.notes
     )
+
+
+def test_a_forecaster_is_probed_with_its_history_and_gets_a_time_view(tmp_path):
+    config = transformers.PatchTSTConfig(
+        num_input_channels=3,
+        context_length=32,
+        patch_length=4,
+        patch_stride=4,
+        prediction_length=8,
+        d_model=16,
+        num_attention_heads=2,
+        num_hidden_layers=3,
+        ffn_dim=32,
+    )
+    torch.manual_seed(0)
+    transformers.PatchTSTForPrediction(config).save_pretrained(tmp_path / "patchtst")
+    report = analysed(tmp_path / "patchtst")
+    assert report.settings.input_shape == [2, 32, 3]  # past_values: context by channels
+    assert len(report.sequence.grad_norm_by_lag) == 32
+    # the sequence view against autograd: the forecast (no 32-step axis) is read whole
+    history = torch.randn(2, 32, 3, generator=torch.Generator().manual_seed(4))
+    report = gradscope.analyze(str(tmp_path / "patchtst"), history, what_if=False)
+    model = transformers.PatchTSTForPrediction.from_pretrained(tmp_path / "patchtst").eval()
+    x = history.clone().requires_grad_(True)
+    y = model(past_values=x).prediction_outputs.reshape(2, -1)
+    w = loss_direction(y.shape[1], Probe(history, 1, 0, "tensor", 0), y)
+    (y @ w).sum().backward()
+    expected = x.grad.pow(2).sum(-1).mean(0).sqrt().tolist()
+    assert report.sequence.grad_norm_by_lag == pytest.approx(expected[::-1], rel=1e-5)
