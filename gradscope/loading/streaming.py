@@ -137,7 +137,7 @@ class WeightStream:
         self.peak_bytes = 0
         self.reads = 0
         #: The keys of the left-out weights read while gradients were on.
-        self.reached: set[str | None] = set()
+        self.reached: set[str] = set()
         self.dtype = torch.float32
         self.device = torch.device("cpu")
 
@@ -159,7 +159,8 @@ class WeightStream:
         self._placeholders.clear()
         for parameter, key in self.streamed.items():
             parameter.data = torch.empty(parameter.shape, dtype=dtype, device=device)
-            self._placeholders[_storage(parameter)] = key
+            if parameter.numel():  # an empty one has no memory to tell it by, nor values
+                self._placeholders[_storage(parameter)] = key
         for parameter, key in self.held.items():
             parameter.data = _converted(self.read(key), device, dtype)
         for module in model.modules():
@@ -217,8 +218,9 @@ class WeightStream:
         self._stacks.pop().close()
 
     def key_of(self, tensor: Tensor) -> str | None:
-        """The checkpoint key of the left-out weight ``tensor`` views, if it views one."""
-        return self._placeholders.get(_storage(tensor))
+        """The checkpoint key of the left-out weight ``tensor`` views, if it views one (a
+        tensor inside a torch.func transform, address 0, never does)."""
+        return self._placeholders.get(_storage(tensor) or -1)
 
     def fetch(self, key: str) -> Tensor:
         """The weight ``key``, read from the checkpoint in the analysis dtype and device."""
@@ -284,12 +286,13 @@ class _Substitute(TorchFunctionMode):
         wants_grad: list[bool] = []
 
         def weight(tensor: Tensor) -> Tensor:
-            found = self.stream.substitute(tensor)
-            if found is not tensor:
-                wants_grad.append(tensor.requires_grad)
-                if torch.is_grad_enabled():
-                    self.stream.reached.add(self.stream.key_of(tensor))
-            return found
+            key = self.stream.key_of(tensor)
+            if key is None:
+                return tensor
+            wants_grad.append(tensor.requires_grad)
+            if torch.is_grad_enabled():
+                self.stream.reached.add(key)
+            return self.stream.substitute(tensor)
 
         args, kwargs = tree_map_only(Tensor, weight, (args, kwargs))
         result = func(*args, **kwargs)
