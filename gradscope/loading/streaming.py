@@ -330,9 +330,17 @@ def _block_lists(model: nn.Module) -> str:
     return f"its blocks are {', '.join(lists)}" if lists else "it has no list of blocks"
 
 
-def _owner(path: str) -> str:
-    """The path of the module that holds ``path`` (``""``: the model)."""
-    return path.rsplit(".", 1)[0] if "." in path else ""
+def _ancestors(path: str) -> list[str]:
+    """The paths of the modules that hold the tensor or module at ``path``, outermost first
+    (the model, ``""``, first)."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
+def _selected(path: str, selects: Callable[[str], bool]) -> bool:
+    """Whether ``selects`` picks a module that holds ``path`` (a glob such as
+    ``layers.[123]`` names the block, not the modules inside it)."""
+    return any(selects(holder) for holder in _ancestors(path))
 
 
 def checkpoint_keys(
@@ -384,7 +392,7 @@ def stream_model(
     streamed: dict[nn.Parameter, str] = {}
     held: dict[nn.Parameter, str] = {}
     for parameter, (key, paths) in found.items():
-        selected = any(selects(_owner(path)) for path in paths)
+        selected = any(_selected(path, selects) for path in paths)
         value = read(key) if selected else torch.empty(parameter.shape, dtype=parameter.dtype)
         new = nn.Parameter(value, requires_grad=parameter.requires_grad)
         replaced[id(parameter)] = new
@@ -403,7 +411,7 @@ def stream_model(
     roots = [
         module
         for path, module in model.named_modules()
-        if path and selects(path) and not selects(_owner(path))
+        if path and selects(path) and not _selected(path, selects)
     ]
     buffers = dict(model.named_buffers())
     for key in keys:

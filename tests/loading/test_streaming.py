@@ -93,6 +93,7 @@ def test_only_the_selected_weights_are_read_when_loaded(folders):
     [
         ("gpt2", GPT2_MIDDLE),
         ("gpt2", ("transformer.h.*",)),  # the last block runs the final norm, left out
+        ("gpt2", ("transformer.h.[123]",)),  # a glob that names blocks, not what is in them
         ("llama", ("model.layers.2*", "model.layers.3", "model.layers.4")),
     ],
 )
