@@ -306,12 +306,15 @@ def parse_loss_at(value: Any) -> int | str:
 
 def selects_module(patterns: tuple[str, ...], path: str) -> bool:
     """Whether ``--only`` ``patterns`` select the module at ``path`` (``""``: the model): one
-    matches its path or a tail of it (``encoder`` in ``model.encoder``: below a wrapper's
-    prefix) as a glob, or names a module that holds it. No patterns: all."""
+    matches, as a glob, its path or the path of a module that holds it, or a tail of either
+    (``encoder`` in ``model.encoder``: below a wrapper's prefix). No patterns: all."""
     if not patterns:
         return True
     parts = path.split(".") if path else []
-    tails = [".".join(parts[i:]) for i in range(len(parts))] or [""]
+    # the module and each module that holds it (a glob such as 'layers.[12]' names a block,
+    # and selects what is inside it too), each by its path or a tail of it
+    holders = [parts[:end] for end in range(1, len(parts) + 1)]
+    tails = {".".join(holder[i:]) for holder in holders for i in range(len(holder))} or {""}
     return any(
         fnmatch.fnmatchcase(tail or "(model)", pattern) or is_within_path(tail, pattern)
         for tail in tails

@@ -44,6 +44,11 @@ def model() -> nn.Module:
         (("encoder",), "net.encoder", True),
         (("encoder",), "net.encoder.cell", True),
         (("net.encoder",), "encoder", False),
+        (("layers.[12]",), "layers.1", True),
+        (("layers.[12]",), "layers.1.mlp.fc", True),  # inside a block the glob names
+        (("layers.[12]",), "layers.3.mlp.fc", False),
+        (("layers.?",), "model.layers.4.attn", True),
+        (("(model)",), "encoder", False),
     ],
 )
 def test_only_selects_by_path_glob_or_holder(patterns, path, selected):
