@@ -22,7 +22,7 @@ from gradscope.diagnosis import Diagnosis, diagnose
 from gradscope.diagnosis.verdict import with_distances
 from gradscope.errors import GradscopeError
 from gradscope.fixes import build_fixes
-from gradscope.loading import LoadedModel, load_model, resolve_device
+from gradscope.loading import HF_KIND, LoadedModel, load_model, resolve_device
 from gradscope.loading.huggingface import quiet_transformers
 from gradscope.loading.streaming import NOT_COPIED
 from gradscope.options import (
@@ -71,6 +71,11 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
     streams = options.stream and device.type == "cpu"
     loaded = load_model(source, dataclasses.replace(options, stream=streams))
     module, stream = loaded.module, loaded.stream
+    if options.only and options.stream and not streams and loaded.checkpoint_kind == HF_KIND:
+        loaded.notes.append(
+            f"--only: the whole model was loaded, not streamed (placeholders for the weights "
+            f"read as the model runs take no memory on the CPU only, not on {device.type})"
+        )
     if module is not None and any(p.is_complex() for p in module.parameters()):
         raise GradscopeError(
             "the model has complex-valued weights; gradscope analyses real-valued models only"

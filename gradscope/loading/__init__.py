@@ -50,7 +50,14 @@ from gradscope.loading.weights import (
 from gradscope.options import LoadOptions, selects_weight
 from gradscope.report import ModelDescription
 
-__all__ = ["LoadedModel", "import_class", "load_model", "parse_model_args", "resolve_device"]
+__all__ = [
+    "HF_KIND",
+    "LoadedModel",
+    "import_class",
+    "load_model",
+    "parse_model_args",
+    "resolve_device",
+]
 
 #: safetensors metadata keys that may name the model class and its arguments.
 METADATA_CLASS_KEYS = ("model_class", "class", "model")
@@ -58,6 +65,8 @@ METADATA_ARGS_KEYS = ("model_args", "model_kwargs", "kwargs", "config")
 #: ``package.module:Class``: the only shape of class name taken from a file.
 CLASS_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NO_OPTIONS = LoadOptions()
+#: The report's name for a Hugging Face model folder.
+HF_KIND = "hugging-face"
 #: The report's name for a state dict read from each format (``state-dict`` for the others).
 CHECKPOINT_KINDS = {
     files.SAFETENSORS: "safetensors",
@@ -260,7 +269,7 @@ def _pretrained(folder: Path, options: LoadOptions) -> LoadedModel:
         notes.append(f"--model {options.model} ignored: the folder's config names the model")
     return LoadedModel(
         built.module,
-        "hugging-face",
+        HF_KIND,
         str(folder),
         notes,
         dtype=built.dtype,
