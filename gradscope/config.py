@@ -205,7 +205,7 @@ def _resolved(options: dict[str, Any], root: Path) -> dict[str, Any]:
 #: The field of AnalysisOptions or LoadOptions each key sets, where its name differs.
 FIELDS = {"horizon": "distance", "depth": "granularity", "cell": "cells"}
 FIELDS |= {"allow_global": "allow_globals"}
-LOAD_KEYS = ("model", "model_args", "trust", "allow_global", "nonlinearity")
+LOAD_KEYS = ("model", "model_args", "trust", "allow_global", "nonlinearity", "stream")
 
 
 def _valid(values: dict[str, Any], path: Path, where: str) -> None:

@@ -209,3 +209,23 @@ def test_a_pattern_that_selects_no_weights_is_refused_before_the_model_runs(fold
     assert code == 2 and "Traceback" not in err
     assert "--only layers.9 selects no module with weights in LlamaForCausalLM" in err
     assert "its blocks are model.layers.0 to model.layers.5" in err
+
+
+def test_a_project_config_streams_or_not_per_model(folders, tmp_path, capsys):
+    config = tmp_path / "pyproject.toml"
+    config.write_text(
+        "[tool.gradscope]\n"
+        'only = ["transformer.h.[123]"]\n'
+        "what_if = false\n"
+        "[[tool.gradscope.models]]\n"
+        f'name = "streamed"\npath = "{folders["gpt2"]}"\n'
+        "[[tool.gradscope.models]]\n"
+        f'name = "whole"\npath = "{folders["gpt2"]}"\nstream = false\n'
+    )
+    code = main(["check", "--config", str(config), "--format", "json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    streamed, whole = (entry["report"] for entry in json.loads(out.out)["models"])
+    assert any("let go once used" in note for note in streamed["model"]["notes"])
+    assert not any("let go once used" in note for note in whole["model"]["notes"])
+    assert streamed["layers"] == whole["layers"]
