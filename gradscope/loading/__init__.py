@@ -34,7 +34,12 @@ from gradscope.loading.classes import (
     parse_model_args,
 )
 from gradscope.loading.distributed import read_distributed_nested
-from gradscope.loading.huggingface import load_pretrained, pretrained_folder
+from gradscope.loading.huggingface import (
+    cached_folder,
+    is_hub_id,
+    load_pretrained,
+    pretrained_folder,
+)
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
 from gradscope.loading.shards import ShardedSafetensors, checkpoint_in, open_sharded
@@ -396,6 +401,10 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions = NO_OPTIONS
                 "to a checkpoint instead"
             ) from None
     path = Path(source)
+    if not path.exists() and is_hub_id(str(source)):  # a Hub model, if it is in the cache
+        loaded = _pretrained(cached_folder(str(source)), options)
+        loaded.notes.insert(1, f"{source} read from the local Hugging Face cache: {loaded.path}")
+        return loaded
     folder = pretrained_folder(path)
     if folder is not None:
         return _pretrained(folder, options)

@@ -59,6 +59,36 @@ def pretrained_folder(path: Path) -> Path | None:
     return folder
 
 
+#: ``owner/name`` (with ``@revision``): how the Hugging Face Hub names a model.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+#: File suffixes that say a path names a checkpoint file, not a Hub model.
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pt2", ".safetensors", ".json")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source``, a path that is not there, reads as a Hub model id (``org/model``)."""
+    return bool(HUB_ID.match(source)) and not source.lower().endswith(FILE_SUFFIXES)
+
+
+def cached_folder(source: str) -> Path:
+    """The folder of the Hub model ``source`` (``org/model`` or ``org/model@revision``) in the
+    local Hugging Face cache; nothing is downloaded. A one-line error when it is not there."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise GradscopeError(f"{source}: no such file. {MISSING}") from None
+    repo, _, revision = source.partition("@")
+    try:
+        folder = snapshot_download(repo, revision=revision or None, local_files_only=True)
+    except Exception:
+        raise GradscopeError(
+            f"{source}: no such file, nor a model of that name in the local Hugging Face cache; "
+            f"gradscope reads local files only: download it first (hf download {repo}) or "
+            "give the folder save_pretrained wrote"
+        ) from None
+    return Path(folder)
+
+
 def _weights_file(name: str) -> bool:
     """Whether ``name`` is one of the weight files ``save_pretrained`` writes."""
     return name in SAFETENSORS + PICKLES or bool(re.fullmatch(SHARD, name))

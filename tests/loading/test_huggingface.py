@@ -422,3 +422,29 @@ def test_a_forecaster_is_probed_with_its_history_and_gets_a_time_view(tmp_path):
     (y @ w).sum().backward()
     expected = x.grad.pow(2).sum(-1).mean(0).sqrt().tolist()
     assert report.sequence.grad_norm_by_lag == pytest.approx(expected[::-1], rel=1e-5)
+
+
+def test_a_hub_id_is_read_from_the_local_cache_and_never_downloaded(
+    folders, tmp_path, monkeypatch, capsys
+):
+    hub = pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny--gpt2" / "snapshots" / ("a" * 40)
+    shutil.copytree(folders["gpt2"], snapshot)
+    (cache / "models--tiny--gpt2" / "refs").mkdir()
+    (cache / "models--tiny--gpt2" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)  # a download would fail
+    monkeypatch.chdir(tmp_path)
+    report = analysed("tiny/gpt2")
+    assert report.model.checkpoint_kind == "hugging-face"
+    assert report.model.path == str(snapshot)
+    assert any("tiny/gpt2 read from the local Hugging Face cache" in n for n in report.model.notes)
+    expected = analysed(folders["gpt2"])
+    assert [layer.grad_norm for layer in report.layers] == [
+        layer.grad_norm for layer in expected.layers
+    ]
+    assert main(["analyze", "tiny/absent"]) == 2
+    err = capsys.readouterr().err
+    assert "nor a model of that name in the local Hugging Face cache" in err
+    assert "hf download tiny/absent" in err and "Traceback" not in err
