@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradscope.errors import GradscopeError
+from gradscope.hub import is_hub_id
 from gradscope.options import AnalysisOptions, LoadOptions
 
 if sys.version_info >= (3, 11):
@@ -193,6 +194,9 @@ def _resolved(options: dict[str, Any], root: Path) -> dict[str, Any]:
     resolved = dict(options)
     for key in PATH_KEYS:
         value = resolved.get(key)
+        hub = key == "path" and isinstance(value, str) and is_hub_id(value)
+        if hub and not (root / value).exists():
+            continue  # a Hugging Face Hub id, read from the local cache
         if isinstance(value, str) and value not in ("gaussian", "zeros"):
             resolved[key] = str(root / value)
     model = resolved.get("model")

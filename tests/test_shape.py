@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gradscope"
 #: Plain data and pure functions that any layer may import.
 SHARED = {"gradscope", "gradscope.errors", "gradscope.options", "gradscope.report"}
 SHARED |= {"gradscope.theory", "gradscope.taxonomy", "gradscope.baseline", "gradscope.compare"}
-SHARED |= {"gradscope.precision"}
+SHARED |= {"gradscope.precision", "gradscope.hub"}
 #: What each layer may import besides SHARED and its own package; every module is in a layer.
 ALLOWED = {
     "gradscope": {"gradscope.api", "gradscope.monitor"},
@@ -35,6 +35,7 @@ ALLOWED = {
     "gradscope.taxonomy": set(),
     "gradscope.numerics": set(),
     "gradscope.precision": set(),
+    "gradscope.hub": set(),
     # the traced pass: where NaN or Inf first appear (measurement, on the probe's loss)
     "gradscope.origin": {"gradscope.probe"},
     "gradscope.krylov": set(),
@@ -111,6 +112,7 @@ TORCH_FREE = [
     "gradscope.baseline",
     "gradscope.report",
     "gradscope.precision",
+    "gradscope.hub",
     "gradscope.diagnosis",
     "gradscope.fixes",
     "gradscope.render.text",

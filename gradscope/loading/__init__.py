@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.errors import GradscopeError
+from gradscope.hub import is_hub_id
 from gradscope.loading import files
 from gradscope.loading.classes import (
     fitting_kwargs,
@@ -34,12 +35,7 @@ from gradscope.loading.classes import (
     parse_model_args,
 )
 from gradscope.loading.distributed import read_distributed_nested
-from gradscope.loading.huggingface import (
-    cached_folder,
-    is_hub_id,
-    load_pretrained,
-    pretrained_folder,
-)
+from gradscope.loading.huggingface import cached_folder, load_pretrained, pretrained_folder
 from gradscope.loading.inference import InferredPart, infer_recurrent
 from gradscope.loading.programs import Program, load_exported, load_torchscript, script_program
 from gradscope.loading.shards import ShardedSafetensors, checkpoint_in, open_sharded

@@ -59,17 +59,6 @@ def pretrained_folder(path: Path) -> Path | None:
     return folder
 
 
-#: ``owner/name`` (with ``@revision``): how the Hugging Face Hub names a model.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-#: File suffixes that say a path names a checkpoint file, not a Hub model.
-FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pt2", ".safetensors", ".json")
-
-
-def is_hub_id(source: str) -> bool:
-    """Whether ``source``, a path that is not there, reads as a Hub model id (``org/model``)."""
-    return bool(HUB_ID.match(source)) and not source.lower().endswith(FILE_SUFFIXES)
-
-
 def cached_folder(source: str) -> Path:
     """The folder of the Hub model ``source`` (``org/model`` or ``org/model@revision``) in the
     local Hugging Face cache; nothing is downloaded. A one-line error when it is not there."""

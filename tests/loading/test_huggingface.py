@@ -448,3 +448,12 @@ def test_a_hub_id_is_read_from_the_local_cache_and_never_downloaded(
     err = capsys.readouterr().err
     assert "nor a model of that name in the local Hugging Face cache" in err
     assert "hf download tiny/absent" in err and "Traceback" not in err
+    # a project's config names it the same way (not read as a path below the config)
+    (tmp_path / "pyproject.toml").write_text(
+        '[[tool.gradscope.models]]\nname = "cached"\npath = "tiny/gpt2"\nwhat_if = false\n'
+    )
+    code = main(["check", "--format", "json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    (entry,) = json.loads(out.out)["models"]
+    assert entry["report"]["model"]["path"] == str(snapshot)
