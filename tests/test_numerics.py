@@ -122,6 +122,8 @@ def test_an_inf_weight_in_layer_3_of_6_is_named_before_anything_and_is_the_origi
     assert backward.cause == "follows-forward"
     assert report.findings[0].id == "nonfinite-weights"  # the root first
     assert {"restore-weights", "lower-learning-rate"} <= {fix.id for fix in report.fixes}
+    # an Inf Jacobian trace shows no skip: no block of this plain MLP reads as residual
+    assert not any(layer.residual for layer in report.layers)
 
 
 def test_a_log_of_a_negative_activation_is_found_in_its_block_with_its_line():

@@ -202,13 +202,15 @@ def block_gains(
         if index in second and may_skip:
             path = parts[second[index]]  # P^T u: the part that came through the shortcut
             norm = float(path.pow(2).sum())
-            gain.shortcut = norm > 0 and float((g * path).sum()) / norm > RESIDUAL_TRACE
+            overlap = float((g * path).sum()) / norm if norm > 0 else math.nan
+            # a Jacobian that is not finite (a weight holding Inf) shows no skip
+            gain.shortcut = math.isfinite(overlap) and overlap > RESIDUAL_TRACE
             gain.residual = gain.shortcut
             if gain.residual:
                 gain.branch_chi = float((g - path).pow(2).sum() / size)
         elif x.shape == y.shape and may_skip:
             trace = float((u * g).sum() / size)
-            gain.residual = trace > RESIDUAL_TRACE
+            gain.residual = math.isfinite(trace) and trace > RESIDUAL_TRACE
             if gain.residual:
                 gain.branch_chi = float((g - u).pow(2).sum() / size)
         gains.append(gain)
