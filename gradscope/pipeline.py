@@ -80,10 +80,12 @@ def load(source: Any, options: LoadOptions, analysis: AnalysisOptions) -> Subjec
         raise GradscopeError(
             "the model has complex-valued weights; gradscope analyses real-valued models only"
         )
-    faults = nonfinite_weights(module) if module is not None and stream is None else []
+    faults = []
     if stream is not None:  # the weights as the file holds them, one at a time
         faults = nonfinite_tensors(stream.named_tensors(module))
-    if module is None and loaded.weights is not None:
+    elif module is not None:
+        faults = nonfinite_weights(module)
+    elif loaded.weights is not None:
         faults = nonfinite_tensors(loaded.weights.items())
     traced = analysis.dtype or loaded.dtype or DEFAULT_DTYPE
     given = analysis.input_shape or analysis.input_shapes or not analysis.builtin_probe

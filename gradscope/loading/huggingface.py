@@ -300,18 +300,17 @@ def load_pretrained(
         # eager attention: plain products and softmax, which every autograd mode (and the
         # depth view's forward-mode JVPs) differentiates, where fused kernels may not
         keywords: dict[str, Any] = {"config": config, "attn_implementation": "eager"}
-        if cls.__module__.startswith("transformers.models.auto"):
+        if _is_auto(cls):
             keywords["trust_remote_code"] = trust
         streamed, info = None, {}
         try:
-            if only and stream:
-                streamed, why_not = (
-                    _streamed(cls, keywords, folder, only)
-                    if kind == "safetensors"
-                    else (None, ".bin weights are pickles, read whole")
-                )
-                if streamed is None:
-                    notes.append(f"--only: the whole model was loaded, not streamed ({why_not})")
+            if only and stream and kind == "pickle":
+                notes.append(_whole_note(".bin weights are pickles, read whole"))
+            elif only and stream:
+                streamed = _streamed(cls, keywords, folder, only)
+                if streamed.stream is None:
+                    notes.append(_whole_note(streamed.why_not))
+                    streamed = None
             if streamed is not None:
                 model = streamed.module
                 notes.append(_streamed_note(streamed.stream))
@@ -362,32 +361,35 @@ def load_pretrained(
     )
 
 
-def _streamed(
-    cls: Any, keywords: dict[str, Any], folder: Path, only: tuple[str, ...]
-) -> tuple[Any, str | None]:
+def _is_auto(cls: type) -> bool:
+    """Whether ``cls`` is one of transformers' auto classes (AutoModel...)."""
+    return cls.__module__.startswith("transformers.models.auto")
+
+
+def _streamed(cls: Any, keywords: dict[str, Any], folder: Path, only: tuple[str, ...]) -> Any:
     """The model built without weights, those of the modules ``only`` selects read and the
-    others streamed (a :class:`~gradscope.loading.streaming.Streamed`), or None and why it
-    is loaded whole."""
+    others streamed, or why it is loaded whole (a
+    :class:`~gradscope.loading.streaming.Streamed`)."""
     from gradscope.loading.streaming import ShardReader, empty_parameters, stream_model
     from gradscope.options import selects_module
 
-    reader = ShardReader(_safetensors(folder))
+    tensors = _safetensors(folder)
+    reader = ShardReader(tensors)
     with empty_parameters():
-        if cls.__module__.startswith("transformers.models.auto"):
+        if _is_auto(cls):
             model = cls.from_config(**keywords)
         else:
             model = cls._from_config(keywords["config"], attn_implementation="eager")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    streamed = stream_model(
+    return stream_model(
         model,
-        reader.shapes(),
+        tensors.shapes(),
         reader,
         lambda path: selects_module(only, path),
         getattr(model, "base_model_prefix", ""),
         f"--only {' '.join(only)}",
     )
-    return (streamed, None) if streamed.stream is not None else (None, streamed.why_not)
 
 
 def _safetensors(folder: Path) -> Any:
@@ -409,6 +411,10 @@ def _listed(names: list[str]) -> str:
     """The first LISTED_KEYS names, and how many more."""
     more = len(names) - LISTED_KEYS
     return ", ".join(names[:LISTED_KEYS]) + (f" and {more} more" if more > 0 else "")
+
+
+def _whole_note(why: str | None) -> str:
+    return f"--only: the whole model was loaded, not streamed ({why})"
 
 
 def _streamed_note(stream: WeightStream) -> str:

@@ -100,15 +100,19 @@ class ShardedSafetensors(Mapping[str, Tensor]):
 
     def sizes(self, names: Iterable[str]) -> dict[str, int]:
         """How many elements each tensor named holds, from the shards' headers alone."""
+        return {name: math.prod(shape) for name, shape in self.shapes(names).items()}
+
+    def shapes(self, names: Iterable[str] | None = None) -> dict[str, tuple[int, ...]]:
+        """The shape of each tensor named (all when None), from the shards' headers alone."""
         by_shard: dict[Path, list[str]] = {}
-        for name in names:
+        for name in self._weight_map if names is None else names:
             by_shard.setdefault(self._weight_map[name], []).append(name)
-        sizes: dict[str, int] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for shard, shard_names in by_shard.items():
             with self._open(shard) as file:
                 for name in shard_names:
-                    sizes[name] = math.prod(file.get_slice(name).get_shape())
-        return sizes
+                    shapes[name] = tuple(file.get_slice(name).get_shape())
+        return shapes
 
     def metadata(self) -> dict[str, str]:
         """The shards' ``__metadata__`` merged (the first shard naming a key wins), then the

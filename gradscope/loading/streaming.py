@@ -244,11 +244,8 @@ class WeightStream:
         if count > 1:
             self._loaded[address] = (key, count - 1)
 
-    def substitute(self, tensor: Tensor) -> Tensor:
-        """The weight a placeholder (or a view of one) stands for; any other tensor as it is."""
-        key = self.key_of(tensor)
-        if key is None:
-            return tensor
+    def substitute(self, tensor: Tensor, key: str) -> Tensor:
+        """The weight ``key`` read, viewed as the placeholder view ``tensor`` views it."""
         return self.fetch(key).as_strided(tensor.size(), tensor.stride(), tensor.storage_offset())
 
     def is_read(self, tensor: Tensor) -> bool:
@@ -292,7 +289,7 @@ class _Substitute(TorchFunctionMode):
             wants_grad.append(tensor.requires_grad)
             if torch.is_grad_enabled():
                 self.stream.reached.add(key)
-            return self.stream.substitute(tensor)
+            return self.stream.substitute(tensor, key)
 
         args, kwargs = tree_map_only(Tensor, weight, (args, kwargs))
         result = func(*args, **kwargs)
@@ -330,17 +327,9 @@ def _block_lists(model: nn.Module) -> str:
     return f"its blocks are {', '.join(lists)}" if lists else "it has no list of blocks"
 
 
-def _ancestors(path: str) -> list[str]:
-    """The paths of the modules that hold the tensor or module at ``path``, outermost first
-    (the model, ``""``, first)."""
-    parts = path.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts))]
-
-
-def _selected(path: str, selects: Callable[[str], bool]) -> bool:
-    """Whether ``selects`` picks a module that holds ``path`` (a glob such as
-    ``layers.[123]`` names the block, not the modules inside it)."""
-    return any(selects(holder) for holder in _ancestors(path))
+def _owner(path: str) -> str:
+    """The path of the module that holds ``path`` (``""``: the model)."""
+    return path.rsplit(".", 1)[0] if "." in path else ""
 
 
 def checkpoint_keys(
@@ -349,10 +338,8 @@ def checkpoint_keys(
     """Each parameter (tied ones once) with its checkpoint key and every path it is known by,
     from ``keys`` (name -> shape); or why some parameter has none that fits."""
     named: dict[nn.Parameter, list[str]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        for name, parameter in module._parameters.items():
-            if parameter is not None:
-                named.setdefault(parameter, []).append(f"{path}.{name}" if path else name)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        named.setdefault(parameter, []).append(name)
     found: dict[nn.Parameter, tuple[str, list[str]]] = {}
     for parameter, paths in named.items():
         candidates = [
@@ -383,8 +370,9 @@ def stream_model(
     """``model`` (its parameters on the meta device) with the weights of the modules
     ``selects`` picks read from the checkpoint and every other weight streamed; the whole
     model to load instead, with why, when its parameters do not map one to one onto
-    the checkpoint's names and shapes, or when ``selects`` picks every weight. ``selection``
-    names what selects in an error (``--only layers.1*``)."""
+    the checkpoint's names and shapes, or when ``selects`` picks every weight. ``selects``
+    picks a module inside one it picks too (as :func:`gradscope.options.selects_module`
+    does); ``selection`` names what selects in an error (``--only layers.1*``)."""
     found, why_not = checkpoint_keys(model, keys, prefix)
     if why_not:
         return Streamed(None, None, why_not)
@@ -392,7 +380,7 @@ def stream_model(
     streamed: dict[nn.Parameter, str] = {}
     held: dict[nn.Parameter, str] = {}
     for parameter, (key, paths) in found.items():
-        selected = any(_selected(path, selects) for path in paths)
+        selected = any(selects(_owner(path)) for path in paths)
         value = read(key) if selected else torch.empty(parameter.shape, dtype=parameter.dtype)
         new = nn.Parameter(value, requires_grad=parameter.requires_grad)
         replaced[id(parameter)] = new
@@ -408,18 +396,17 @@ def stream_model(
         for name, parameter in module._parameters.items():
             if parameter is not None:
                 module._parameters[name] = replaced[id(parameter)]
-    roots = [
-        module
+    roots = {  # the outermost modules selected
+        path: module
         for path, module in model.named_modules()
-        if path and selects(path) and not _selected(path, selects)
-    ]
+        if path and selects(path) and not selects(_owner(path))
+    }
     buffers = dict(model.named_buffers())
     for key in keys:
         if key in buffers:  # a persistent buffer the checkpoint holds
             buffers[key].data = read(key).to(buffers[key].dtype)
-    kept = [path for path, module in model.named_modules() if module in roots]
-    stream = WeightStream(read, streamed, held, kept)
-    stream.attach(model, roots)
+    stream = WeightStream(read, streamed, held, list(roots))
+    stream.attach(model, list(roots.values()))
     return Streamed(model, stream)
 
 
@@ -439,7 +426,3 @@ class ShardReader:
 
     def __call__(self, key: str) -> Tensor:
         return self._shard(key).get_tensor(key)
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor's shape, from the shards' headers alone."""
-        return {key: tuple(self._shard(key).get_slice(key).get_shape()) for key in self.tensors}

@@ -15,6 +15,8 @@ from gradscope.cli import main
 from gradscope.probe import Probe
 from gradscope.probe.loss import loss_direction
 
+from tests.helpers.hf_folders import as_classifier
+
 transformers = pytest.importorskip("transformers")
 
 VOCAB, WIDTH, POSITIONS = 50, 32, 24
@@ -381,12 +383,7 @@ def test_inputs_the_config_describes_serve_where_the_modules_do_not_say(tmp_path
 
 
 def test_weights_a_folder_lacks_are_said_to_be_a_fresh_init(folders, tmp_path):
-    folder = tmp_path / "classifier"
-    shutil.copytree(folders["gpt2"], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"architectures": ["GPT2ForSequenceClassification"], "num_labels": 3}
-    config["pad_token_id"] = 0
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = as_classifier(folders["gpt2"], tmp_path / "classifier")
     report = analysed(folder)
     assert report.model.class_name == "GPT2ForSequenceClassification"
     assert any(

@@ -5,7 +5,6 @@ whole model loaded by transformers, and the weights left out must never be held 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ from gradscope.cli import main
 from gradscope.loading import load_model
 from gradscope.loading.streaming import WeightStream
 from gradscope.options import LoadOptions
+
+from tests.helpers.hf_folders import as_classifier
 
 transformers = pytest.importorskip("transformers")
 
@@ -150,12 +151,7 @@ def test_a_bfloat16_model_is_traced_in_bfloat16_without_a_copy(folders):
 
 
 def test_weights_the_checkpoint_lacks_load_the_whole_model(folders, tmp_path):
-    folder = tmp_path / "classifier"
-    shutil.copytree(folders["gpt2"], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config |= {"architectures": ["GPT2ForSequenceClassification"], "num_labels": 3}
-    config["pad_token_id"] = 0
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = as_classifier(folders["gpt2"], tmp_path / "classifier")
     report = analysed(folder, GPT2_MIDDLE)
     notes = report.model.notes
     assert any(
